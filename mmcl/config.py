@@ -1,0 +1,252 @@
+"""Profiles (smoke / tiny / paper) as validated configuration.
+
+A profile is a YAML file shipped in ``mmcl/profiles``. Single keys are overridden with
+``key.path=value`` strings (the CLI's ``--set`` and the notebooks' ``overrides`` parameter);
+values are parsed as YAML, so ``train.epochs=3`` gives an int and ``model.pretrained=null`` None.
+Validation is strict: an unknown key or a value of the wrong type raises :class:`ConfigError`
+naming the dotted key.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MODALITIES = ("image", "video", "audio", "depth", "acc", "gyro", "text")
+VISUAL_MODALITIES = ("image", "video", "audio", "depth", "acc", "gyro")
+SCENARIOS = ("class_incremental", "domain_incremental", "modality_incremental")
+
+
+class ConfigError(ValueError):
+    """A profile, override or method hyper-parameter is invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PretrainConfig(_Strict):
+    """Contrastive pre-training of a tiny CLIP on the benchmark's pre-training concepts."""
+
+    steps: int = Field(1200, ge=0)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    samples_per_concept: int = Field(48, ge=1)
+
+
+class ModelConfig(_Strict):
+    name: str = "mmcl-tiny"
+    # "self": pre-train on the embedded benchmark's pre-training concepts and cache (tiny/smoke);
+    # an open_clip tag ("openai", "laion2b_s34b_b88k"), a local weights file, or null (random init).
+    pretrained: str | None = "self"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    classifier_templates: list[str] = ["a photo of a {}."]
+    pretrain: PretrainConfig = PretrainConfig()
+
+
+class AudioConfig(_Strict):
+    sample_rate: int = Field(8000, gt=0)
+    duration: float = Field(1.0, gt=0)
+    n_fft: int = Field(256, gt=0)
+    hop_length: int = Field(128, gt=0)
+    n_mels: int = Field(32, gt=0)
+
+
+class InertialConfig(_Strict):
+    sample_rate: int = Field(50, gt=0)
+    duration: float = Field(2.0, gt=0)
+    n_fft: int = Field(32, gt=0)
+    hop_length: int = Field(4, gt=0)
+
+
+class DataConfig(_Strict):
+    image_size: int = Field(32, ge=8)
+    video_frames: int = Field(4, ge=1)
+    spectrogram_render: Literal["gray", "viridis"] = "gray"
+    depth_render: Literal["gray", "viridis"] = "gray"
+    audio: AudioConfig = AudioConfig()
+    inertial: InertialConfig = InertialConfig()
+    train_per_class: int = Field(30, ge=1)
+    test_per_class: int = Field(15, ge=1)
+    benchmark_seed: int = 1234
+    cache_dir: str | None = None  # default: $MMCL_CACHE or ~/.cache/mmcl
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(3, ge=0)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    grad_clip: float | None = 1.0
+
+
+class RuntimeConfig(_Strict):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int | None = None
+    output_dir: str = "runs"
+    progress: bool = True
+    keep_checkpoints: Literal["last", "all"] = "last"
+
+
+class BenchmarkConfig(_Strict):
+    """A named benchmark: the embedded generator (``synthetic``) or a prepared real dataset."""
+
+    source: Literal["synthetic", "processed"] = "synthetic"
+    modalities: list[str]
+    num_classes: int = Field(ge=2)
+    num_tasks: int = Field(1, ge=1)
+    domains: list[str] = ["default"]
+    path: str | None = None  # processed datasets: folder written by data_prep
+    description: str = ""
+
+    @field_validator("modalities")
+    @classmethod
+    def _known_modalities(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; known: {list(MODALITIES)}")
+        if not value:
+            raise ValueError("at least one modality is required")
+        return value
+
+
+class ScenarioConfig(_Strict):
+    benchmark: str
+
+
+class Config(_Strict):
+    profile: str
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    benchmarks: dict[str, BenchmarkConfig]
+    scenarios: dict[str, ScenarioConfig]
+    # Per-method hyper-parameter overrides, validated against each method's dataclass when built.
+    methods: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _scenarios_point_to_benchmarks(self) -> "Config":
+        for name, scenario in self.scenarios.items():
+            if name not in SCENARIOS:
+                raise ValueError(f"scenarios.{name}: unknown scenario; known: {list(SCENARIOS)}")
+            if scenario.benchmark not in self.benchmarks:
+                raise ValueError(
+                    f"scenarios.{name}.benchmark: {scenario.benchmark!r} is not among "
+                    f"benchmarks {sorted(self.benchmarks)}"
+                )
+        return self
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short stable hash of the given top-level sections (all when none are given)."""
+        dumped = self.model_dump(mode="json")
+        picked = {k: dumped[k] for k in (sections or dumped)}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
+
+    def cache_dir(self) -> Path:
+        import os
+
+        root = self.data.cache_dir or os.environ.get("MMCL_CACHE") or Path.home() / ".cache" / "mmcl"
+        return Path(root).expanduser()
+
+
+def available_profiles() -> list[str]:
+    files = resources.files("mmcl.profiles").iterdir()
+    return sorted(Path(str(f)).stem for f in files if str(f).endswith(".yaml"))
+
+
+def _read_profile(profile: str | Path) -> dict[str, Any]:
+    path = Path(str(profile))
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"profile file not found: {path}")
+        text = path.read_text()
+    else:
+        if profile not in available_profiles():
+            raise ConfigError(f"unknown profile {profile!r}; available: {available_profiles()}")
+        text = resources.files("mmcl.profiles").joinpath(f"{profile}.yaml").read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"profile {profile}: invalid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {profile}: expected a mapping at the top level")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"train.epochs=3"`` into (["train", "epochs"], 3)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {error}") from error
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted-key overrides applied (validated later)."""
+    data = copy.deepcopy(data)
+    if not overrides:
+        return data
+    items = (
+        [parse_override(o) for o in overrides]
+        if isinstance(overrides, (list, tuple))
+        else [(str(k).split("."), v) for k, v in overrides.items()]
+    )
+    for path, value in items:
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                # Only free-form mappings (benchmarks, methods) may gain new entries; strict
+                # sections reject unknown keys at validation with the full dotted name.
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif not item["loc"]:
+            lines.append(item["msg"].removeprefix("Value error, "))
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(profile: str | Path = "tiny", overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Load a profile by name (or YAML path) and apply ``key.path=value`` overrides."""
+    data = apply_overrides(_read_profile(profile), overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error)) from None
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: the embedded benchmark, the modality input pipeline, datasets and scenario streams."""

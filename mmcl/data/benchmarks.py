@@ -1,0 +1,165 @@
+"""Named benchmarks: build (embedded generator) or load (prepared real data), cached on disk.
+
+Both sources give the same thing: train and test :class:`MultiModalDataset` objects whose
+modalities went through :mod:`mmcl.data.modalities`. Text is kept as strings in the cache and
+tokenised at load time with the model's tokenizer, so one cache serves every backbone.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from mmcl.config import BenchmarkConfig, Config, ConfigError
+from mmcl.data import modalities as pipeline
+from mmcl.data import synthetic
+from mmcl.data.dataset import MultiModalDataset
+from mmcl.records import atomic_torch_save
+
+log = logging.getLogger(__name__)
+Tokenizer = Callable[[Sequence[str]], torch.Tensor]
+
+
+@dataclass
+class Benchmark:
+    name: str
+    spec: BenchmarkConfig
+    train: MultiModalDataset
+    test: MultiModalDataset
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    @property
+    def domain_names(self) -> list[str]:
+        return self.train.domain_names
+
+
+def benchmark_spec(config: Config, name: str) -> BenchmarkConfig:
+    if name not in config.benchmarks:
+        raise ConfigError(f"unknown benchmark {name!r}; profile {config.profile!r} has {sorted(config.benchmarks)}")
+    return config.benchmarks[name]
+
+
+def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None, progress: bool = False) -> Benchmark:
+    """Train/test data of benchmark ``name``; text modalities tokenised with ``tokenizer``."""
+    spec = benchmark_spec(config, name)
+    if spec.source == "synthetic":
+        train, test = _cached_synthetic(config, name, spec, progress)
+    else:
+        from mmcl.data.processed import load_processed
+
+        train, test = load_processed(spec, name)
+    if "text" in spec.modalities:
+        if tokenizer is None:
+            raise ValueError(f"benchmark {name!r} has a text modality: pass the model's tokenizer")
+        for split in (train, test):
+            split.inputs["text"] = pipeline.text_to_tensor(split.texts["text"], tokenizer)
+    return Benchmark(name, spec, train, test)
+
+
+def _cached_synthetic(config: Config, name: str, spec: BenchmarkConfig, progress: bool):
+    key = config.fingerprint("data") + "-" + _spec_hash(spec)
+    path = config.cache_dir() / "benchmarks" / f"{name}-v{synthetic.GENERATOR_VERSION}-{key}.pt"
+    if path.is_file():
+        try:
+            stored = torch.load(path, weights_only=False)
+            return _from_stored(stored["train"]), _from_stored(stored["test"])
+        except Exception as error:  # a corrupt cache is rebuilt, never trusted
+            log.warning("benchmark cache %s is unreadable (%s); rebuilding", path, error)
+    train, test = generate_synthetic(config, spec, progress=progress, label=name)
+    atomic_torch_save({"train": _to_stored(train), "test": _to_stored(test)}, path)
+    return train, test
+
+
+def _spec_hash(spec: BenchmarkConfig) -> str:
+    import hashlib
+    import json
+
+    fields = spec.model_dump(mode="json", exclude={"description"})
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _to_stored(data: MultiModalDataset) -> dict:
+    return {"inputs": {k: v for k, v in data.inputs.items() if k != "text"}, "labels": data.labels,
+            "domains": data.domains, "class_names": data.class_names, "domain_names": data.domain_names,
+            "texts": data.texts}
+
+
+def _from_stored(stored: dict) -> MultiModalDataset:
+    n = len(stored["labels"])
+    inputs = dict(stored["inputs"])
+    if "text" in stored["texts"]:
+        inputs["text"] = torch.zeros(n, 1, dtype=torch.long)  # placeholder until tokenised
+    return MultiModalDataset(inputs, stored["labels"], stored["domains"], stored["class_names"],
+                             stored["domain_names"], stored["texts"])
+
+
+def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = False,
+                       label: str = "benchmark") -> tuple[MultiModalDataset, MultiModalDataset]:
+    """Generate the embedded benchmark described by ``spec`` at the profile's data sizes."""
+    concepts = synthetic.continual_concepts()
+    if spec.num_classes > len(concepts):
+        raise ConfigError(f"benchmarks.{label}.num_classes: the embedded benchmark has at most "
+                          f"{len(concepts)} continual-learning classes")
+    concepts = concepts[: spec.num_classes]
+    data = config.data
+    splits = []
+    jobs = [(split, d) for split in (0, 1) for d in range(len(spec.domains))]
+    bar = tqdm(total=len(jobs) * len(concepts), desc=f"generating {label}", disable=not progress, leave=False)
+    for split, per_class in ((0, data.train_per_class), (1, data.test_per_class)):
+        parts: dict[str, list] = {m: [] for m in spec.modalities}
+        labels, domains = [], []
+        for domain_index, domain in enumerate(spec.domains):
+            for class_index, concept in enumerate(concepts):
+                for modality in spec.modalities:
+                    rng = synthetic.chunk_rng(data.benchmark_seed, concept, domain_index, split, modality)
+                    parts[modality].append(_generate_modality(modality, concept, per_class, domain_index, domain, rng, config))
+                labels += [class_index] * per_class
+                domains += [domain_index] * per_class
+                bar.update()
+        inputs, texts = {}, {}
+        for modality, chunks in parts.items():
+            if modality == "text":
+                texts["text"] = [caption for chunk in chunks for caption in chunk]
+                inputs["text"] = torch.zeros(len(labels), 1, dtype=torch.long)
+            else:
+                inputs[modality] = torch.cat(chunks)
+        splits.append(MultiModalDataset(inputs, torch.tensor(labels), torch.tensor(domains),
+                                        [c.name for c in concepts], list(spec.domains), texts))
+    bar.close()
+    return splits[0], splits[1]
+
+
+def _generate_modality(modality: str, concept: synthetic.Concept, n: int, domain_index: int, domain: str,
+                       rng, config: Config):
+    data = config.data
+    size = data.image_size
+    if modality == "image":
+        return pipeline.images_to_tensor(synthetic.render_images(concept, n, size, domain_index, rng), size)
+    if modality == "video":
+        videos = synthetic.render_videos(concept, n, size, data.video_frames, domain_index, rng)
+        return pipeline.video_to_tensor(videos, size, data.video_frames)
+    if modality == "audio":
+        waves = synthetic.synthesize_audio(concept, n, data.audio.sample_rate, data.audio.duration, domain_index, rng)
+        return pipeline.audio_to_tensor(waves, data.audio, size, data.spectrogram_render)
+    if modality == "depth":
+        return pipeline.depth_to_tensor(synthetic.render_depth(concept, n, size, domain_index, rng), size, data.depth_render)
+    if modality in ("acc", "gyro"):
+        signals = synthetic.synthesize_inertial(concept, n, data.inertial.sample_rate, data.inertial.duration,
+                                                modality, domain_index, rng)
+        return pipeline.inertial_to_tensor(signals, data.inertial, size)
+    if modality == "text":
+        return synthetic.write_captions(concept, n, synthetic.language_of(domain), rng)
+    raise ConfigError(f"unknown modality {modality!r}")
+
+
+def processed_root(spec: BenchmarkConfig, name: str) -> Path:
+    if not spec.path:
+        raise ConfigError(f"benchmarks.{name}.path: a processed benchmark needs the folder written by data_prep")
+    return Path(spec.path).expanduser()

@@ -1,0 +1,105 @@
+"""Scenarios: how a benchmark becomes a stream of tasks.
+
+- ``class_incremental``: the classes, in a seed-drawn order, split into ``num_tasks`` equal
+  groups; every task has all of the benchmark's modalities.
+- ``domain_incremental``: all classes in every task; task t is domain t, in the benchmark's order.
+- ``modality_incremental`` (COMM): one modality per task, in a seed-drawn order; the classes, in a
+  seed-drawn order, split equally; a task's samples carry only its modality.
+
+Labels are re-numbered to the run's class order (label k = the k-th class of the order), so that
+task t of a class-incremental stream owns a contiguous block of labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmcl.config import SCENARIOS, ConfigError
+from mmcl.data.benchmarks import Benchmark
+from mmcl.methods.base import Task
+
+
+@dataclass
+class Stream:
+    scenario: str
+    benchmark: str
+    tasks: list[Task]
+    class_names: list[str]  # in run order: class_names[label]
+    class_order: list[int]  # benchmark class index of each run label
+    modality_order: list[str] | None = None
+    domain_order: list[str] | None = None
+
+    def order_record(self) -> dict:
+        return {"scenario": self.scenario, "benchmark": self.benchmark, "class_order": self.class_order,
+                "class_names": self.class_names, "modality_order": self.modality_order,
+                "domain_order": self.domain_order,
+                "tasks": [{"index": t.index, "name": t.name, "classes": t.classes, "modalities": t.modalities,
+                           "domain": t.domain, "train_size": len(t.train), "test_size": len(t.test)}
+                          for t in self.tasks]}
+
+
+def class_order(num_classes: int, seed: int) -> list[int]:
+    """The seed's class order (seed 0 included: every seed draws a permutation)."""
+    return np.random.default_rng([seed, 7]).permutation(num_classes).tolist()
+
+
+def modality_order(modalities: list[str], seed: int) -> list[str]:
+    picks = np.random.default_rng([seed, 11]).permutation(len(modalities))
+    return [modalities[i] for i in picks]
+
+
+def _split_evenly(items: list[int], parts: int, what: str) -> list[list[int]]:
+    if parts > len(items):
+        raise ConfigError(f"{what}: cannot split {len(items)} classes into {parts} tasks")
+    if len(items) % parts:
+        raise ConfigError(f"{what}: {len(items)} classes do not split evenly into {parts} tasks")
+    size = len(items) // parts
+    return [items[i * size:(i + 1) * size] for i in range(parts)]
+
+
+def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"unknown scenario {scenario!r}; known: {list(SCENARIOS)}")
+    spec = benchmark.spec
+    order = class_order(len(benchmark.class_names), seed)
+    mapping = torch.empty(len(order), dtype=torch.long)
+    mapping[torch.tensor(order)] = torch.arange(len(order))
+    names = [benchmark.class_names[i] for i in order]
+    train, test = benchmark.train.relabel(mapping, names), benchmark.test.relabel(mapping, names)
+    labels = list(range(len(order)))
+    tasks: list[Task] = []
+    modalities_in_order = domains_in_order = None
+
+    def select(data, classes, domain_index=None, modalities=None):
+        keep = torch.isin(data.labels, torch.tensor(classes))
+        if domain_index is not None:
+            keep &= data.domains == domain_index
+        return data.subset(torch.nonzero(keep).flatten(), modalities)
+
+    if scenario == "class_incremental":
+        for index, classes in enumerate(_split_evenly(labels, spec.num_tasks, f"benchmarks.{benchmark.name}.num_tasks")):
+            tasks.append(Task(index, classes, list(spec.modalities), select(train, classes), select(test, classes),
+                              name=f"classes {classes[0]}-{classes[-1]}"))
+    elif scenario == "domain_incremental":
+        if len(spec.domains) < 2:
+            raise ConfigError(f"benchmarks.{benchmark.name}.domains: a domain-incremental stream needs at least "
+                              f"two domains, got {spec.domains}")
+        domains_in_order = list(spec.domains)
+        for index, domain in enumerate(domains_in_order):
+            tasks.append(Task(index, labels, list(spec.modalities), select(train, labels, index),
+                              select(test, labels, index), domain=domain, name=domain))
+    else:
+        if len(spec.modalities) < 2:
+            raise ConfigError(f"benchmarks.{benchmark.name}.modalities: a modality-incremental stream needs at "
+                              f"least two modalities, got {spec.modalities}")
+        if spec.num_tasks != len(spec.modalities):
+            raise ConfigError(f"benchmarks.{benchmark.name}.num_tasks: a modality-incremental stream has one task "
+                              f"per modality ({len(spec.modalities)}), got {spec.num_tasks}")
+        modalities_in_order = modality_order(list(spec.modalities), seed)
+        groups = _split_evenly(labels, len(modalities_in_order), f"benchmarks.{benchmark.name}.num_classes")
+        for index, (modality, classes) in enumerate(zip(modalities_in_order, groups)):
+            tasks.append(Task(index, classes, [modality], select(train, classes, modalities=[modality]),
+                              select(test, classes, modalities=[modality]), name=modality))
+    return Stream(scenario, benchmark.name, tasks, names, order, modalities_in_order, domains_in_order)

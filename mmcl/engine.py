@@ -1,0 +1,311 @@
+"""The continual-learning engine: one loop for every method and scenario.
+
+For each task: :meth:`Method.begin_task`, epochs of :meth:`Method.training_loss` + optimizer
+steps, :meth:`Method.end_task`, then evaluation on *every* task of the stream (seen ones over
+the seen label space; unseen ones with their classes added, for forward transfer). Each finished
+task is checkpointed and appended to ``tasks.jsonl``; ``metrics.json`` is written last.
+
+Determinism: the global RNGs are re-seeded from (run seed, task) at the start of every task and
+the data order from (run seed, task, epoch), so a run resumed after task k reproduces the
+uninterrupted run exactly (on the same device and library versions).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from mmcl import records
+from mmcl.config import Config, ConfigError, config_to_yaml
+from mmcl.data.benchmarks import load_benchmark
+from mmcl.data.dataset import MultiModalDataset, concatenate
+from mmcl.data.scenarios import Stream, build_stream
+from mmcl.methods.base import Method, RunContext, Task, method_class
+from mmcl.metrics import summarize
+from mmcl.models.backbone import build_encoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    skipped: bool = False  # True when a complete run was found and reused
+
+    @property
+    def accuracy_matrix(self) -> dict[str, list[list[float]]]:
+        return self.metrics["accuracy_matrix"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def autocast_for(config: Config, device: torch.device):
+    """bf16 autocast on GPU (unless ``model.precision: fp32``); full precision on CPU."""
+    if device.type == "cuda" and config.model.precision in ("auto", "bf16"):
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def seed_everything(seed: int, task: int = 0) -> None:
+    value = seed * 1000 + task
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def evaluation_modes(scenario: str) -> list[str]:
+    return ["modality_aware", "modality_agnostic"] if scenario == "modality_incremental" else ["standard"]
+
+
+def scenario_benchmark(config: Config, scenario: str, benchmark: str | None) -> str:
+    if benchmark:
+        return benchmark
+    if scenario not in config.scenarios:
+        raise ConfigError(f"unknown scenario {scenario!r}; profile {config.profile!r} has {sorted(config.scenarios)}")
+    return config.scenarios[scenario].benchmark
+
+
+def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: str | None = None,
+              device: torch.device | None = None, progress: bool = False) -> tuple[Method, Stream]:
+    """The backbone, the task stream and the method of one run (used by the engine and ``bench``)."""
+    method_cls = method_class(method)
+    if scenario not in method_cls.compatible_scenarios:
+        raise ConfigError(f"method {method!r} is not compatible with scenario {scenario!r} "
+                          f"(it declares {list(method_cls.compatible_scenarios)})")
+    hparams = method_cls.make_config(config.methods.get(method))
+    device = device or resolve_device(config.runtime.device)
+    benchmark = scenario_benchmark(config, scenario, benchmark)
+    encoder = build_encoder(config, device, progress=progress)
+    stream = build_stream(scenario, load_benchmark(config, benchmark, encoder.tokenizer, progress=progress), seed)
+    context = RunContext(config, scenario, stream.class_names, device, stream.tasks)
+    seed_everything(seed)
+    return method_cls(encoder, context, hparams).to(device), stream
+
+
+@torch.no_grad()
+def evaluate_task(method: Method, task: Task, label_space: list[int], modality_known: bool, config: Config,
+                  device: torch.device) -> tuple[int, int]:
+    """(correct, total) of ``method`` on ``task``'s test data over ``label_space``."""
+    space = torch.tensor(sorted(label_space), dtype=torch.long, device=device)
+    correct = 0
+    with autocast_for(config, device):
+        for batch in task.test.batches(config.train.eval_batch_size):
+            batch = batch.to(device)
+            logits = method.predict(batch, space, modality_known=modality_known)
+            correct += int((space[logits.argmax(dim=-1)] == batch.labels).sum())
+    return correct, len(task.test)
+
+
+def evaluate_stream(method: Method, tasks: list[Task], after: int, modes: list[str], config: Config,
+                    device: torch.device) -> dict[str, dict[str, list]]:
+    """Accuracy (percent), correct and counts on every task, after training task ``after``.
+
+    ``after = -1`` evaluates before any training with the label space of tasks ``0..j`` for task j.
+    """
+    method.eval()
+    seen = {c for task in tasks[: after + 1] for c in task.classes}
+    results: dict[str, dict[str, list]] = {}
+    for mode in modes:
+        if mode != modes[0] and not method.uses_modality_id:
+            results[mode] = results[modes[0]]  # the method ignores the modality ID: same numbers
+            continue
+        row = {"accuracy": [], "correct": [], "count": []}
+        for j, task in enumerate(tasks):
+            space = seen if j <= after else seen | {c for t in tasks[: j + 1] for c in t.classes}
+            correct, count = evaluate_task(method, task, sorted(space), mode != "modality_agnostic", config, device)
+            row["accuracy"].append(100.0 * correct / count)
+            row["correct"].append(correct)
+            row["count"].append(count)
+        results[mode] = row
+    return results
+
+
+def training_data(method: Method, tasks: list[Task], index: int) -> list[MultiModalDataset]:
+    """The data of task ``index``; for joint training, all seen data grouped by modality set."""
+    if not method.trains_on_all_seen_data:
+        return [tasks[index].train]
+    groups: dict[tuple[str, ...], list[MultiModalDataset]] = {}
+    for task in tasks[: index + 1]:
+        groups.setdefault(task.train.modalities, []).append(task.train)
+    return [concatenate(group) for group in groups.values()]
+
+
+def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], config: Config, seed: int,
+               device: torch.device, progress: bool) -> dict:
+    """Epochs of optimizer steps on ``datasets`` (batches of different modality sets interleaved)."""
+    groups = [g for g in method.optimizer_parameter_groups() if g["params"]]
+    if not groups:
+        raise RuntimeError(f"method {method.name!r} trains but has no trainable parameters")
+    train = config.train
+    if train.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    parameters = [p for g in groups for p in g["params"]]
+    steps, samples, loss_sum, started = 0, 0, 0.0, time.perf_counter()
+    batches_per_epoch = sum(d.num_batches(train.batch_size) for d in datasets)
+    bar = tqdm(total=train.epochs * batches_per_epoch, desc=f"task {task.index} ({task.name})",
+               disable=not progress, leave=False, unit="step")
+    method.train()
+    method.encoder.eval()  # frozen parts keep inference behaviour
+    for epoch in range(train.epochs):
+        generator = torch.Generator().manual_seed(seed * 100_003 + task.index * 1_009 + epoch)
+        iterators = [d.batches(train.batch_size, shuffle=True, generator=generator) for d in datasets]
+        schedule = torch.cat([torch.full((d.num_batches(train.batch_size),), i) for i, d in enumerate(datasets)])
+        for source in schedule[torch.randperm(len(schedule), generator=generator)].tolist():
+            batch = next(iterators[source]).to(device)
+            with autocast_for(config, device):
+                output = method.training_loss(batch, task)
+            loss, parts = output if isinstance(output, tuple) else (output, {})
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{method.name}: non-finite loss at task {task.index}, epoch {epoch} ({parts})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(parameters, train.grad_clip)
+            optimizer.step()
+            method.after_optimizer_step(task)
+            steps, samples, loss_sum = steps + 1, samples + len(batch), loss_sum + loss.item()
+            bar.update()
+            bar.set_postfix(loss=f"{loss_sum / steps:.3f}")
+    bar.close()
+    seconds = time.perf_counter() - started
+    return {"steps": steps, "samples": samples, "mean_loss": loss_sum / max(steps, 1), "train_seconds": seconds,
+            "samples_per_second": samples / seconds if seconds > 0 else None}
+
+
+def _comparable(config_yaml: str) -> dict:
+    data = yaml.safe_load(config_yaml)
+    data.pop("runtime", None)  # where runs are written and whether bars show do not change results
+    return data
+
+
+def run(config: Config, scenario: str, method: str, seed: int | None = None, benchmark: str | None = None,
+        output_dir: str | Path | None = None, force: bool = False, progress: bool | None = None) -> RunResult:
+    """Run (or resume, or reuse) one continual-learning run and return its metrics.
+
+    A complete run (``metrics.json`` present) is returned as is unless ``force``; an interrupted
+    one resumes after its last checkpointed task.
+    """
+    seed = config.seed if seed is None else seed
+    config = config.model_copy(update={"seed": seed}, deep=True)
+    progress = config.runtime.progress if progress is None else progress
+    benchmark = scenario_benchmark(config, scenario, benchmark)
+    method_class(method)  # fail fast on an unknown name
+    run_dir = records.run_directory(output_dir or config.runtime.output_dir, config.profile, scenario, benchmark,
+                                    method, seed)
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if records.is_complete(run_dir):
+        return RunResult(run_dir, records.read_json(run_dir / "metrics.json"), skipped=True)
+    config_text = config_to_yaml(config)
+    stored = run_dir / "config.yaml"
+    if stored.is_file() and _comparable(stored.read_text()) != _comparable(config_text):
+        raise ConfigError(f"{run_dir} holds an unfinished run with a different configuration; "
+                          f"pass force=True (CLI: --force) to start it again")
+
+    device = resolve_device(config.runtime.device)
+    if config.runtime.num_threads:
+        torch.set_num_threads(config.runtime.num_threads)
+    started = time.perf_counter()
+    method_obj, stream = build_run(config, scenario, method, seed, benchmark, device, progress)
+    tasks, modes = stream.tasks, evaluation_modes(scenario)
+    records.atomic_write_text(stored, config_text)
+    records.atomic_write_json(run_dir / "order.json", stream.order_record())
+    if not (run_dir / "manifest.json").is_file():
+        records.atomic_write_json(run_dir / "manifest.json", records.manifest(device) | {
+            "run": {"scenario": scenario, "benchmark": benchmark, "method": method, "seed": seed,
+                    "profile": config.profile, "hparams": method_obj.hparams_dict()}})
+
+    zero_shot_path = run_dir / "zero_shot.json"
+    if zero_shot_path.is_file():
+        zero_shot = records.read_json(zero_shot_path)
+    else:  # the frozen backbone with text classifiers: the reference for forward transfer
+        reference = method_class("zero-shot")(method_obj.encoder, method_obj.context, None).to(device)
+        zero_shot = {m: r["accuracy"] for m, r in evaluate_stream(reference, tasks, -1, modes, config, device).items()}
+        records.atomic_write_json(zero_shot_path, zero_shot)
+
+    rows: list[dict] = []
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        method_obj.load_checkpoint_state(state["method_state"])
+        rows = state["rows"]
+        log.info("resuming %s after task %d", run_dir, len(rows) - 1)
+    bar = tqdm(range(len(rows), len(tasks)), desc=f"{method} · {scenario} · seed {seed}", disable=not progress,
+               unit="task", initial=len(rows), total=len(tasks))
+    for index in bar:
+        task = tasks[index]
+        seed_everything(seed, index)
+        method_obj.context.seen_classes = sorted({c for t in tasks[: index + 1] for c in t.classes})
+        method_obj.begin_task(task)
+        stats = {"steps": 0, "samples": 0, "train_seconds": 0.0}
+        if method_obj.trains and config.train.epochs > 0:
+            stats = train_task(method_obj, task, training_data(method_obj, tasks, index), config, seed, device, progress)
+        method_obj.end_task(task)
+        evaluated = time.perf_counter()
+        results = evaluate_stream(method_obj, tasks, index, modes, config, device)
+        row = {"task": index, "name": task.name, "classes": task.classes, "modalities": task.modalities,
+               "domain": task.domain, **stats, "eval_seconds": time.perf_counter() - evaluated,
+               "evaluation": results}
+        rows.append(row)
+        for mode in modes:
+            row.setdefault("average_accuracy", {})[mode] = float(np.mean(results[mode]["accuracy"][: index + 1]))
+        save_checkpoint(run_dir, index, {"method_state": method_obj.checkpoint_state(), "rows": rows},
+                        config.runtime.keep_checkpoints)
+        records.write_jsonl(run_dir / "tasks.jsonl", rows)
+        bar.set_postfix(acc=f"{row['average_accuracy'][modes[0]]:.1f}")
+        log.info("%s task %d: average accuracy %.2f", run_dir, index, row["average_accuracy"][modes[0]])
+
+    metrics = finalize(rows, zero_shot, modes, scenario, tasks)
+    metrics["run"] = {"scenario": scenario, "benchmark": benchmark, "method": method, "seed": seed,
+                      "profile": config.profile}
+    metrics["timing"] = {"run_seconds_this_session": time.perf_counter() - started,
+                         "train_seconds": sum(r.get("train_seconds", 0.0) for r in rows),
+                         "eval_seconds": sum(r["eval_seconds"] for r in rows)}
+    records.atomic_write_json(run_dir / "metrics.json", metrics)
+    return RunResult(run_dir, metrics)
+
+
+def finalize(rows: list[dict], zero_shot: dict, modes: list[str], scenario: str, tasks: list[Task]) -> dict:
+    task_modalities = [t.modality for t in tasks] if scenario == "modality_incremental" else None
+    matrices, summaries = {}, {}
+    for mode in modes:
+        matrix = [row["evaluation"][mode]["accuracy"] for row in rows]
+        final = rows[-1]["evaluation"][mode]
+        matrices[mode] = matrix
+        summaries[mode] = summarize(matrix, zero_shot[mode], final["correct"], final["count"], task_modalities)
+        summaries[mode]["zero_shot_accuracy"] = float(np.mean(zero_shot[mode]))
+    return {"modes": summaries, "accuracy_matrix": matrices, "zero_shot": zero_shot,
+            "task_names": [t.name for t in tasks]}
+
+
+def save_checkpoint(run_dir: Path, index: int, state: dict, keep: str) -> None:
+    folder = run_dir / "checkpoints"
+    records.atomic_torch_save(state, folder / f"task_{index}.pt")
+    if keep == "last":
+        for old in folder.glob("task_*.pt"):
+            if old.name != f"task_{index}.pt":
+                old.unlink(missing_ok=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / "checkpoints").glob("task_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return found[-1] if found else None

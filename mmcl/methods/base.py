@@ -1,0 +1,269 @@
+"""The method contract and registry.
+
+A method is one small class in one file (as in mammoth): a registry ``name``, the scenarios it is
+compatible with, its hyper-parameters as a (pydantic) dataclass, and a few hooks. The engine owns
+the loop, the optimizer, evaluation, checkpoints and records; a method owns what makes it
+different::
+
+    @register
+    class MyMethod(Method):
+        name = "my-method"
+        compatible_scenarios = ("class_incremental",)
+
+        @dataclass
+        class Config(MethodConfig):
+            strength: float = 1.0
+
+        def training_loss(self, batch, task): ...
+
+Hooks, in the order the engine calls them for each task: :meth:`begin_task`, then for every batch
+:meth:`training_loss` (the engine does backward and the optimizer step) and
+:meth:`after_optimizer_step`, then :meth:`end_task`. :meth:`predict` scores a batch over any
+label space. State that :meth:`begin_task` rebuilds (teacher copies) should be kept out of the
+module tree with :class:`Snapshot`, so checkpoints stay small.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Iterator
+
+import pydantic
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmcl.config import SCENARIOS, Config, ConfigError
+from mmcl.data.dataset import Batch, MultiModalDataset
+from mmcl.models.backbone import MultiModalEncoder
+
+REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} needs a registry name")
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise TypeError(f"method name {cls.name!r} is already registered by {REGISTRY[cls.name].__name__}")
+    unknown = set(cls.compatible_scenarios) - set(SCENARIOS)
+    if unknown:
+        raise TypeError(f"{cls.__name__}.compatible_scenarios names unknown scenarios {unknown}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type["Method"]:
+    import mmcl.methods  # noqa: F401  (registers the built-in methods)
+
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}")
+    return REGISTRY[name]
+
+
+@dataclass
+class Task:
+    """One step of a scenario's stream. ``classes`` are run label ids (positions in the class order)."""
+
+    index: int
+    classes: list[int]
+    modalities: list[str]
+    train: MultiModalDataset
+    test: MultiModalDataset
+    domain: str | None = None
+    name: str = ""
+
+    @property
+    def modality(self) -> str:
+        """The task's single modality (modality-incremental streams)."""
+        if len(self.modalities) != 1:
+            raise ValueError(f"task {self.index} has modalities {self.modalities}, not one")
+        return self.modalities[0]
+
+
+@dataclass
+class RunContext:
+    """What a method may know about the run: the scenario, the classes, the device, the config."""
+
+    config: Config
+    scenario: str
+    class_names: list[str]
+    device: torch.device
+    tasks: list[Task] = field(default_factory=list)
+    seen_classes: list[int] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def seen_label_space(self) -> torch.Tensor:
+        return torch.tensor(sorted(self.seen_classes), dtype=torch.long, device=self.device)
+
+
+@pydantic.dataclasses.dataclass(config=pydantic.ConfigDict(extra="forbid"))
+class MethodConfig:
+    """Hyper-parameters shared by methods that train a text-anchored classifier."""
+
+    trainable_blocks: int = 1  # last vision-tower blocks unfrozen (0: head only)
+    train_head: bool = True  # the cosine head starts at the class text embeddings
+
+
+class Snapshot:
+    """A frozen copy of a module held outside the module tree: not in ``state_dict``, not moved."""
+
+    def __init__(self, module: nn.Module):
+        self.module = copy.deepcopy(module).eval()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)
+
+    def __call__(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.module(*args, **kwargs)
+
+
+class Method(nn.Module):
+    name: ClassVar[str] = ""
+    compatible_scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
+    Config: ClassVar[type] = MethodConfig
+    trains: ClassVar[bool] = True
+    trains_on_all_seen_data: ClassVar[bool] = False  # joint training: the engine passes the union
+    uses_modality_id: ClassVar[bool] = False  # evaluated twice in modality-incremental streams
+    description: ClassVar[str] = ""
+
+    def __init__(self, encoder: MultiModalEncoder, context: RunContext, hparams):
+        super().__init__()
+        self.encoder = encoder
+        self.context = context
+        self.hparams = hparams
+
+    @classmethod
+    def make_config(cls, values: dict | None) -> "MethodConfig":
+        """Validate hyper-parameters (``config.methods[name]``) into the method's dataclass."""
+        try:
+            return cls.Config(**(values or {}))
+        except pydantic.ValidationError as error:
+            problems = []
+            for item in error.errors():
+                key = ".".join(str(p) for p in item["loc"])
+                problems.append(f"methods.{cls.name}.{key}: "
+                                + ("unknown key" if item["type"] in ("unexpected_keyword_argument", "extra_forbidden")
+                                   else item["msg"]))
+            raise ConfigError("invalid method hyper-parameters:\n  " + "\n  ".join(problems)) from None
+
+    def hparams_dict(self) -> dict:
+        return asdict(self.hparams)
+
+    # ------------------------------------------------------------------ hooks (override as needed)
+    def begin_task(self, task: Task) -> None:
+        """Called before training task ``task`` (the engine has added its classes to ``seen_classes``)."""
+
+    def training_loss(self, batch: Batch, task: Task) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, task: Task) -> None:
+        """Called after every optimizer step (e.g. to re-apply gradient masks or momentum updates)."""
+
+    def end_task(self, task: Task) -> None:
+        """Called after training task ``task``, before it is evaluated."""
+
+    def predict(self, batch: Batch, label_space: torch.Tensor, modality_known: bool = True) -> torch.Tensor:
+        """Logits ``[B, len(label_space)]`` for the run labels in ``label_space``."""
+        raise NotImplementedError
+
+    def optimizer_parameter_groups(self) -> list[dict]:
+        """Parameter groups for the engine's optimizer (default: every trainable parameter)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    # --------------------------------------------------------------------------- checkpointing
+    def frozen_state_names(self) -> set[str]:
+        """Keys of the frozen backbone: rebuilt from the profile, so never checkpointed."""
+        names = {f"encoder.{n}" for n, p in self.encoder.named_parameters() if not p.requires_grad}
+        return names | {f"encoder.{n}" for n, _ in self.encoder.named_buffers()}
+
+    def checkpoint_state(self) -> dict:
+        frozen = self.frozen_state_names()
+        return {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                for k, v in self.state_dict().items() if k not in frozen}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = set(missing) - self.frozen_state_names()
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint does not match method {self.name!r}: missing {sorted(missing)[:5]}, "
+                               f"unexpected {sorted(unexpected)[:5]}")
+
+
+class CosineClassifier(nn.Module):
+    """Cosine-similarity head over all run classes, initialised at their text embeddings.
+
+    ``weight`` is ``[C, D]``; logits are ``scale * cos(feature, weight[c])``. Classes are scored
+    only where asked (the label space), so "growing" the head is adding classes to the space.
+    """
+
+    def __init__(self, text_embeddings: torch.Tensor, scale: float, trainable: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(text_embeddings.clone().float(), requires_grad=trainable)
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
+        weight = F.normalize(self.weight[label_space], dim=-1)
+        return self.scale * F.normalize(features.float(), dim=-1) @ weight.T
+
+
+def fuse(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean of the L2-normalised modality embeddings ``[B, D]`` (the default fusion)."""
+    return torch.stack([F.normalize(e.float(), dim=-1) for e in embeddings.values()]).mean(dim=0)
+
+
+def unfreeze_last_blocks(encoder: MultiModalEncoder, count: int) -> list[nn.Parameter]:
+    """Make the last ``count`` vision blocks (and the final norm and projection) trainable."""
+    if count <= 0:
+        return []
+    visual = encoder.clip.visual
+    modules = list(visual.transformer.resblocks)[-count:] + [visual.ln_post]
+    parameters = [p for m in modules for p in m.parameters()] + ([visual.proj] if visual.proj is not None else [])
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    return parameters
+
+
+class TextAnchoredMethod(Method):
+    """Shared model of the baselines: backbone (last blocks optionally trainable), mean fusion of
+    modalities, cosine head initialised at the class text embeddings."""
+
+    def __init__(self, encoder: MultiModalEncoder, context: RunContext, hparams: MethodConfig):
+        super().__init__(encoder, context, hparams)
+        unfreeze_last_blocks(encoder, hparams.trainable_blocks)
+        text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
+        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.train_head)
+
+    def features(self, batch: Batch) -> torch.Tensor:
+        return fuse({m: self.encoder.encode(m, x) for m, x in batch.inputs.items()})
+
+    def logits(self, batch: Batch, label_space: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(batch), label_space)
+
+    def predict(self, batch: Batch, label_space: torch.Tensor, modality_known: bool = True) -> torch.Tensor:
+        return self.logits(batch, label_space)
+
+    def classification_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cross-entropy over the seen classes; returns (loss, logits, label space)."""
+        space = self.context.seen_label_space()
+        logits = self.logits(batch, space)
+        return F.cross_entropy(logits, targets_in(space, batch.labels)), logits, space
+
+
+def targets_in(label_space: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Positions of ``labels`` inside ``label_space`` (every label must be in the space)."""
+    lookup = torch.full((int(label_space.max()) + 1,), -1, dtype=torch.long, device=label_space.device)
+    lookup[label_space] = torch.arange(len(label_space), device=label_space.device)
+    positions = lookup[labels.clamp(max=len(lookup) - 1)]
+    if (positions < 0).any() or (labels >= len(lookup)).any():
+        raise ValueError("a label is outside the label space")
+    return positions
+
+
+def iterate_task_batches(dataset: MultiModalDataset, batch_size: int, device: torch.device) -> Iterator[Batch]:
+    """Unshuffled batches of ``dataset`` on ``device`` (for statistics at the end of a task)."""
+    for batch in dataset.batches(batch_size):
+        yield batch.to(device)

@@ -1,0 +1,39 @@
+"""Learning without Forgetting (Li & Hoiem, 2017): distil the previous model's old-class logits."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic.dataclasses import dataclass
+
+from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, register
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened logits, scaled by T^2 (Hinton et al.)."""
+    return F.kl_div(F.log_softmax(student / temperature, dim=-1), F.softmax(teacher / temperature, dim=-1),
+                    reduction="batchmean") * temperature**2
+
+
+@register
+class LwF(TextAnchoredMethod):
+    name = "lwf"
+    description = "learning without forgetting (logit distillation on old classes)"
+
+    @dataclass(config={"extra": "forbid"})
+    class Config(MethodConfig):
+        distillation_weight: float = 1.0
+        temperature: float = 2.0
+
+    def begin_task(self, task):
+        # Classes the previous model already knew: in domain-incremental streams, all of them.
+        self.old_classes = sorted({c for earlier in self.context.tasks[: task.index] for c in earlier.classes})
+        self.teacher = Snapshot(self) if self.old_classes else None
+
+    def training_loss(self, batch, task):
+        loss, _, _ = self.classification_loss(batch)
+        if self.teacher is None:
+            return loss
+        old = torch.tensor(self.old_classes, device=batch.labels.device)
+        distill = distillation_loss(self.logits(batch, old), self.teacher.module.logits(batch, old),
+                                    self.hparams.temperature)
+        return loss + self.hparams.distillation_weight * distill, {"ce": loss.item(), "kd": distill.item()}

@@ -1,0 +1,14 @@
+"""Zero-shot: the frozen backbone and the class text embeddings, no training (the floor for FWT)."""
+from __future__ import annotations
+
+from mmcl.methods.base import MethodConfig, TextAnchoredMethod, register
+
+
+@register
+class ZeroShot(TextAnchoredMethod):
+    name = "zero-shot"
+    trains = False
+    description = "frozen backbone, text classifier from class-name templates"
+
+    def __init__(self, encoder, context, hparams: MethodConfig):
+        super().__init__(encoder, context, MethodConfig(trainable_blocks=0, train_head=False))

@@ -1,0 +1,94 @@
+"""Continual-learning metrics from an accuracy matrix.
+
+``A[i, j]`` is the accuracy (in percent) on task j's test data after training task i. The engine
+fills the whole T x T matrix: entries above the diagonal (j > i) are the accuracy on a task not
+yet trained, with its classes added to the label space from their text embeddings; they give
+forward transfer. With ``T`` tasks indexed 0..T-1 (the formulas in METHODS.md use 1..T):
+
+- final average accuracy        ``mean_j A[T-1, j]``
+- average incremental accuracy  ``mean_i mean_{j<=i} A[i, j]``
+- forgetting                    ``mean_{j<T-1} max_{j<=i<T-1} (A[i, j] - A[T-1, j])``
+- backward transfer (BWT)       ``mean_{j<T-1} (A[T-1, j] - A[j, j])``
+- forward transfer (FWT)        ``mean_{j>=1} (A[j-1, j] - Z[j])``, Z the zero-shot accuracies
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _square(matrix) -> np.ndarray:
+    a = np.asarray(matrix, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(f"an accuracy matrix must be square and non-empty, got shape {a.shape}")
+    return a
+
+
+def final_average_accuracy(matrix) -> float:
+    a = _square(matrix)
+    return float(a[-1].mean())
+
+
+def average_incremental_accuracy(matrix) -> float:
+    a = _square(matrix)
+    return float(np.mean([a[i, : i + 1].mean() for i in range(len(a))]))
+
+
+def forgetting(matrix) -> float:
+    a = _square(matrix)
+    t = len(a)
+    if t < 2:
+        return 0.0
+    return float(np.mean([a[j:t - 1, j].max() - a[t - 1, j] for j in range(t - 1)]))
+
+
+def backward_transfer(matrix) -> float:
+    a = _square(matrix)
+    t = len(a)
+    if t < 2:
+        return 0.0
+    return float(np.mean([a[t - 1, j] - a[j, j] for j in range(t - 1)]))
+
+
+def forward_transfer(matrix, zero_shot: Sequence[float]) -> float:
+    a = _square(matrix)
+    z = np.asarray(zero_shot, dtype=np.float64)
+    if len(z) != len(a):
+        raise ValueError(f"zero-shot accuracies have {len(z)} entries for {len(a)} tasks")
+    if len(a) < 2:
+        return 0.0
+    return float(np.mean([a[j - 1, j] - z[j] for j in range(1, len(a))]))
+
+
+def old_new_accuracy(correct: Sequence[int], counts: Sequence[int]) -> tuple[float | None, float]:
+    """Sample-weighted accuracy (percent) on the earlier tasks and on the last task, after the last task.
+
+    ``correct[j]`` / ``counts[j]`` are the final row's correct predictions and test sizes.
+    """
+    correct, counts = np.asarray(correct, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+    new = 100.0 * correct[-1] / counts[-1]
+    old = 100.0 * correct[:-1].sum() / counts[:-1].sum() if len(counts) > 1 else None
+    return (None if old is None else float(old)), float(new)
+
+
+def summarize(matrix, zero_shot: Sequence[float], final_correct: Sequence[int], final_counts: Sequence[int],
+              task_modalities: Sequence[str] | None = None) -> dict:
+    """Every summary metric of one evaluation mode, as a JSON-ready dict."""
+    a = _square(matrix)
+    old, new = old_new_accuracy(final_correct, final_counts)
+    summary = {
+        "final_accuracy": final_average_accuracy(a),
+        "average_incremental_accuracy": average_incremental_accuracy(a),
+        "forgetting": forgetting(a),
+        "bwt": backward_transfer(a),
+        "fwt": forward_transfer(a, zero_shot),
+        "old_accuracy": old,
+        "new_accuracy": new,
+    }
+    if task_modalities is not None:
+        by_modality: dict[str, list[float]] = {}
+        for j, modality in enumerate(task_modalities):
+            by_modality.setdefault(modality, []).append(float(a[-1, j]))
+        summary["accuracy_by_modality"] = {m: float(np.mean(v)) for m, v in by_modality.items()}
+    return summary

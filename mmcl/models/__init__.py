@@ -1,0 +1,1 @@
+"""Models: the open_clip backbone factory, classifier heads, prompt and adapter modules."""

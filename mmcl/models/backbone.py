@@ -1,0 +1,243 @@
+"""The frozen open_clip backbone, for every modality.
+
+:func:`build_encoder` is the one factory. ``model.pretrained`` selects the weights:
+
+- ``"self"``: the tiny configs shipped in ``mmcl/models/configs`` are pre-trained contrastively on
+  image-caption pairs of the embedded benchmark's pre-training concepts, once, and cached under a
+  key of everything that shapes them (architecture, pre-training recipe, data, generator);
+- an open_clip tag (``"openai"``) or a local weights file: passed to ``open_clip.create_model``,
+  the same code path in both cases;
+- ``null``: random initialisation.
+
+:class:`MultiModalEncoder` turns each modality into an embedding with the towers (video frames
+are encoded one by one and mean-pooled; spectrograms and depth go through the vision tower as
+images) and exposes per-block hooks so that prompts and adapters can be inserted without copying
+open_clip's forward pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mmcl.config import Config, ConfigError
+from mmcl.records import atomic_torch_save
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).with_name("configs")
+open_clip.add_model_config(CONFIG_DIR)
+LOCAL_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+class TowerHooks(Protocol):
+    """Insertion points in a tower's transformer. ``x`` is ``[B, tokens, width]``."""
+
+    def before_block(self, index: int, x: torch.Tensor) -> torch.Tensor: ...
+
+    def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class MultiModalEncoder(nn.Module):
+    """open_clip model + modality-aware encoding. Inputs are as made by :mod:`mmcl.data.modalities`."""
+
+    def __init__(self, clip: nn.Module, tokenizer, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.text_projection.shape[-1]) if isinstance(self.clip.text_projection, torch.Tensor) \
+            else int(self.clip.text_projection.out_features)
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.clip.visual.conv1.out_channels)
+
+    @property
+    def vision_blocks(self) -> nn.ModuleList:
+        return self.clip.visual.transformer.resblocks
+
+    @property
+    def text_blocks(self) -> nn.ModuleList:
+        return self.clip.transformer.resblocks
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.clip.logit_scale.detach().exp().clamp(max=100))
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, S, S]`` -> normalised float images."""
+        return (images.float() / 255.0 - self.mean) / self.std
+
+    def visual_tokens(self, images: torch.Tensor, hooks: TowerHooks | None = None) -> torch.Tensor:
+        """Run the vision tower up to (not including) pooling: ``[B, tokens, width]``."""
+        visual = self.clip.visual
+        x = visual._embeds(self.pixels(images).to(visual.conv1.weight.dtype))
+        for index, block in enumerate(visual.transformer.resblocks):
+            if hooks is not None:
+                x = hooks.before_block(index, x)
+            x = block(x)
+            if hooks is not None:
+                x = hooks.after_block(index, x)
+        return x
+
+    def pool_visual(self, tokens: torch.Tensor) -> torch.Tensor:
+        visual = self.clip.visual
+        pooled, _ = visual._pool(tokens)
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
+    def encode_visual(self, images: torch.Tensor, hooks: TowerHooks | None = None) -> torch.Tensor:
+        """uint8 images ``[B, 3, S, S]`` -> embeddings ``[B, D]`` (not normalised)."""
+        return self.pool_visual(self.visual_tokens(images, hooks))
+
+    def encode_text(self, tokens: torch.Tensor, hooks: TowerHooks | None = None) -> torch.Tensor:
+        """Token ids ``[B, L]`` -> embeddings ``[B, D]`` (not normalised)."""
+        clip = self.clip
+        if not hasattr(clip, "token_embedding"):  # CustomTextCLIP (HF text towers): no block hooks
+            if hooks is not None:
+                raise NotImplementedError("block hooks need an open_clip native text tower")
+            return clip.encode_text(tokens)
+        cast = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[: tokens.shape[1]].to(cast)
+        mask = clip.attn_mask[: tokens.shape[1], : tokens.shape[1]] if clip.attn_mask is not None else None
+        for index, block in enumerate(clip.transformer.resblocks):
+            if hooks is not None:
+                x = hooks.before_block(index, x)
+            x = block(x, attn_mask=mask)
+            if hooks is not None:
+                x = hooks.after_block(index, x)
+        x = clip.ln_final(x)
+        pooled = open_clip.transformer.text_global_pool(x, tokens, clip.text_pool_type,
+                                                        eos_token_id=getattr(clip, "text_eos_id", None))
+        projection = clip.text_projection
+        return projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
+
+    def encode(self, modality: str, x: torch.Tensor, hooks: TowerHooks | None = None) -> torch.Tensor:
+        """One modality's batch -> embeddings ``[B, D]`` (not normalised)."""
+        if modality == "text":
+            return self.encode_text(x, hooks)
+        if modality == "video":
+            b, t = x.shape[:2]
+            return self.encode_visual(x.flatten(0, 1), hooks).view(b, t, -1).mean(dim=1)
+        return self.encode_visual(x, hooks)
+
+    @torch.no_grad()
+    def class_text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Normalised text embeddings ``[C, D]``: each class averaged over ``templates``."""
+        device = self.mean.device
+        rows = []
+        for name in class_names:
+            tokens = self.tokenizer([t.format(name) for t in templates]).to(device)
+            rows.append(F.normalize(F.normalize(self.encode_text(tokens).float(), dim=-1).mean(0), dim=-1))
+        return torch.stack(rows)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+def build_encoder(config: Config, device: torch.device | str = "cpu", progress: bool = False) -> MultiModalEncoder:
+    """The profile's backbone, frozen, in eval mode, on ``device``."""
+    name, pretrained = config.model.name, config.model.pretrained
+    if name not in open_clip.list_models():
+        raise ConfigError(f"model.name: unknown open_clip architecture {name!r}")
+    if pretrained == "self":
+        if name not in LOCAL_CONFIGS:
+            raise ConfigError(f"model.pretrained=self pre-trains only the shipped tiny configs {LOCAL_CONFIGS}, "
+                              f"not {name!r}; give an open_clip tag or a weights file")
+        pretrained = str(pretrain_tiny_clip(config, progress=progress))
+    elif pretrained and (pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or "/" in pretrained):
+        if not Path(pretrained).expanduser().is_file():
+            raise FileNotFoundError(f"model.pretrained: weights file {pretrained} not found")
+        pretrained = str(Path(pretrained).expanduser())
+    force_size = config.data.image_size if name in LOCAL_CONFIGS else None
+    clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=force_size)
+    preprocess = clip.visual.preprocess_cfg if hasattr(clip.visual, "preprocess_cfg") else {}
+    mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
+    std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
+    encoder = MultiModalEncoder(clip, open_clip.get_tokenizer(name), mean, std)
+    return freeze(encoder).eval().to(device)
+
+
+def _tiny_cache_path(config: Config) -> Path:
+    from mmcl.data import synthetic
+
+    architecture = json.loads((CONFIG_DIR / f"{config.model.name}.json").read_text())
+    key = {
+        "architecture": architecture,
+        "pretrain": config.model.pretrain.model_dump(),
+        "image_size": config.data.image_size,
+        "benchmark_seed": config.data.benchmark_seed,
+        "generator": synthetic.GENERATOR_VERSION,
+        "recipe": 1,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return config.cache_dir() / "backbones" / f"{config.model.name}-{digest}.pt"
+
+
+def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
+    """Pre-train a tiny CLIP on image-caption pairs of the pre-training concepts; cached by config."""
+    from mmcl.data import synthetic
+    from mmcl.data.modalities import images_to_tensor
+
+    path = _tiny_cache_path(config)
+    if path.is_file():
+        return path
+    recipe = config.model.pretrain
+    log.info("pre-training %s (%d steps); cached at %s", config.model.name, recipe.steps, path)
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.data.benchmark_seed)
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(config.data.benchmark_seed)
+    clip = open_clip.create_model(config.model.name, pretrained=None, force_image_size=config.data.image_size)
+    tokenizer = open_clip.get_tokenizer(config.model.name)
+    images, captions = [], []
+    for concept in synthetic.pretraining_concepts():
+        rng = np.random.default_rng([config.data.benchmark_seed, concept.index, 99])
+        n = recipe.samples_per_concept
+        images.append(images_to_tensor(synthetic.render_pretraining_images(concept, n, config.data.image_size, rng),
+                                       config.data.image_size))
+        captions += synthetic.pretraining_captions(concept, n, rng)
+    images, tokens = torch.cat(images), tokenizer(captions)
+    encoder = MultiModalEncoder(clip, tokenizer, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    loss_fn = open_clip.ClipLoss()
+    decay = [p for n, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in clip.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    warmup = max(1, recipe.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, recipe.steps) / recipe.steps)))
+    clip.train()
+    bar = tqdm(range(recipe.steps), desc=f"pre-training {config.model.name}", disable=not progress, leave=False)
+    for _ in bar:
+        picks = torch.randint(len(images), (recipe.batch_size,), generator=generator)
+        image_features = F.normalize(encoder.encode_visual(images[picks]), dim=-1)
+        text_features = F.normalize(encoder.encode_text(tokens[picks]), dim=-1)
+        loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, np.log(100))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    torch.random.set_rng_state(torch_state)
+    atomic_torch_save({"state_dict": clip.state_dict()}, path)
+    log.info("pre-trained %s in %.0f s", config.model.name, time.perf_counter() - started)
+    return path
