@@ -147,18 +147,38 @@ def training_data(method: Method, tasks: list[Task], index: int) -> list[MultiMo
     return [concatenate(group) for group in groups.values()]
 
 
-def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], config: Config, seed: int,
-               device: torch.device, progress: bool) -> dict:
-    """Epochs of optimizer steps on ``datasets`` (batches of different modality sets interleaved)."""
+def make_optimizer(method: Method, config: Config) -> torch.optim.Optimizer:
     groups = [g for g in method.optimizer_parameter_groups() if g["params"]]
     if not groups:
         raise RuntimeError(f"method {method.name!r} trains but has no trainable parameters")
     train = config.train
     if train.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    parameters = [p for g in groups for p in g["params"]]
+        return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+
+
+def train_step(method: Method, batch, task: Task, optimizer: torch.optim.Optimizer, config: Config,
+               device: torch.device) -> tuple[torch.Tensor, dict]:
+    """One optimizer step; returns the (detached) loss and the method's loss parts."""
+    with autocast_for(config, device):
+        output = method.training_loss(batch, task)
+    loss, parts = output if isinstance(output, tuple) else (output, {})
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{method.name}: non-finite loss at task {task.index} ({parts})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.train.grad_clip)
+    optimizer.step()
+    method.after_optimizer_step(task)
+    return loss.detach(), parts
+
+
+def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], config: Config, seed: int,
+               device: torch.device, progress: bool) -> dict:
+    """Epochs of optimizer steps on ``datasets`` (batches of different modality sets interleaved)."""
+    optimizer = make_optimizer(method, config)
+    train = config.train
     steps, samples, loss_sum, started = 0, 0, 0.0, time.perf_counter()
     batches_per_epoch = sum(d.num_batches(train.batch_size) for d in datasets)
     bar = tqdm(total=train.epochs * batches_per_epoch, desc=f"task {task.index} ({task.name})",
@@ -171,17 +191,7 @@ def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], co
         schedule = torch.cat([torch.full((d.num_batches(train.batch_size),), i) for i, d in enumerate(datasets)])
         for source in schedule[torch.randperm(len(schedule), generator=generator)].tolist():
             batch = next(iterators[source]).to(device)
-            with autocast_for(config, device):
-                output = method.training_loss(batch, task)
-            loss, parts = output if isinstance(output, tuple) else (output, {})
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{method.name}: non-finite loss at task {task.index}, epoch {epoch} ({parts})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(parameters, train.grad_clip)
-            optimizer.step()
-            method.after_optimizer_step(task)
+            loss, _ = train_step(method, batch, task, optimizer, config, device)
             steps, samples, loss_sum = steps + 1, samples + len(batch), loss_sum + loss.item()
             bar.update()
             bar.set_postfix(loss=f"{loss_sum / steps:.3f}")
@@ -198,19 +208,25 @@ def _comparable(config_yaml: str) -> dict:
 
 
 def run(config: Config, scenario: str, method: str, seed: int | None = None, benchmark: str | None = None,
-        output_dir: str | Path | None = None, force: bool = False, progress: bool | None = None) -> RunResult:
+        output_dir: str | Path | None = None, force: bool = False, progress: bool | None = None,
+        variant: str | None = None, hparams: dict | None = None) -> RunResult:
     """Run (or resume, or reuse) one continual-learning run and return its metrics.
 
     A complete run (``metrics.json`` present) is returned as is unless ``force``; an interrupted
-    one resumes after its last checkpointed task.
+    one resumes after its last checkpointed task. A *variant* (an ablation) is the method with
+    hyper-parameter overrides ``hparams``, recorded in its own folder ``<method>~<variant>``.
     """
     seed = config.seed if seed is None else seed
-    config = config.model_copy(update={"seed": seed}, deep=True)
+    if hparams and not variant:
+        raise ValueError("hyper-parameter overrides need a variant name, so the run gets its own folder")
+    method_hparams = {**config.methods, method: {**config.methods.get(method, {}), **(hparams or {})}}
+    config = config.model_copy(update={"seed": seed, "methods": method_hparams}, deep=True)
     progress = config.runtime.progress if progress is None else progress
     benchmark = scenario_benchmark(config, scenario, benchmark)
-    method_class(method)  # fail fast on an unknown name
+    method_class(method).make_config(config.methods.get(method))  # fail fast on a bad name or key
+    run_name = f"{method}~{variant}" if variant else method
     run_dir = records.run_directory(output_dir or config.runtime.output_dir, config.profile, scenario, benchmark,
-                                    method, seed)
+                                    run_name, seed)
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
     if records.is_complete(run_dir):
@@ -231,8 +247,8 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
     records.atomic_write_json(run_dir / "order.json", stream.order_record())
     if not (run_dir / "manifest.json").is_file():
         records.atomic_write_json(run_dir / "manifest.json", records.manifest(device) | {
-            "run": {"scenario": scenario, "benchmark": benchmark, "method": method, "seed": seed,
-                    "profile": config.profile, "hparams": method_obj.hparams_dict()}})
+            "run": {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant,
+                    "seed": seed, "profile": config.profile, "hparams": method_obj.hparams_dict()}})
 
     zero_shot_path = run_dir / "zero_shot.json"
     if zero_shot_path.is_file():
@@ -275,8 +291,8 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
         log.info("%s task %d: average accuracy %.2f", run_dir, index, row["average_accuracy"][modes[0]])
 
     metrics = finalize(rows, zero_shot, modes, scenario, tasks)
-    metrics["run"] = {"scenario": scenario, "benchmark": benchmark, "method": method, "seed": seed,
-                      "profile": config.profile}
+    metrics["run"] = {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant,
+                      "seed": seed, "profile": config.profile, "hparams": method_obj.hparams_dict()}
     metrics["timing"] = {"run_seconds_this_session": time.perf_counter() - started,
                          "train_seconds": sum(r.get("train_seconds", 0.0) for r in rows),
                          "eval_seconds": sum(r["eval_seconds"] for r in rows)}

@@ -1,0 +1,106 @@
+"""The ``mmcl`` command line: ``run``, ``list``, ``bench``.
+
+    mmcl run --scenario class_incremental --method lwf --seed 0 --profile tiny --set train.epochs=5
+    mmcl list methods
+    mmcl bench --method finetune --profile tiny
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from mmcl.config import SCENARIOS, ConfigError, available_profiles, load_config
+
+
+def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="tiny", help="smoke | tiny | paper, or a YAML file (default: tiny)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one profile key, e.g. --set train.epochs=5 (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmcl", description="Multi-modal continual learning.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run (or resume) one continual-learning run")
+    run.add_argument("--scenario", required=True, choices=SCENARIOS)
+    run.add_argument("--method", required=True)
+    run.add_argument("--benchmark", help="default: the scenario's benchmark in the profile")
+    run.add_argument("--seed", type=int, action="append", help="repeatable; default: the profile's seed")
+    run.add_argument("--output-dir", help="default: runtime.output_dir of the profile")
+    run.add_argument("--force", action="store_true", help="delete an existing run folder and start again")
+    _add_profile_arguments(run)
+
+    listing = commands.add_parser("list", help="list methods, scenarios, benchmarks or profiles")
+    listing.add_argument("what", nargs="?", default="all", choices=["all", "methods", "scenarios", "benchmarks", "profiles"])
+    listing.add_argument("--profile", default="tiny")
+
+    bench = commands.add_parser("bench", help="training-step throughput and memory of a method")
+    bench.add_argument("--method", required=True)
+    bench.add_argument("--scenario", default="class_incremental", choices=SCENARIOS)
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_profile_arguments(bench)
+    return parser
+
+
+def _list(what: str, profile: str) -> str:
+    from mmcl.methods import REGISTRY
+
+    lines = []
+    if what in ("all", "methods"):
+        lines.append("methods:")
+        for name, cls in sorted(REGISTRY.items()):
+            lines.append(f"  {name:14s} {cls.description}  [{', '.join(cls.compatible_scenarios)}]")
+    if what in ("all", "scenarios"):
+        lines.append("scenarios:")
+        lines += [f"  {name}" for name in SCENARIOS]
+    if what in ("all", "benchmarks"):
+        config = load_config(profile)
+        lines.append(f"benchmarks ({profile} profile):")
+        for name, spec in config.benchmarks.items():
+            lines.append(f"  {name:22s} {spec.source:9s} {'+'.join(spec.modalities):20s} {spec.description}")
+    if what in ("all", "profiles"):
+        lines.append("profiles:")
+        lines += [f"  {name}" for name in available_profiles()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # open_clip logs every model creation at INFO
+    try:
+        if args.command == "list":
+            print(_list(args.what, args.profile))
+        elif args.command == "run":
+            from mmcl.engine import run
+
+            config = load_config(args.profile, args.overrides)
+            for seed in args.seed or [config.seed]:
+                result = run(config, args.scenario, args.method, seed=seed, benchmark=args.benchmark,
+                             output_dir=args.output_dir, force=args.force)
+                status = "reused complete run" if result.skipped else "finished"
+                print(f"{status}: {result.run_dir}")
+                for mode, summary in result.metrics["modes"].items():
+                    print(f"  {mode}: final {summary['final_accuracy']:.2f}  "
+                          f"avg-incremental {summary['average_incremental_accuracy']:.2f}  "
+                          f"forgetting {summary['forgetting']:.2f}")
+        elif args.command == "bench":
+            from mmcl.bench import bench_method, format_bench
+
+            config = load_config(args.profile, args.overrides)
+            result = bench_method(config, args.method, args.scenario, steps=args.steps)
+            print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"mmcl: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
