@@ -1,8 +1,9 @@
-"""The ``mmcl`` command line: ``run``, ``list``, ``bench``.
+"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``reproduce``.
 
     mmcl run --scenario class_incremental --method lwf --seed 0 --profile tiny --set train.epochs=5
     mmcl list methods
     mmcl bench --method finetune --profile tiny
+    mmcl reproduce --profile tiny
 """
 from __future__ import annotations
 
@@ -44,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_profile_arguments(bench)
+
+    reproduce = commands.add_parser("reproduce", help="run the notebook sequence with papermill (resumes)")
+    reproduce.add_argument("--output-dir", help="runs and executed notebooks (default: runtime.output_dir)")
+    reproduce.add_argument("--figures-dir", default="figures", help="tables and figures (default: figures)")
+    reproduce.add_argument("--seeds", type=int, nargs="+", help="default: each notebook's own (0 1 2)")
+    reproduce.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 30_figures_and_tables")
+    _add_profile_arguments(reproduce)
     return parser
 
 
@@ -96,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.profile, args.overrides)
             result = bench_method(config, args.method, args.scenario, steps=args.steps)
             print(json.dumps(result, indent=2) if args.json else format_bench(result))
+        elif args.command == "reproduce":
+            from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
+
+            try:
+                reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
+                          seeds=args.seeds, notebooks=args.only or NOTEBOOKS)
+            except NotebookFailed as error:
+                print(f"mmcl reproduce: {error}", file=sys.stderr)
+                return 1
     except (ConfigError, FileNotFoundError) as error:
         print(f"mmcl: error: {error}", file=sys.stderr)
         return 2

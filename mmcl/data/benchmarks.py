@@ -30,6 +30,9 @@ class Benchmark:
     spec: BenchmarkConfig
     train: MultiModalDataset
     test: MultiModalDataset
+    # For data where each class exists in one modality only (a real modality stream made of one
+    # dataset per modality): the modality of each class. None when every class has every modality.
+    class_modalities: list[str] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -49,18 +52,22 @@ def benchmark_spec(config: Config, name: str) -> BenchmarkConfig:
 def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None, progress: bool = False) -> Benchmark:
     """Train/test data of benchmark ``name``; text modalities tokenised with ``tokenizer``."""
     spec = benchmark_spec(config, name)
+    class_modalities = None
     if spec.source == "synthetic":
         train, test = _cached_synthetic(config, name, spec, progress)
     else:
+        import json
+
         from mmcl.data.processed import load_processed
 
         train, test = load_processed(spec, name)
+        class_modalities = json.loads((processed_root(spec, name) / "meta.json").read_text()).get("class_modalities")
     if "text" in spec.modalities:
         if tokenizer is None:
             raise ValueError(f"benchmark {name!r} has a text modality: pass the model's tokenizer")
         for split in (train, test):
             split.inputs["text"] = pipeline.text_to_tensor(split.texts["text"], tokenizer)
-    return Benchmark(name, spec, train, test)
+    return Benchmark(name, spec, train, test, class_modalities)
 
 
 def _cached_synthetic(config: Config, name: str, spec: BenchmarkConfig, progress: bool):

@@ -4,7 +4,9 @@
   groups; every task has all of the benchmark's modalities.
 - ``domain_incremental``: all classes in every task; task t is domain t, in the benchmark's order.
 - ``modality_incremental`` (COMM): one modality per task, in a seed-drawn order; the classes, in a
-  seed-drawn order, split equally; a task's samples carry only its modality.
+  seed-drawn order, split equally; a task's samples carry only its modality. When the data says
+  which modality each class exists in (real streams: one dataset per modality), task m takes
+  exactly the classes of modality m.
 
 Labels are re-numbered to the run's class order (label k = the k-th class of the order), so that
 task t of a class-incremental stream owns a contiguous block of labels.
@@ -98,7 +100,14 @@ def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
             raise ConfigError(f"benchmarks.{benchmark.name}.num_tasks: a modality-incremental stream has one task "
                               f"per modality ({len(spec.modalities)}), got {spec.num_tasks}")
         modalities_in_order = modality_order(list(spec.modalities), seed)
-        groups = _split_evenly(labels, len(modalities_in_order), f"benchmarks.{benchmark.name}.num_classes")
+        if benchmark.class_modalities is not None:
+            owner = [benchmark.class_modalities[original] for original in order]  # per run label
+            groups = [[label for label in labels if owner[label] == m] for m in modalities_in_order]
+            empty = [m for m, group in zip(modalities_in_order, groups) if not group]
+            if empty:
+                raise ConfigError(f"benchmark {benchmark.name!r}: no class exists in modalities {empty}")
+        else:
+            groups = _split_evenly(labels, len(modalities_in_order), f"benchmarks.{benchmark.name}.num_classes")
         for index, (modality, classes) in enumerate(zip(modalities_in_order, groups)):
             tasks.append(Task(index, classes, [modality], select(train, classes, modalities=[modality]),
                               select(test, classes, modalities=[modality]), name=modality))

@@ -14,8 +14,9 @@ Of the 256 concepts, a fixed quarter (64) is reserved for continual learning; th
 the *pre-training concepts* on which the tiny CLIP of the ``tiny``/``smoke`` profiles is trained,
 so every attribute is known to the backbone but no continual-learning class was seen as a whole.
 
-Domains change style, not meaning: background, noise, pitch shift, motion speed and caption
-language. Every chunk (concept, domain, split, modality) draws from its own
+Domains change style, not the label: background, noise, object hue, pitch shift, motion speed
+and caption language. Hue and pitch shifts move a class's appearance towards other classes', so
+learning a new domain interferes with earlier ones, as in real domain-incremental data. Every chunk (concept, domain, split, modality) draws from its own
 ``numpy.random.SeedSequence``, so a sample's bytes depend only on the seed and its coordinates.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "crescent")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink")
@@ -42,6 +43,9 @@ BACKGROUNDS = np.array(
     dtype=np.float32,
 )
 PITCH_SHIFT_SEMITONES = (0.0, 1.5, -1.5, 3.0, -3.0)
+# Domains rotate object hues (degrees about the grey axis): what reads as "red" in one domain
+# reads as orange or pink in another, so domains conflict rather than only add nuisance.
+HUE_SHIFT_DEGREES = (0.0, 50.0, -50.0, 100.0, -100.0)
 SPEED_FACTOR = (1.0, 1.3, 0.75, 1.6, 0.55)
 
 VOCABULARY = {
@@ -147,8 +151,20 @@ def _texture(texture: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (du**2 + dv**2 > 0.06).astype(np.float32)
 
 
+def rotate_hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate colours ``[..., 3]`` about the grey axis of RGB space (Rodrigues' formula)."""
+    if degrees == 0:
+        return rgb
+    theta = np.deg2rad(degrees)
+    axis = np.full(3, 1 / np.sqrt(3), dtype=np.float32)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], dtype=np.float32)
+    rotation = np.cos(theta) * np.eye(3) + np.sin(theta) * cross + (1 - np.cos(theta)) * np.outer(axis, axis)
+    return np.clip(rgb @ rotation.T.astype(np.float32), 0, 1)
+
+
 def _draw(concept: Concept, size: int, centre: np.ndarray, scale: np.ndarray, angle: np.ndarray,
-          background: np.ndarray, noise: np.ndarray, rng: np.random.Generator, as_height: bool = False) -> np.ndarray:
+          background: np.ndarray, noise: np.ndarray, rng: np.random.Generator, as_height: bool = False,
+          hue_shift: float = 0.0) -> np.ndarray:
     """Render n objects. Returns ``[n, size, size, 3]`` RGB (or ``[n, size, size]`` heights)."""
     n = len(centre)
     axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
@@ -165,7 +181,8 @@ def _draw(concept: Concept, size: int, centre: np.ndarray, scale: np.ndarray, an
         tilt = rng.uniform(-0.08, 0.08, size=(n, 2)).astype(np.float32)
         height = height + 0.1 + tilt[:, 0, None, None] * x + tilt[:, 1, None, None] * y
         return height + rng.normal(0, 1, size=height.shape).astype(np.float32) * noise[:, None, None]
-    colour = np.clip(RGB[concept.colour][None] + rng.normal(0, 0.04, size=(n, 3)), 0, 1).astype(np.float32)
+    base = rotate_hue(RGB[concept.colour], hue_shift)
+    colour = np.clip(base[None] + rng.normal(0, 0.04, size=(n, 3)), 0, 1).astype(np.float32)
     shade = (0.4 + 0.6 * pattern)[..., None] * colour[:, None, None, :]
     image = mask[..., None] * shade + (1 - mask[..., None]) * background[:, None, None, :]
     image = image + rng.normal(0, 1, size=image.shape).astype(np.float32) * noise[:, None, None, None]
@@ -189,7 +206,7 @@ def _style(domain_index: int, n: int, rng: np.random.Generator) -> tuple[np.ndar
 def render_images(concept: Concept, n: int, size: int, domain_index: int, rng: np.random.Generator) -> np.ndarray:
     """``[n, size, size, 3]`` float images in [0, 1]."""
     background, noise = _style(domain_index, n, rng)
-    return _draw(concept, size, *_pose(n, rng), background, noise, rng)
+    return _draw(concept, size, *_pose(n, rng), background, noise, rng, hue_shift=HUE_SHIFT_DEGREES[domain_index % 5])
 
 
 def render_pretraining_images(concept: Concept, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -213,7 +230,8 @@ def render_videos(concept: Concept, n: int, size: int, frames: int, domain_index
     clips = []
     for step in steps:  # a handful of frames; each frame is vectorised over the n samples
         clips.append(_draw(concept, size, centre * 0.5 + speed * step * direction, scale,
-                           angle + spin * step * 2, background, noise, rng))
+                           angle + spin * step * 2, background, noise, rng,
+                           hue_shift=HUE_SHIFT_DEGREES[domain_index % 5]))
     return np.stack(clips, axis=1)
 
 

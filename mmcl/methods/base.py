@@ -14,6 +14,8 @@ different::
         class Config(MethodConfig):
             strength: float = 1.0
 
+        ablations = {"weak": {"strength": 0.1}}
+
         def training_loss(self, batch, task): ...
 
 Hooks, in the order the engine calls them for each task: :meth:`begin_task`, then for every batch
@@ -129,6 +131,9 @@ class Method(nn.Module):
     trains_on_all_seen_data: ClassVar[bool] = False  # joint training: the engine passes the union
     uses_modality_id: ClassVar[bool] = False  # evaluated twice in modality-incremental streams
     description: ClassVar[str] = ""
+    # Named ablation variants: variant name -> hyper-parameter overrides (run with
+    # ``engine.run(..., variant=name, hparams=overrides)``; the ablations notebook runs them all).
+    ablations: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, encoder: MultiModalEncoder, context: RunContext, hparams):
         super().__init__()

@@ -59,6 +59,7 @@ class ReservoirBuffer:
 class Replay(TextAnchoredMethod):
     name = "replay"
     description = "experience replay, reservoir buffer"
+    ablations = {"buffer-quarter": {"buffer_size": 50}}
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):

@@ -1,0 +1,126 @@
+"""The embedded benchmark: deterministic bytes, disjoint concepts, the modality pipeline's shapes."""
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from mmcl.config import AudioConfig, ConfigError, InertialConfig, load_config
+from mmcl.data import modalities as pipeline
+from mmcl.data import synthetic
+from mmcl.data.benchmarks import generate_synthetic, load_benchmark
+
+
+def digest(dataset) -> str:
+    hasher = hashlib.sha256()
+    for name in sorted(dataset.inputs):
+        if name != "text":
+            hasher.update(dataset.inputs[name].numpy().tobytes())
+    hasher.update(dataset.labels.numpy().tobytes())
+    hasher.update("\n".join(dataset.texts.get("text", [])).encode())
+    return hasher.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_config():
+    return load_config("smoke", ["data.train_per_class=3", "data.test_per_class=2"])
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(small_config):
+    spec = small_config.benchmarks["multilingual-emotion"]  # video + audio + text, two domains
+    first, second = generate_synthetic(small_config, spec), generate_synthetic(small_config, spec)
+    assert digest(first[0]) == digest(second[0]) and digest(first[1]) == digest(second[1])
+    other = load_config("smoke", ["data.train_per_class=3", "data.test_per_class=2", "data.benchmark_seed=99"])
+    assert digest(generate_synthetic(other, spec)[0]) != digest(first[0])
+
+
+def test_a_chunk_does_not_depend_on_what_else_is_generated(small_config):
+    # Same class 0 audio whether or not video is generated beside it.
+    both = generate_synthetic(small_config, small_config.benchmarks["av-events"])[0]
+    audio_only = small_config.benchmarks["av-events"].model_copy(update={"modalities": ["audio"]})
+    alone = generate_synthetic(small_config, audio_only)[0]
+    assert torch.equal(both.inputs["audio"], alone.inputs["audio"])
+
+
+def test_train_and_test_differ_and_are_balanced(small_config):
+    train, test = generate_synthetic(small_config, small_config.benchmarks["av-events"])
+    assert torch.bincount(train.labels).tolist() == [3] * 6
+    assert torch.bincount(test.labels).tolist() == [2] * 6
+    assert not torch.equal(train.inputs["video"][:2], test.inputs["video"][:2])
+
+
+def test_continual_and_pretraining_concepts_are_disjoint_and_cover_every_attribute():
+    continual = synthetic.continual_concepts()
+    pretraining = synthetic.pretraining_concepts()
+    assert len(continual) == 64 and len(pretraining) == 192
+    assert {c.index for c in continual}.isdisjoint({c.index for c in pretraining})
+    for attribute in ("shape", "colour", "texture"):
+        assert {getattr(c, attribute) for c in continual} == {getattr(c, attribute) for c in pretraining}
+    assert len({c.name for c in continual}) == 64
+
+
+def test_captions_use_the_domain_language():
+    rng = np.random.default_rng(0)
+    concept = synthetic.continual_concepts()[0]
+    german = synthetic.write_captions(concept, 20, "de", rng)
+    words = set(" ".join(german).split())
+    vocabulary = synthetic.VOCABULARY["de"]
+    assert words & set(vocabulary["colours"] + vocabulary["shapes"] + vocabulary["textures"])
+    assert synthetic.language_of("PL") == "pl" and synthetic.language_of("default") == "en"
+
+
+def test_pipeline_shapes_and_dtypes():
+    n, size = 3, 32
+    assert pipeline.images_to_tensor(np.random.rand(n, 40, 50, 3), size).shape == (n, 3, size, size)
+    video = pipeline.video_to_tensor(np.random.randint(0, 255, (n, 10, 20, 20, 3), dtype=np.uint8), size, 4)
+    assert video.shape == (n, 4, 3, size, size) and video.dtype == torch.uint8
+    audio = pipeline.audio_to_tensor(np.random.randn(n, 4000).astype(np.float32), AudioConfig(duration=0.5), size)
+    assert audio.shape == (n, 3, size, size)
+    inertial = pipeline.inertial_to_tensor(np.random.randn(n, 3, 100), InertialConfig(), size)
+    assert inertial.shape == (n, 3, size, size)
+
+
+def test_frame_sampling_is_uniform():
+    assert pipeline.sample_frame_indices(8, 4).tolist() == [1, 3, 5, 7]
+    assert pipeline.sample_frame_indices(2, 4).tolist() == [0, 0, 1, 1]
+
+
+def test_depth_missing_pixels_and_normalisation():
+    depth = np.array([[[1.0, 3.0], [np.nan, 2.0]]], dtype=np.float32)
+    image = pipeline.depth_to_tensor(depth, 2)
+    assert image[0, 0].tolist() == [[0, 255], [0, 128]]
+
+
+def test_log_mel_is_librosa_power_db():
+    import librosa
+
+    cfg = AudioConfig(sample_rate=8000, duration=0.25, n_fft=256, hop_length=128, n_mels=16)
+    wave = np.sin(2 * np.pi * 440 * np.arange(2000) / 8000).astype(np.float32)[None]
+    expected = librosa.power_to_db(librosa.feature.melspectrogram(y=wave[0], sr=8000, n_fft=256, hop_length=128,
+                                                                  n_mels=16), ref=1.0, top_db=None)
+    np.testing.assert_allclose(pipeline.log_mel(wave, cfg)[0], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_pipeline_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
+        pipeline.images_to_tensor(np.zeros((2, 8, 8)), 8)
+    with pytest.raises(ValueError, match=r"\[N, 3, samples\]"):
+        pipeline.inertial_to_tensor(np.zeros((2, 6, 10)), InertialConfig(), 8)
+
+
+def test_benchmark_cache_is_reused_and_corrupt_cache_rebuilt(tmp_path, small_config):
+    config = small_config.model_copy(update={"data": small_config.data.model_copy(update={"cache_dir": str(tmp_path)})})
+    first = load_benchmark(config, "ego-activities")
+    cached = list((tmp_path / "benchmarks").glob("ego-activities-*.pt"))
+    assert len(cached) == 1
+    cached[0].write_bytes(b"truncated")
+    again = load_benchmark(config, "ego-activities")
+    assert torch.equal(first.train.inputs["acc"], again.train.inputs["acc"])
+
+
+def test_unknown_benchmark_and_too_many_classes(small_config):
+    with pytest.raises(ConfigError, match="unknown benchmark 'nope'"):
+        load_benchmark(small_config, "nope")
+    big = load_config("smoke", ["benchmarks.av-events.num_classes=65"])
+    with pytest.raises(ConfigError, match="at most 64"):
+        generate_synthetic(big, big.benchmarks["av-events"], label="av-events")

@@ -1,0 +1,80 @@
+"""Scenario splits are exact and determined by the seed."""
+import pytest
+import torch
+
+from mmcl.config import ConfigError, load_config
+from mmcl.data.benchmarks import load_benchmark
+from mmcl.data.scenarios import build_stream, class_order, modality_order
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config("smoke")  # smoke sizes: 12 train and 6 test samples per class and domain
+
+
+@pytest.fixture(scope="module")
+def av(config):
+    return load_benchmark(config, "av-events")
+
+
+def test_class_incremental_split_is_an_exact_partition(av):
+    stream = build_stream("class_incremental", av, seed=3)
+    assert [t.classes for t in stream.tasks] == [[0, 1, 2], [3, 4, 5]]
+    for task in stream.tasks:
+        assert set(task.train.labels.tolist()) == set(task.classes)
+        assert set(task.test.labels.tolist()) == set(task.classes)
+        assert len(task.train) == 12 * 3 and len(task.test) == 6 * 3
+        assert task.modalities == ["video", "audio"] and task.train.modalities == ("video", "audio")
+
+
+def test_labels_follow_the_seed_class_order(av):
+    stream = build_stream("class_incremental", av, seed=3)
+    order = class_order(6, 3)
+    assert stream.class_order == order
+    assert stream.class_names == [av.class_names[i] for i in order]
+    # the first training sample of run label k is a sample of benchmark class order[k]
+    task = stream.tasks[0]
+    original = av.train.labels[torch.nonzero(av.train.labels == order[task.classes[0]])[0]]
+    assert int(original) == order[task.classes[0]]
+    assert torch.equal(task.train.inputs["audio"][task.train.labels == 0][0],
+                       av.train.inputs["audio"][av.train.labels == order[0]][0])
+
+
+def test_orders_differ_between_seeds_and_repeat_for_a_seed():
+    assert class_order(28, 0) == class_order(28, 0)
+    assert len({tuple(class_order(28, s)) for s in range(5)}) == 5
+    assert sorted(class_order(28, 4)) == list(range(28))
+    modalities = ["image", "video", "audio", "depth"]
+    assert sorted(modality_order(modalities, 1)) == sorted(modalities)
+    assert len({tuple(modality_order(modalities, s)) for s in range(8)}) > 1
+
+
+def test_domain_incremental_has_all_classes_one_domain_per_task(config):
+    emotion = load_benchmark(config, "multilingual-emotion", tokenizer=lambda texts: torch.zeros(len(texts), 4))
+    stream = build_stream("domain_incremental", emotion, seed=0)
+    assert [t.domain for t in stream.tasks] == ["en", "de"] == stream.domain_order
+    for index, task in enumerate(stream.tasks):
+        assert task.classes == [0, 1, 2, 3]
+        assert set(task.train.domains.tolist()) == {index} and set(task.test.domains.tolist()) == {index}
+        assert len(task.train) == 12 * 4
+
+
+def test_modality_incremental_one_modality_per_task(config):
+    benchmark = load_benchmark(config, "modality-stream")
+    stream = build_stream("modality_incremental", benchmark, seed=5)
+    assert stream.modality_order == modality_order(["image", "audio"], 5)
+    for task, modality in zip(stream.tasks, stream.modality_order):
+        assert task.modalities == [modality] and task.train.modalities == (modality,)
+    assert [t.classes for t in stream.tasks] == [[0, 1, 2], [3, 4, 5]]
+    record = stream.order_record()
+    assert record["modality_order"] == stream.modality_order and len(record["tasks"]) == 2
+
+
+def test_invalid_streams_are_explained(config, av):
+    with pytest.raises(ConfigError, match="two domains"):
+        build_stream("domain_incremental", av, seed=0)
+    with pytest.raises(ConfigError, match="unknown scenario"):
+        build_stream("task_incremental", av, seed=0)
+    uneven = load_config("smoke", ["benchmarks.av-events.num_tasks=4"])
+    with pytest.raises(ConfigError, match="do not split evenly"):
+        build_stream("class_incremental", load_benchmark(uneven, "av-events"), seed=0)
