@@ -1,19 +1,53 @@
 """Reader for real datasets prepared by ``data_prep/`` into the engine's format.
 
-A prepared benchmark is a folder with ``meta.json`` (``class_names``, ``domain_names``,
-``modalities``, ``complete: true``) and ``train.pt`` / ``test.pt``, each a dict with ``inputs``
-(modality -> tensor as made by :mod:`mmcl.data.modalities`), ``labels``, ``domains`` and
-``texts`` (modality -> list of strings for text modalities). ``meta.json`` is written last,
-so a folder without it was interrupted and is never read as complete.
+A prepared benchmark is a folder with ``meta.json`` and ``train.pt`` / ``test.pt``.
+
+``meta.json``: ``format_version``, ``dataset``, ``class_names``, ``domain_names``, ``modalities``,
+``class_modalities`` (modality of each class, modality streams only, else null), ``settings``
+(the data sizes it was prepared at), ``summary`` (counts, skipped files) and ``complete: true``.
+It is written last, so a folder without it was interrupted and is never read as complete.
+
+``train.pt`` / ``test.pt``: a dict with ``inputs`` (modality -> uint8 tensor as made by
+:mod:`mmcl.data.modalities`), ``labels`` and ``domains`` (``[N]`` long), ``texts`` (modality ->
+list of N strings, for text modalities), ``keys`` (N sample ids, optional) and ``rows``
+(optional, modality -> long indices): a modality listed in ``rows`` is stored only for the
+samples that carry it (``inputs[m][k]`` belongs to sample ``rows[m][k]``) and is expanded here
+with zero images for the others, so the engine sees the same dense tensors as before.
 """
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 
 from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.data.dataset import MultiModalDataset
+
+FORMAT_VERSION = 2
+log = logging.getLogger(__name__)
+
+
+def expand_rows(stored: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Sparse rows ``[K, ...]`` at indices ``rows`` -> dense ``[n, ...]`` with zeros elsewhere."""
+    dense = torch.zeros(n, *stored.shape[1:], dtype=stored.dtype)
+    dense[rows] = stored
+    return dense
+
+
+def _domain_mapping(spec: BenchmarkConfig, meta_domains: list[str], name: str) -> torch.Tensor | None:
+    """Stored domain index -> the profile's domain index (-1: not used), matched by name.
+
+    ``None`` when the profile keeps the prepared order (default domains or the same names).
+    """
+    wanted = [d.lower() for d in spec.domains]
+    stored = [d.lower() for d in meta_domains]
+    if wanted == ["default"] or wanted == stored:
+        return None
+    missing = [d for d, low in zip(spec.domains, wanted) if low not in stored]
+    if missing:
+        raise ConfigError(f"benchmarks.{name}.domains: {missing} not in the prepared domains {meta_domains}")
+    return torch.tensor([wanted.index(d) if d in wanted else -1 for d in stored], dtype=torch.long)
 
 
 def load_processed(spec: BenchmarkConfig, name: str) -> tuple[MultiModalDataset, MultiModalDataset]:
@@ -33,6 +67,11 @@ def load_processed(spec: BenchmarkConfig, name: str) -> tuple[MultiModalDataset,
     missing = [m for m in spec.modalities if m not in meta["modalities"]]
     if missing:
         raise ConfigError(f"benchmarks.{name}.modalities: {missing} not in prepared data {meta['modalities']}")
+    if spec.num_classes != len(meta["class_names"]):
+        raise ConfigError(f"benchmarks.{name}.num_classes: the prepared data in {root} has "
+                          f"{len(meta['class_names'])} classes, the profile says {spec.num_classes}")
+    mapping = _domain_mapping(spec, meta["domain_names"], name)
+    domain_names = list(spec.domains) if mapping is not None else meta["domain_names"]
     splits = []
     for split in ("train", "test"):
         path = root / f"{split}.pt"
@@ -42,8 +81,17 @@ def load_processed(spec: BenchmarkConfig, name: str) -> tuple[MultiModalDataset,
             raise FileNotFoundError(f"benchmark {name!r}: {path} is missing; re-run the preparation") from None
         except Exception as error:
             raise ValueError(f"benchmark {name!r}: {path} is unreadable ({error}); re-run the preparation") from error
-        stored["inputs"] = {m: stored["inputs"][m] for m in spec.modalities if m != "text"}
+        n = len(stored["labels"])
+        rows = stored.get("rows") or {}
+        stored["inputs"] = {m: expand_rows(stored["inputs"][m], rows[m], n) if m in rows else stored["inputs"][m]
+                            for m in spec.modalities if m != "text"}
         stored.setdefault("texts", {})
-        stored["class_names"], stored["domain_names"] = meta["class_names"], meta["domain_names"]
+        if mapping is not None:
+            domains = mapping[stored["domains"]]
+            keep = torch.nonzero(domains >= 0).flatten()
+            stored["inputs"] = {m: t[keep] for m, t in stored["inputs"].items()}
+            stored["labels"], stored["domains"] = stored["labels"][keep], domains[keep]
+            stored["texts"] = {m: [v[i] for i in keep.tolist()] for m, v in stored["texts"].items()}
+        stored["class_names"], stored["domain_names"] = meta["class_names"], domain_names
         splits.append(_from_stored(stored))
     return splits[0], splits[1]
