@@ -32,9 +32,10 @@ def test_resume_after_interruption_equals_uninterrupted(smoke_config, tmp_path, 
     real_train_task = engine.train_task
 
     def killed_during_second_task(method_obj, task, *args, **kwargs):
-        real_train_task(method_obj, task, *args, **kwargs)
+        stats = real_train_task(method_obj, task, *args, **kwargs)
         if task.index == 1:
             raise Interrupted
+        return stats
 
     monkeypatch.setattr(engine, "train_task", killed_during_second_task)
     with pytest.raises(Interrupted):
