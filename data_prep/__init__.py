@@ -8,7 +8,7 @@ Notebook / library use::
 
 Command line: ``python -m data_prep ave --raw data/raw/ave --out data/processed/ave --profile paper``.
 The processed folder is what ``benchmarks.<name>.path`` of a profile points to
-(``source: processed``). See docs/datasets.md for each dataset's download, licence and layout,
+(``source: processed``). See the README, section Datasets for each dataset's download, licence and layout,
 and :mod:`data_prep.core` for the resumable, atomic preparation and the bad-data policy.
 """
 from __future__ import annotations

@@ -70,7 +70,7 @@ class UESTCMMEACL(DatasetAdapter):
             match = _CLASS_FOLDER.match(relative.parts[0]) if len(relative.parts) > 1 else None
             if not match:
                 raise PrepError(f"{self.name}: {where}: cannot read the class from {relative}; expected "
-                                f"<k>_<activity>/<sample> (see docs/datasets.md)")
+                                f"<k>_<activity>/<sample> (see the README, section Datasets)")
             classes[int(match.group(1))] = match.group(2).replace("_", " ")
         numbers = sorted(classes)
         label_of = {k: i for i, k in enumerate(numbers)}

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--figures-dir", default="figures", help="tables and figures (default: figures)")
     reproduce.add_argument("--seeds", type=int, nargs="+", help="default: each notebook's own (0 1 2)")
     reproduce.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 30_figures_and_tables")
+    reproduce.add_argument("--rerun-notebooks", action="store_true",
+                           help="execute every notebook even when its executed copy is up to date")
     _add_profile_arguments(reproduce)
     return parser
 
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
-                          seeds=args.seeds, notebooks=args.only or NOTEBOOKS)
+                          seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks)
             except NotebookFailed as error:
                 print(f"mmcl reproduce: {error}", file=sys.stderr)
                 return 1

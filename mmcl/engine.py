@@ -247,6 +247,7 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
     records.atomic_write_json(run_dir / "order.json", stream.order_record())
     if not (run_dir / "manifest.json").is_file():
         records.atomic_write_json(run_dir / "manifest.json", records.manifest(device) | {
+            "backbone": method_obj.encoder.weights,
             "run": {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant,
                     "seed": seed, "profile": config.profile, "hparams": method_obj.hparams_dict()}})
 

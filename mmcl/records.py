@@ -107,6 +107,7 @@ def manifest(device: torch.device) -> dict[str, Any]:
             libraries[name] = version(name)
         except PackageNotFoundError:
             libraries[name] = None
+    libraries["torch"] = torch.__version__  # the build tag (+cu130, +cpu) matters for reproducibility
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
         "mmcl_version": libraries.get("mmcl") or _own_version(),

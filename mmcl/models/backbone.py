@@ -171,6 +171,9 @@ def build_encoder(config: Config, device: torch.device | str = "cpu", progress: 
     mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
     std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
     encoder = MultiModalEncoder(clip, open_clip.get_tokenizer(name), mean, std)
+    # Recorded in each run's manifest: runs on different weights must never be mixed silently.
+    encoder.weights = {"model": name, "pretrained": pretrained,
+                       "file_bytes": Path(pretrained).stat().st_size if pretrained and Path(pretrained).is_file() else None}
     return freeze(encoder).eval().to(device)
 
 

@@ -1,0 +1,426 @@
+"""COMM (Jin & Kim, "Continual Learning for Multiple Modalities", arXiv 2503.08064), reconstructed.
+
+Reconstructed from the published description; components marked *(design choice)* are ours (see
+``docs/methods/comm.md`` for the equations as implemented). The backbone is frozen; per task of
+modality ``m``:
+
+- **Modality-specific prompt pools** (one L2P pool per modality, ``shared_pool`` for the ablation):
+  every image's frozen embedding ``q`` picks the top-k prompts of each pool.
+- **Relevance-guided blending**: a small classifier ``R_t(q)`` predicts the modality; the prompt
+  handed to the tower is ``sum_p w_p(q) P_p(q)`` with ``w = softmax(R_t(q) / tau)`` over the seen
+  modalities (modality-agnostic), or ``(1 - rho) onehot(m) + rho softmax(...)`` when the
+  modality is known (modality-aware; always so in training). ``R_t`` trains on the current
+  queries plus Gaussian pseudo-queries of earlier modalities' classes.
+- **Text-anchored cosine classifier**: class weights start at the text embeddings of
+  ``"a {modality word} of a {class}"`` for the modality the class was taught in.
+- **Intra-modal self-regularisation**: ``lambda_self * w(s) * s`` with ``s = ||z_t - z_{t-1}||^2``
+  between the prompted embedding and the one of the model frozen at the start of the task, and
+  ``w(s) = s / (s + kappa)`` (detached) *(design choice)*; after the task a revisited pool is
+  merged by momentum ``P <- beta P_old + (1 - beta) P_new``.
+- **Re-alignment**: per-class Gaussians (mean, shrunk covariance) of the final embeddings; after
+  each task, pseudo-features of old classes and real features of the current task fine-tune a
+  light alignment layer (a linear map on the embeddings, or the head) *(SLCA-style)*.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+from torch import nn
+
+from mmcl.methods.base import CosineClassifier, Method, Snapshot, register, targets_in
+from mmcl.methods.l2p import prompt_parameter_groups, single_modality
+from mmcl.models.prompts import (
+    PromptPool,
+    as_images,
+    encode_prompted,
+    frozen_query,
+    key_query_matching_loss,
+    pool_frames,
+)
+
+DEFAULT_MODALITY_WORDS = {"image": "photo", "video": "video", "audio": "sound", "depth": "depth map",
+                          "text": "text", "acc": "motion", "gyro": "rotation"}
+SHARED = "shared"
+
+
+# ---------------------------------------------------------------------------------------- pieces
+class GaussianBank:
+    """Per-class Gaussians ``N(mu_c, Sigma_c)`` of features, with shrinkage, and a sampler.
+
+    ``Sigma_c = (1 - gamma) S_c + gamma * (trace(S_c) / D) * I`` where ``S_c`` is the sample
+    covariance (``gamma = shrinkage``; Ledoit-Wolf-style target, *design choice*): with fewer
+    samples than dimensions ``S_c`` is singular and could not be sampled from.
+    """
+
+    def __init__(self, shrinkage: float = 0.1):
+        self.shrinkage = shrinkage
+        self.means: dict[int, torch.Tensor] = {}
+        self.covariances: dict[int, torch.Tensor] = {}
+        self._factors: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.means)
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(self.means)
+
+    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Store the statistics of ``features [N, D]`` for every class in ``labels [N]``."""
+        features = features.detach().double()
+        for label in labels.unique().tolist():
+            rows = features[labels == label]
+            mean = rows.mean(dim=0)
+            centred = rows - mean
+            sample = centred.T @ centred / max(len(rows) - 1, 1)
+            target = sample.diagonal().mean() * torch.eye(len(mean), dtype=sample.dtype, device=sample.device)
+            covariance = (1 - self.shrinkage) * sample + self.shrinkage * target
+            self.means[label], self.covariances[label] = mean.float(), covariance.float()
+            self._factors.pop(label, None)
+
+    def _factor(self, label: int) -> torch.Tensor:
+        if label not in self._factors:
+            covariance = self.covariances[label].double()
+            jitter = 1e-6 * covariance.diagonal().mean().clamp(min=1e-12)
+            eye = torch.eye(len(covariance), dtype=covariance.dtype, device=covariance.device)
+            self._factors[label] = torch.linalg.cholesky(covariance + jitter * eye).float()
+        return self._factors[label]
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One pseudo-feature per entry of ``labels [N]``: ``[N, D]``."""
+        means = torch.stack([self.means[int(c)] for c in labels])
+        factors = torch.stack([self._factor(int(c)) for c in labels])
+        noise = torch.randn(means.shape, generator=generator).to(means.device)
+        return means + (factors @ noise.unsqueeze(-1)).squeeze(-1)
+
+    def state(self) -> dict:
+        return {"shrinkage": self.shrinkage, "means": self.means, "covariances": self.covariances}
+
+    def load(self, state: dict) -> None:
+        self.shrinkage, self.means, self.covariances = state["shrinkage"], state["means"], state["covariances"]
+        self._factors = {}
+
+    def to(self, device: torch.device) -> GaussianBank:
+        self.means = {k: v.to(device) for k, v in self.means.items()}
+        self.covariances = {k: v.to(device) for k, v in self.covariances.items()}
+        self._factors = {k: v.to(device) for k, v in self._factors.items()}
+        return self
+
+
+def blend_weights(relevance_logits: torch.Tensor, seen: torch.Tensor, known: int | None, blending: str,
+                  temperature: float, aware_share: float) -> torch.Tensor:
+    """Weights ``[N, M]`` of the ``M`` modality pools for each image; rows sum to one.
+
+    Args:
+        relevance_logits: ``R_t(q)``, ``[N, M]``.
+        seen: bool ``[M]``, the pools that exist (modalities trained so far); others get 0.
+        known: the index of the known modality (modality-aware), or ``None`` (agnostic).
+        blending: ``"relevance"`` (softmax of ``R_t / temperature``; aware: mixed with the known
+            one-hot as ``(1 - aware_share) onehot + aware_share softmax``), ``"current"`` (the known
+            pool only; agnostic: the arg-max of ``R_t``) or ``"uniform"`` (every seen pool alike).
+    """
+    n, m = relevance_logits.shape
+    seen = seen.to(relevance_logits.device)
+    if known is not None and not bool(seen[known]):
+        known = None  # a modality without a pool yet (forward-transfer evaluation): R_t decides
+    if blending == "uniform":
+        return (seen.float() / seen.sum()).expand(n, m).clone()
+    masked = relevance_logits.float().masked_fill(~seen, float("-inf"))
+    if blending == "current":
+        index = torch.full((n,), known, device=masked.device) if known is not None else masked.argmax(dim=-1)
+        return F.one_hot(index, m).float()
+    relevance = F.softmax(masked / temperature, dim=-1)
+    if known is None:
+        return relevance
+    return (1 - aware_share) * F.one_hot(torch.full((n,), known, device=masked.device), m).float() \
+        + aware_share * relevance
+
+
+def self_regularisation(current: torch.Tensor, frozen: torch.Tensor, kappa: float, adaptive: bool = True
+                        ) -> torch.Tensor:
+    """``mean_i w(s_i) s_i`` with ``s_i = ||z_i - z_i^frozen||^2`` and ``w(s) = s / (s + kappa)``.
+
+    Both embeddings ``[B, D]`` are L2-normalised first. The weight is detached: it decides how
+    much each sample's shift counts (small shifts nearly free, large ones fully penalised), not
+    the direction of the gradient. ``adaptive=False``: ``w = 1``.
+    """
+    shift = (F.normalize(current.float(), dim=-1) - F.normalize(frozen.float(), dim=-1)).pow(2).sum(dim=-1)
+    weight = shift.detach() / (shift.detach() + kappa) if adaptive else torch.ones_like(shift)
+    return (weight * shift).mean()
+
+
+class RelevanceFunction(nn.Module):
+    """``R_t``: frozen query ``[N, Dq]`` -> modality logits ``[N, M]`` (linear, or a one-hidden-layer MLP)."""
+
+    def __init__(self, query_dim: int, modalities: int, hidden: int = 0):
+        super().__init__()
+        self.net = nn.Linear(query_dim, modalities) if hidden <= 0 else nn.Sequential(
+            nn.Linear(query_dim, hidden), nn.GELU(), nn.Linear(hidden, modalities))
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        return self.net(query.float())
+
+
+# ---------------------------------------------------------------------------------------- method
+@register
+class COMM(Method):
+    name = "comm"
+    compatible_scenarios = ("modality_incremental",)
+    uses_modality_id = True
+    description = "COMM (reconstructed): modality prompt pools, relevance blending, self-regularisation, re-alignment"
+    ablations = {
+        "no-self-regularisation": {"self_reg_weight": 0.0, "prompt_momentum": 0.0},
+        "no-blending-current": {"blending": "current"},
+        "no-blending-uniform": {"blending": "uniform"},
+        "no-realignment": {"realign": False},
+        "shared-pool": {"shared_pool": True},
+    }
+
+    @dataclass(config={"extra": "forbid"})
+    class Config:
+        # prompt pools (L2P-style, one per modality)
+        pool_size: int = 10  # prompts per pool
+        prompt_length: int = 4  # tokens per prompt
+        top_k: int = 3  # prompts chosen per image and pool
+        prompt_depth: int = 1  # prompted blocks, from the first
+        prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
+        prompt_init_std: float = 0.02
+        matching_weight: float = 0.5  # key-query matching loss of the current pool
+        prompt_lr_scale: float = 1.0  # learning rate of keys and prompts = this x train.lr
+        shared_pool: bool = False  # ablation: one pool for all modalities (L2P-like)
+        # text-anchored classifier
+        modality_words: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODALITY_WORDS))
+        modality_templates: list[str] = Field(default_factory=lambda: ["a {modality} of a {}."])
+        train_head: bool = True
+        ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
+        # intra-modal self-regularisation (design choice in its exact form)
+        self_reg_weight: float = 1.0  # lambda_self
+        self_reg_kappa: float = 0.05  # w(s) = s / (s + kappa)
+        self_reg_adaptive: bool = True  # False: w = 1
+        prompt_momentum: float = 0.5  # beta, merge of a revisited pool after its task (0: off)
+        # relevance function and blending
+        blending: Literal["relevance", "current", "uniform"] = "relevance"
+        relevance_hidden: int = 0  # 0: linear R_t; >0: MLP with this hidden width
+        relevance_temperature: float = 1.0  # tau
+        relevance_weight: float = 1.0  # weight of R_t's cross-entropy in the training loss
+        relevance_lr_scale: float = 100.0  # R_t's learning rate = this x train.lr (linear map on unit queries)
+        relevance_pseudo_batch: int = 32  # Gaussian pseudo-queries of earlier modalities per step
+        aware_share: float = 0.2  # rho: share of R_t's blend when the modality is known
+        # Gaussian statistics and re-alignment (SLCA-style)
+        covariance_shrinkage: float = 0.1  # gamma
+        realign: bool = True
+        realign_layer: Literal["linear", "head"] = "linear"  # what the re-alignment trains
+        realign_samples_per_class: int = 64  # pseudo-features per old class
+        realign_epochs: int = 5
+        realign_lr: float = 0.001
+        realign_batch_size: int = 128
+
+    def __init__(self, encoder, context, hparams):
+        super().__init__(encoder, context, hparams)
+        h = hparams
+        self.modalities = list(dict.fromkeys(t.modality for t in context.tasks))
+        unknown = [m for m in self.modalities if m not in h.modality_words]
+        if unknown:
+            raise ValueError(f"comm: modality_words has no word for {unknown}")
+        pool_names = [SHARED] if h.shared_pool else self.modalities
+        self.pools = nn.ModuleDict({name: PromptPool(h.pool_size, h.prompt_length, h.prompt_depth,
+                                                     encoder.vision_width, encoder.embed_dim, h.top_k,
+                                                     h.prompt_init_std) for name in pool_names})
+        self.relevance = RelevanceFunction(encoder.embed_dim, len(self.modalities), h.relevance_hidden)
+        self.head = CosineClassifier(self.class_text_embeddings(), encoder.logit_scale, trainable=h.train_head)
+        self.align = nn.Linear(encoder.embed_dim, encoder.embed_dim, bias=False)
+        nn.init.eye_(self.align.weight)
+        self.align.requires_grad_(False)  # trained only by the re-alignment step
+        self.register_buffer("seen_mask", torch.zeros(len(self.modalities), dtype=torch.bool))
+        self.queries = GaussianBank(h.covariance_shrinkage)  # frozen queries, for R_t's pseudo-queries
+        self.features = GaussianBank(h.covariance_shrinkage)  # final embeddings, for re-alignment
+        self.class_modality: dict[int, int] = {c: self.modalities.index(t.modality)
+                                               for t in context.tasks for c in t.classes}
+        self.teacher: Snapshot | None = None
+        self.generator = torch.Generator()
+
+    def class_text_embeddings(self) -> torch.Tensor:
+        """``[C, D]``: each class named with the word of the modality it is taught in."""
+        names = self.context.class_names
+        rows = torch.zeros(len(names), self.encoder.embed_dim, device=self.encoder.mean.device)
+        for task in self.context.tasks:
+            word = self.hparams.modality_words[task.modality]
+            templates = [t.replace("{modality}", word) for t in self.hparams.modality_templates]
+            rows[task.classes] = self.encoder.class_text_embeddings([names[c] for c in task.classes], templates)
+        return rows
+
+    # ------------------------------------------------------------------------------ forward parts
+    def pool_name(self, modality: str) -> str:
+        return SHARED if self.hparams.shared_pool else modality
+
+    def weights(self, query: torch.Tensor, known: str | None) -> torch.Tensor:
+        """Blend weights ``[N, M]`` over the modality pools (detached from ``R_t``)."""
+        with torch.no_grad():
+            logits = self.relevance(query)
+        index = self.modalities.index(known) if known is not None else None
+        seen = self.seen_mask if bool(self.seen_mask.any()) else torch.ones_like(self.seen_mask)
+        h = self.hparams
+        return blend_weights(logits, seen, index, h.blending, h.relevance_temperature, h.aware_share)
+
+    def prompts(self, query: torch.Tensor, known: str | None, replace: dict[str, PromptPool] | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Blended prompts ``[N, depth, k*length, width]`` and each used pool's key similarities."""
+        replace = replace or {}
+        if self.hparams.shared_pool:
+            pool = replace.get(SHARED, self.pools[SHARED])
+            prompts, _, similarity = pool(query)
+            return prompts, {SHARED: similarity}
+        weights = self.weights(query, known)
+        blended, similarities = 0.0, {}
+        for index, modality in enumerate(self.modalities):
+            column = weights[:, index]
+            if not bool((column > 0).any()):
+                continue
+            prompts, _, similarity = replace.get(modality, self.pools[modality])(query)
+            blended = blended + column.view(-1, 1, 1, 1).to(prompts.dtype) * prompts
+            similarities[modality] = similarity
+        return blended, similarities
+
+    def embed(self, modality: str, inputs: torch.Tensor, known: str | None,
+              replace: dict[str, PromptPool] | None = None, query: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(prompted embeddings [B, D], queries [N, Dq], key similarities)`` of one modality's batch.
+
+        ``query`` (``[N, Dq]``) can be passed when already computed, to skip the frozen pass.
+        """
+        images = as_images(modality, inputs)
+        query = frozen_query(self.encoder, images) if query is None else query
+        prompts, similarities = self.prompts(query, known, replace)
+        embeddings = encode_prompted(self.encoder, images, prompts, self.hparams.prompt_style)
+        return pool_frames(modality, embeddings, len(inputs)), query, similarities
+
+    def classify(self, embeddings: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
+        return self.head(self.align(F.normalize(embeddings.float(), dim=-1)), label_space)
+
+    # ------------------------------------------------------------------------------------- hooks
+    def begin_task(self, task):
+        self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
+        current = self.pool_name(task.modality)
+        self.pool_revisited = bool(self.seen_mask[self.modalities.index(task.modality)]) or \
+            (self.hparams.shared_pool and task.index > 0)
+        self.seen_mask[self.modalities.index(task.modality)] = True
+        for name, pool in self.pools.items():  # only the current modality's pool learns
+            pool.requires_grad_(name == current)
+        self.teacher = Snapshot(self.pools[current]) if self.hparams.self_reg_weight > 0 \
+            or self.hparams.prompt_momentum > 0 else None
+
+    def relevance_loss(self, query: torch.Tensor, modality: str) -> torch.Tensor:
+        """Cross-entropy of ``R_t`` on current queries and pseudo-queries of earlier modalities."""
+        target = torch.full((len(query),), self.modalities.index(modality), device=query.device)
+        inputs, targets = [query], [target]
+        old = [c for c in self.queries.classes if self.class_modality[c] != self.modalities.index(modality)]
+        if old and self.hparams.relevance_pseudo_batch > 0:
+            picks = torch.randint(len(old), (self.hparams.relevance_pseudo_batch,), generator=self.generator)
+            labels = torch.tensor(old)[picks]
+            inputs.append(F.normalize(self.queries.sample(labels, self.generator).to(query.device), dim=-1))
+            targets.append(torch.tensor([self.class_modality[int(c)] for c in labels], device=query.device))
+        logits = self.relevance(torch.cat(inputs)).masked_fill(~self.seen_mask, float("-inf"))
+        return F.cross_entropy(logits, torch.cat(targets))
+
+    def training_loss(self, batch, task):
+        h = self.hparams
+        modality, inputs = single_modality(batch)
+        embeddings, query, similarities = self.embed(modality, inputs, known=modality)
+        classes = task.classes if h.ce_over == "current" else self.context.seen_classes
+        space = torch.tensor(sorted(classes), device=batch.labels.device)
+        ce = F.cross_entropy(self.classify(embeddings, space), targets_in(space, batch.labels))
+        loss, parts = ce, {"ce": ce.item()}
+        current = self.pool_name(modality)
+        if h.matching_weight > 0 and current in similarities:
+            matching = key_query_matching_loss(similarities[current])
+            loss, parts["match"] = loss + h.matching_weight * matching, matching.item()
+        if h.self_reg_weight > 0 and self.teacher is not None:
+            with torch.no_grad():
+                frozen, _, _ = self.embed(modality, inputs, known=modality,
+                                       replace={current: self.teacher.module}, query=query)
+            regulariser = self_regularisation(embeddings, frozen, h.self_reg_kappa, h.self_reg_adaptive)
+            loss, parts["self"] = loss + h.self_reg_weight * regulariser, regulariser.item()
+        if not h.shared_pool and h.relevance_weight > 0:
+            relevance = self.relevance_loss(query, modality)
+            loss, parts["relevance"] = loss + h.relevance_weight * relevance, relevance.item()
+        return loss, parts
+
+    @torch.no_grad()
+    def end_task(self, task):
+        h = self.hparams
+        current = self.pools[self.pool_name(task.modality)]
+        if self.pool_revisited and h.prompt_momentum > 0 and self.teacher is not None:
+            old = self.teacher.module.prompts.to(current.prompts.device)
+            current.prompts.copy_(h.prompt_momentum * old + (1 - h.prompt_momentum) * current.prompts)
+        self.teacher = None
+        current.requires_grad_(False)
+        was_training = self.training
+        self.eval()
+        device = self.seen_mask.device
+        queries, query_labels, embeddings, labels = [], [], [], []
+        for batch in task.train.batches(256):
+            batch = batch.to(device)
+            modality, inputs = single_modality(batch)
+            embedding, query, _ = self.embed(modality, inputs, known=modality)
+            frames = query.shape[0] // len(batch)
+            queries.append(query), query_labels.append(batch.labels.repeat_interleave(frames))
+            embeddings.append(F.normalize(embedding.float(), dim=-1)), labels.append(batch.labels)
+        self.queries.add(torch.cat(queries), torch.cat(query_labels))
+        embeddings, labels = torch.cat(embeddings), torch.cat(labels)
+        old = [c for c in self.features.classes if c not in task.classes]
+        self.features.add(embeddings, labels)
+        if h.realign and old:
+            with torch.enable_grad():
+                self.realign(embeddings, labels, old)
+        self.train(was_training)
+
+    def realign(self, embeddings: torch.Tensor, labels: torch.Tensor, old_classes: list[int]) -> None:
+        """Fine-tune the alignment layer on old-class pseudo-features and current real features.
+
+        ``embeddings [N, D]`` (normalised, before the alignment layer) and ``labels [N]`` are the
+        current task's; cross-entropy is over every seen class.
+        """
+        h = self.hparams
+        device = embeddings.device
+        pseudo_labels = torch.tensor(old_classes).repeat_interleave(h.realign_samples_per_class)
+        pseudo = self.features.sample(pseudo_labels, self.generator).to(device)
+        inputs = torch.cat([embeddings, pseudo])
+        targets = torch.cat([labels, pseudo_labels.to(device)])
+        space = torch.tensor(sorted(set(old_classes) | set(labels.tolist())), device=device)
+        targets = targets_in(space, targets)
+        layer = self.align if h.realign_layer == "linear" else self.head
+        layer.requires_grad_(True)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=h.realign_lr)
+        for _ in range(h.realign_epochs):
+            order = torch.randperm(len(inputs), generator=self.generator).to(device)
+            for start in range(0, len(inputs), h.realign_batch_size):
+                picks = order[start:start + h.realign_batch_size]
+                loss = F.cross_entropy(self.head(self.align(inputs[picks]), space), targets[picks])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        layer.requires_grad_(False)
+        if h.realign_layer == "head":
+            self.head.weight.requires_grad_(h.train_head)
+
+    def predict(self, batch, label_space, modality_known=True):
+        modality, inputs = single_modality(batch)
+        embeddings, _, _ = self.embed(modality, inputs, known=modality if modality_known else None)
+        return self.classify(embeddings, label_space)
+
+    def optimizer_parameter_groups(self):
+        lr = self.context.config.train.lr
+        return prompt_parameter_groups(self, lr * self.hparams.prompt_lr_scale,
+                                       {"relevance": lr * self.hparams.relevance_lr_scale})
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def get_extra_state(self):
+        return {"queries": self.queries.state(), "features": self.features.state()}
+
+    def set_extra_state(self, state):
+        self.queries.load(state["queries"])
+        self.features.load(state["features"])

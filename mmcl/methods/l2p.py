@@ -1,0 +1,96 @@
+"""Learning to Prompt (L2P; Wang et al., CVPR 2022): one shared prompt pool on a frozen backbone.
+
+The backbone stays frozen; a single :class:`~mmcl.models.prompts.PromptPool` serves every task.
+Each image's frozen embedding is the query that picks its top-k prompts; the prompted embedding
+goes to a cosine head initialised at the class text embeddings. Training loss: cross-entropy over
+the current task's classes (L2P masks the other classes' logits) plus the key-query matching loss.
+It ignores the modality ID, which makes it the shared-pool contrast to COMM's modality pools.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic.dataclasses import dataclass
+
+from mmcl.data.dataset import Batch
+from mmcl.methods.base import CosineClassifier, Method, register, targets_in
+from mmcl.models.prompts import (
+    PromptPool,
+    as_images,
+    encode_prompted,
+    frozen_query,
+    key_query_matching_loss,
+    pool_frames,
+)
+
+
+def single_modality(batch: Batch) -> tuple[str, torch.Tensor]:
+    """The one (modality, inputs) pair of a batch; prompt methods embed one modality at a time."""
+    if len(batch.inputs) != 1:
+        raise ValueError(f"prompt methods expect single-modality batches, got {batch.modalities}")
+    return next(iter(batch.inputs.items()))
+
+
+@register
+class L2P(Method):
+    name = "l2p"
+    compatible_scenarios = ("modality_incremental",)  # one modality per batch (see single_modality)
+    description = "learning to prompt: one shared prompt pool, top-k key-query selection"
+    ablations = {"no-matching-loss": {"matching_weight": 0.0}}
+
+    @dataclass(config={"extra": "forbid"})
+    class Config:
+        pool_size: int = 10  # prompts in the pool
+        prompt_length: int = 4  # tokens per prompt
+        top_k: int = 3  # prompts chosen per image
+        prompt_depth: int = 1  # prompted blocks, from the first (L2P: the input only)
+        prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
+        prompt_init_std: float = 0.02
+        matching_weight: float = 0.5  # weight of the key-query matching loss
+        prompt_lr_scale: float = 1.0  # learning rate of keys and prompts = this x train.lr
+        train_head: bool = True  # the cosine head starts at the class text embeddings
+        ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
+
+    def __init__(self, encoder, context, hparams):
+        super().__init__(encoder, context, hparams)
+        text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
+        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.train_head)
+        self.pool = PromptPool(hparams.pool_size, hparams.prompt_length, hparams.prompt_depth, encoder.vision_width,
+                               encoder.embed_dim, hparams.top_k, hparams.prompt_init_std)
+
+    def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prompted embeddings [B, D], key similarities of the chosen prompts [N, k])``."""
+        modality, inputs = single_modality(batch)
+        images = as_images(modality, inputs)
+        prompts, _, similarity = self.pool(frozen_query(self.encoder, images))
+        embeddings = encode_prompted(self.encoder, images, prompts, self.hparams.prompt_style)
+        return pool_frames(modality, embeddings, len(batch)), similarity
+
+    def training_loss(self, batch, task):
+        embeddings, similarity = self.embed(batch)
+        classes = task.classes if self.hparams.ce_over == "current" else self.context.seen_classes
+        space = torch.tensor(sorted(classes), device=batch.labels.device)
+        ce = F.cross_entropy(self.head(embeddings, space), targets_in(space, batch.labels))
+        matching = key_query_matching_loss(similarity)
+        return ce + self.hparams.matching_weight * matching, {"ce": ce.item(), "match": matching.item()}
+
+    def predict(self, batch, label_space, modality_known=True):
+        return self.head(self.embed(batch)[0], label_space)
+
+    def optimizer_parameter_groups(self):
+        return prompt_parameter_groups(self, self.context.config.train.lr * self.hparams.prompt_lr_scale)
+
+
+def prompt_parameter_groups(method, prompt_lr: float, extra: dict[str, float] | None = None) -> list[dict]:
+    """Trainable parameters in groups: prompt pools (keys, prompts) at ``prompt_lr``, submodules
+    named in ``extra`` (name prefix -> learning rate) at theirs, the rest at the engine's rate."""
+    rates = {("pool.", "pools."): prompt_lr, **{(prefix + ".",): lr for prefix, lr in (extra or {}).items()}}
+    groups: dict[tuple, list] = {prefixes: [] for prefixes in rates}
+    others = []
+    for name, parameter in method.named_parameters():
+        if parameter.requires_grad:
+            prefixes = next((p for p in rates if name.startswith(p)), None)
+            (groups[prefixes] if prefixes else others).append(parameter)
+    return [{"params": groups[p], "lr": rates[p]} for p in rates] + [{"params": others}]

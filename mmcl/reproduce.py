@@ -1,0 +1,312 @@
+"""Batch reproduction: sweeps of runs for the notebooks, and the papermill sequence behind
+``mmcl reproduce``.
+
+The notebooks call :func:`prepare_data`, :func:`run_sweep` and :func:`run_ablations`; ``mmcl
+reproduce`` executes the notebooks in order with papermill (:func:`reproduce`), writing each
+executed notebook to ``<output_dir>/<profile>/notebooks/``, next to the runs. Complete runs are
+reused by the engine, so an interrupted reproduction resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from mmcl import results
+from mmcl.config import Config, ConfigError, load_config
+
+NOTEBOOKS = ("00_data_prep", "10_class_incremental", "11_domain_incremental", "12_modality_incremental",
+             "20_ablations", "30_figures_and_tables")
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def compatible_methods(scenario: str, methods: Sequence[str] | None = None) -> list[str]:
+    """Registered methods compatible with ``scenario`` (all of them when ``methods`` is None), in
+    the reading order of the tables. A named method that is not compatible is left out."""
+    from mmcl.methods import REGISTRY, method_class
+
+    names = list(REGISTRY) if methods is None else [method_class(m).name for m in methods]
+    return results.sort_methods(m for m in names if scenario in REGISTRY[m].compatible_scenarios)
+
+
+def _run_all(config: Config, jobs: list[dict], output_dir: str | Path | None, what: str) -> pd.DataFrame:
+    """Run ``jobs`` (keyword arguments of :func:`mmcl.engine.run`), one progress line each."""
+    from mmcl.engine import run
+
+    run_dirs = []
+    started = time.perf_counter()
+    for number, job in enumerate(jobs, 1):
+        begun = time.perf_counter()
+        result = run(config, output_dir=output_dir, **job)
+        name = results.method_label(job["method"], job.get("variant"))
+        status = "reused" if result.skipped else f"{time.perf_counter() - begun:5.1f} s"
+        print(f"[{what} {number}/{len(jobs)}] {job['scenario']} · {job.get('benchmark') or '-'} · {name} · "
+              f"seed {job['seed']}: {status}", flush=True)
+        run_dirs.append(result.run_dir)
+    print(f"{what}: {len(jobs)} runs in {time.perf_counter() - started:.0f} s", flush=True)
+    return results.load_runs(*run_dirs)
+
+
+def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+               benchmarks: Sequence[str] | None = None) -> list[dict]:
+    """The runs of a scenario sweep (keyword arguments of :func:`mmcl.engine.run`)."""
+    from mmcl.engine import scenario_benchmark
+
+    benchmarks = list(benchmarks or [scenario_benchmark(config, scenario, None)])
+    return [{"scenario": scenario, "benchmark": benchmark, "method": method, "seed": int(seed)}
+            for benchmark in benchmarks for method in compatible_methods(scenario, methods) for seed in seeds]
+
+
+def run_sweep(config: Config, scenario: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+              benchmarks: Sequence[str] | None = None, output_dir: str | Path | None = None) -> pd.DataFrame:
+    """Run (or reuse) every method x benchmark x seed of ``scenario``; return their results frame.
+
+    ``methods=None``: every registered method compatible with the scenario. ``benchmarks=None``:
+    the profile's benchmark for the scenario. Runs go to ``output_dir`` (default: the profile's
+    ``runtime.output_dir``).
+    """
+    return _run_all(config, sweep_jobs(config, scenario, methods, seeds, benchmarks), output_dir, scenario)
+
+
+def ablation_jobs(config: Config, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+                  scenarios: Sequence[str] | None = None) -> list[dict]:
+    """The runs of an ablation study: for each method with ``ablations``, the full method and every
+    variant, on each seed, on its scenarios (``scenarios=None``: the first scenario the method
+    declares compatible, with the profile's benchmark for it)."""
+    from mmcl.engine import scenario_benchmark
+    from mmcl.methods import REGISTRY
+
+    jobs = []
+    for method in registered_methods(methods):
+        cls = REGISTRY[method]
+        if not cls.ablations:
+            continue
+        chosen = [s for s in cls.compatible_scenarios if scenarios is None or s in scenarios]
+        for scenario in chosen[:1] if scenarios is None else chosen:
+            benchmark = scenario_benchmark(config, scenario, None)
+            for variant, overrides in [(None, None), *cls.ablations.items()]:
+                for seed in seeds:
+                    jobs.append({"scenario": scenario, "benchmark": benchmark, "method": method, "seed": int(seed),
+                                 "variant": variant, "hparams": overrides})
+    return jobs
+
+
+def registered_methods(methods: Sequence[str] | None = None) -> list[str]:
+    """Registered methods (all when ``methods`` is None), validated, in reading order."""
+    from mmcl.methods import REGISTRY, method_class
+
+    return results.sort_methods(REGISTRY if methods is None else [method_class(m).name for m in methods])
+
+
+def run_ablations(config: Config, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+                  scenarios: Sequence[str] | None = None, output_dir: str | Path | None = None) -> pd.DataFrame:
+    """Run every registered ablation variant (see :func:`ablation_jobs`) and return the results of
+    the variants and of their full methods. Full-method runs already made by the scenario
+    notebooks (same profile, overrides, seeds and output folder) are reused, not re-run."""
+    return _run_all(config, ablation_jobs(config, methods, seeds, scenarios), output_dir, "ablations")
+
+
+def prepare_data(config: Config, benchmarks: Sequence[str] | None = None, raw_root: str | Path = "data/raw",
+                 progress: bool = False) -> dict:
+    """Make every benchmark of the profile ready and return them by name.
+
+    Embedded (synthetic) benchmarks are generated and cached, and the self-pre-trained tiny
+    backbone is trained once and cached. Real (``source: processed``, the ``paper`` profile)
+    benchmarks are prepared by ``data_prep`` from ``<raw_root>/<dataset>`` into the folder the
+    profile names, unless already complete.
+    """
+    from mmcl.data.benchmarks import load_benchmark
+    from mmcl.models.backbone import build_encoder
+
+    names = list(benchmarks or config.benchmarks)
+    processed = [n for n in names if config.benchmarks[n].source == "processed"]
+    if processed:
+        prepare_real_datasets(config, processed, raw_root)
+    encoder = build_encoder(config, "cpu", progress=progress)  # pre-trains and caches the tiny backbone once
+    return {name: load_benchmark(config, name, encoder.tokenizer, progress=progress) for name in names}
+
+
+def prepare_real_datasets(config: Config, benchmarks: Sequence[str], raw_root: str | Path = "data/raw") -> list:
+    """Prepare the real datasets behind ``benchmarks`` with ``data_prep.prepare`` (resumable; a
+    complete preparation with the same settings is reused). Returns data_prep's summaries."""
+    try:
+        import data_prep
+    except ImportError as error:
+        raise ConfigError("benchmarks " + ", ".join(benchmarks) + " are real datasets, prepared by the data_prep "
+                          "package at the repository root: run from the repository root") from error
+    dataset_of = {benchmark: dataset for dataset, benchmark in data_prep.BENCHMARK_OF.items()}
+    summaries = []
+    for benchmark in benchmarks:
+        if benchmark not in dataset_of:
+            raise ConfigError(f"benchmark {benchmark!r}: no data_prep dataset feeds it (known: {sorted(dataset_of)})")
+        dataset = dataset_of[benchmark]
+        out_dir = config.benchmarks[benchmark].path
+        print(f"preparing {dataset} -> {out_dir}", flush=True)
+        summaries.append(data_prep.prepare(dataset, Path(raw_root) / dataset, out_dir, config))
+    return summaries
+
+
+# ------------------------------------------------------------------------------------- papermill
+class NotebookFailed(RuntimeError):
+    """A notebook of the sequence raised; the message names the notebook and the cell."""
+
+
+def _papermill_logging() -> None:
+    """Stream the notebooks' progress lines (one per run, printed by :func:`_run_all`), not every
+    table and figure they display, nor papermill's per-cell chatter."""
+    logger = logging.getLogger("papermill")
+    if any(getattr(h, "_mmcl", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler._mmcl = True
+    handler.setFormatter(logging.Formatter("    %(message)s"))
+
+    def keep(record: logging.LogRecord) -> bool:
+        record.msg = str(record.msg).rstrip()  # cell output arrives with its own newline
+        return record.msg.startswith(("[", "preparing ")) or " runs in " in record.msg
+
+    handler.addFilter(keep)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR,
+                     kernel: str = "python3", log_output: bool = True) -> float:
+    """Execute one notebook with papermill; return its seconds. Raises :class:`NotebookFailed`."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = notebook_dir / f"{name}.ipynb"
+    if not source.is_file():
+        raise NotebookFailed(f"notebook {source} not found")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(source), str(output_path), parameters=parameters, kernel_name=kernel,
+                                   progress_bar=False, log_output=log_output, cwd=str(Path.cwd()))
+    except PapermillExecutionError as error:
+        first_line = next((line for line in error.source.splitlines() if line.strip()), "")
+        raise NotebookFailed(
+            f"notebook {name}.ipynb failed in cell {error.cell_index} (execution count {error.exec_count}), "
+            f"which starts with: {first_line!r}\n  {error.ename}: {error.evalue}\n"
+            f"  the executed notebook with the full traceback: {output_path}") from None
+    return time.perf_counter() - started
+
+
+SCENARIO_OF_NOTEBOOK = {"10_class_incremental": "class_incremental", "11_domain_incremental": "domain_incremental",
+                        "12_modality_incremental": "modality_incremental"}
+
+
+def _effective_parameters(source: Path, parameters: dict) -> dict:
+    """The notebook's parameters-cell defaults with ``parameters`` applied."""
+    import ast
+
+    import papermill
+
+    values = {}
+    for name, spec in papermill.inspect_notebook(str(source)).items():
+        try:
+            values[name] = ast.literal_eval(spec["default"])
+        except (ValueError, SyntaxError):
+            values[name] = spec["default"]
+    return values | parameters
+
+
+def _runs_complete(name: str, source: Path, parameters: dict) -> bool:
+    """Whether every run that notebook ``name`` would make with ``parameters`` is already complete."""
+    from mmcl.records import is_complete, run_directory
+
+    values = _effective_parameters(source, parameters)
+    config = load_config(values["profile"], values.get("overrides") or [])
+    if name in SCENARIO_OF_NOTEBOOK:
+        jobs = sweep_jobs(config, SCENARIO_OF_NOTEBOOK[name], values.get("methods"), values["seeds"],
+                          values.get("benchmarks"))
+    elif name == "20_ablations":
+        jobs = ablation_jobs(config, values.get("methods"), values["seeds"], values.get("scenarios"))
+    else:
+        return True
+    root = values.get("output_dir") or config.runtime.output_dir
+    return all(is_complete(run_directory(root, config.profile, job["scenario"], job["benchmark"],
+                                         results.method_label(job["method"], job.get("variant")), job["seed"]))
+               for job in jobs)
+
+
+def up_to_date(name: str, executed: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR) -> bool:
+    """A notebook need not run again when its executed copy finished without error, with the same
+    parameters, after the last change of the notebook, and every run it makes is complete (the
+    figures notebook: newer than every run record)."""
+    import nbformat
+
+    source = notebook_dir / f"{name}.ipynb"
+    if not executed.is_file() or executed.stat().st_mtime < source.stat().st_mtime:
+        return False
+    try:
+        stored = nbformat.read(executed, as_version=4).metadata.get("papermill", {})
+    except (OSError, ValueError):  # an unreadable executed copy is simply executed again
+        return False
+    if stored.get("exception") or stored.get("parameters") != parameters:
+        return False
+    if name == "30_figures_and_tables":
+        runs = Path(parameters["output_dir"]) / parameters["profile"]
+        newest = max((p.stat().st_mtime for p in runs.rglob("metrics.json")), default=0.0)
+        return newest < executed.stat().st_mtime
+    return _runs_complete(name, source, parameters)
+
+
+def notebook_parameters(name: str, profile: str, overrides: list[str], output_dir: Path, figures_dir: Path,
+                        seeds: list[int] | None) -> dict:
+    """The papermill parameters of notebook ``name`` (only those its parameters cell declares)."""
+    parameters: dict = {"profile": profile, "overrides": overrides, "output_dir": str(output_dir)}
+    if seeds is not None and name not in ("00_data_prep", "30_figures_and_tables"):
+        parameters["seeds"] = list(seeds)
+    if name == "30_figures_and_tables":
+        parameters = {"profile": profile, "output_dir": str(output_dir), "figures_dir": str(figures_dir)}
+    if name == "00_data_prep":
+        parameters.pop("output_dir")
+    return parameters
+
+
+def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: str | Path | None = None,
+              figures_dir: str | Path = "figures", seeds: Sequence[int] | None = None,
+              notebooks: Sequence[str] = NOTEBOOKS, notebook_dir: Path = NOTEBOOK_DIR,
+              kernel: str = "python3", extra_parameters: dict[str, dict] | None = None,
+              rerun: bool = False) -> dict[str, float]:
+    """Execute the notebook sequence with papermill; return seconds per notebook.
+
+    Executed notebooks are written to ``<output_dir>/<profile>/notebooks/``; tables and figures
+    to ``figures_dir``. Progress bars of single runs are turned off (one line per run instead).
+    ``extra_parameters``: notebook name -> more papermill parameters (e.g. ``{"20_ablations":
+    {"methods": ["lwf"]}}``). A notebook whose executed copy is :func:`up_to_date` is skipped
+    (0 seconds) unless ``rerun``. Raises :class:`NotebookFailed` naming the notebook and cell.
+    """
+    overrides = [*overrides, "runtime.progress=false"]
+    config = load_config(profile, overrides)  # fail here, not in the first notebook, on a bad override
+    output_dir = Path(output_dir or config.runtime.output_dir).resolve()
+    figures_dir = Path(figures_dir).resolve()
+    unknown = [n for n in notebooks if n not in NOTEBOOKS and not (notebook_dir / f"{n}.ipynb").is_file()]
+    if unknown:
+        raise ConfigError(f"unknown notebooks {unknown}; the sequence is {list(NOTEBOOKS)}")
+    _papermill_logging()
+    executed = output_dir / config.profile / "notebooks"
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    for number, name in enumerate(notebooks, 1):
+        parameters = notebook_parameters(name, profile, list(overrides), output_dir, figures_dir,
+                                         None if seeds is None else list(seeds))
+        parameters.update((extra_parameters or {}).get(name, {}))
+        target = executed / f"{name}.ipynb"
+        if not rerun and up_to_date(name, target, parameters, notebook_dir):
+            timings[name] = 0.0
+            print(f"[{number}/{len(notebooks)}] {name}: up to date, skipped (--rerun-notebooks runs it)", flush=True)
+            continue
+        print(f"[{number}/{len(notebooks)}] {name} (profile {config.profile})", flush=True)
+        timings[name] = execute_notebook(name, target, parameters, notebook_dir, kernel)
+        print(f"[{number}/{len(notebooks)}] {name} done in {timings[name]:.0f} s", flush=True)
+    print(f"reproduced in {time.perf_counter() - started:.0f} s; runs and executed notebooks under "
+          f"{output_dir / config.profile}, tables and figures in {figures_dir}", flush=True)
+    return timings

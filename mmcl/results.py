@@ -1,0 +1,369 @@
+"""Run folders -> one pandas DataFrame -> the paper's tables (CSV, LaTeX booktabs, Markdown).
+
+Every table and figure is built from :func:`load_runs`, which reads only what the engine wrote
+into run folders (``metrics.json`` and ``order.json``; see :mod:`mmcl.records`), so every printed
+number can be traced back to a run folder (the ``run_dir`` column).
+
+The frame has one row per (run, evaluation mode): class- and domain-incremental runs have one
+mode (``standard``), modality-incremental runs two (``modality_aware``, ``modality_agnostic``).
+A run of an ablation variant has ``variant`` set and is labelled ``<method>~<variant>``.
+
+This module imports no torch, so tables regenerate from stored records in seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# The headline metrics of the main-results table, in column order.
+MAIN_METRICS = ("final_accuracy", "average_incremental_accuracy", "forgetting")
+SUMMARY_METRICS = ("final_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "fwt",
+                   "old_accuracy", "new_accuracy", "zero_shot_accuracy")
+
+# Short column headers with units; "higher is better" marks follow the usual CL convention.
+METRIC_HEADERS = {
+    "final_accuracy": "Final acc. (%)",
+    "average_incremental_accuracy": "Avg. inc. acc. (%)",
+    "forgetting": "Forgetting (pp)",
+    "bwt": "BWT (pp)",
+    "fwt": "FWT (pp)",
+    "old_accuracy": "Old-class acc. (%)",
+    "new_accuracy": "New-class acc. (%)",
+    "zero_shot_accuracy": "Zero-shot acc. (%)",
+    "delta_final_accuracy": "Δ final acc. (pp)",
+}
+HIGHER_IS_BETTER = {"final_accuracy": True, "average_incremental_accuracy": True, "forgetting": False,
+                    "bwt": True, "fwt": True, "old_accuracy": True, "new_accuracy": True}
+
+SCENARIO_TITLES = {"class_incremental": "Class-incremental", "domain_incremental": "Domain-incremental",
+                   "modality_incremental": "Modality-incremental"}
+MODE_TITLES = {"standard": "standard", "modality_aware": "modality-aware", "modality_agnostic": "modality-agnostic"}
+
+# Reading order of methods in tables and legends: references and baselines first, the paper
+# methods last but before the joint-training upper bound. Methods not listed follow, by name.
+METHOD_ORDER = ("zero-shot", "finetune", "ewc", "lwf", "replay", "l2p", "moe-adapters", "comm", "joint")
+
+COLUMNS = ["profile", "scenario", "benchmark", "method", "variant", "label", "seed", "mode", "num_tasks",
+           *SUMMARY_METRICS, "accuracy_by_modality", "accuracy_matrix", "zero_shot", "task_names",
+           "modality_order", "train_seconds", "eval_seconds", "run_seconds", "run_dir"]
+
+
+def method_label(method: str, variant: str | None = None) -> str:
+    """The name a run is shown under: ``method``, or ``method~variant`` for an ablation variant."""
+    return f"{method}~{variant}" if variant else method
+
+
+def split_label(label: str) -> tuple[str, str | None]:
+    """Inverse of :func:`method_label`."""
+    method, _, variant = label.partition("~")
+    return method, (variant or None)
+
+
+def method_sort_key(label: str) -> tuple:
+    """Sort key placing methods in :data:`METHOD_ORDER`, each variant right after its base method."""
+    method, variant = split_label(label)
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return rank, method, variant is not None, variant or ""
+
+
+def sort_methods(labels: Iterable[str]) -> list[str]:
+    return sorted(set(labels), key=method_sort_key)
+
+
+def find_run_dirs(*paths: str | Path) -> list[Path]:
+    """Complete run folders (those holding ``metrics.json``) at or below each path, sorted."""
+    found: set[Path] = set()
+    for path in paths:
+        path = Path(path)
+        if (path / "metrics.json").is_file():
+            found.add(path)
+        elif path.is_dir():
+            found.update(p.parent for p in path.rglob("metrics.json"))
+    return sorted(found)
+
+
+def _rows_of_run(run_dir: Path) -> list[dict]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    order_path = run_dir / "order.json"
+    order = json.loads(order_path.read_text()) if order_path.is_file() else {}
+    run = metrics["run"]
+    timing = metrics.get("timing", {})
+    rows = []
+    for mode, summary in metrics["modes"].items():
+        matrix = metrics["accuracy_matrix"][mode]
+        row = {
+            "profile": run["profile"], "scenario": run["scenario"], "benchmark": run["benchmark"],
+            "method": run["method"], "variant": run.get("variant"),
+            "label": method_label(run["method"], run.get("variant")), "seed": int(run["seed"]), "mode": mode,
+            "num_tasks": len(matrix),
+            **{name: summary.get(name) for name in SUMMARY_METRICS},
+            "accuracy_by_modality": summary.get("accuracy_by_modality"),
+            "accuracy_matrix": matrix, "zero_shot": metrics.get("zero_shot", {}).get(mode),
+            "task_names": metrics.get("task_names"), "modality_order": order.get("modality_order"),
+            "train_seconds": timing.get("train_seconds"), "eval_seconds": timing.get("eval_seconds"),
+            "run_seconds": timing.get("run_seconds_this_session"), "run_dir": str(run_dir),
+        }
+        rows.append(row)
+    return rows
+
+
+def load_runs(*paths: str | Path) -> pd.DataFrame:
+    """Every complete run at or below ``paths`` as one DataFrame, one row per (run, evaluation mode).
+
+    Columns: see :data:`COLUMNS`. Metric values are in percent (accuracies) or percentage points
+    (forgetting, BWT, FWT). ``accuracy_matrix`` holds the run's T x T matrix (list of lists) for
+    the row's mode. Unfinished runs (no ``metrics.json``) are ignored.
+    """
+    rows = [row for run_dir in find_run_dirs(*paths) for row in _rows_of_run(run_dir)]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame["variant"] = frame["variant"].astype(object).where(frame["variant"].notna(), None)
+    return _ordered(frame, ["profile", "scenario", "benchmark", "mode", "label", "seed"])
+
+
+def single_profile(runs: pd.DataFrame) -> str:
+    """The one profile of ``runs``; mixing profiles in one table would compare unlike runs."""
+    profiles = sorted(runs["profile"].unique())
+    if len(profiles) != 1:
+        raise ValueError(f"runs of several profiles {profiles}; select one first, e.g. runs[runs.profile == 'tiny']")
+    return profiles[0]
+
+
+# ---------------------------------------------------------------------------------- long frames
+def accuracy_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """Average accuracy on the seen tasks after each task, ``mean_{j<=i} A[i, j]``, one row per step.
+
+    Columns: scenario, benchmark, mode, label, seed, task (1-based), accuracy (percent).
+    """
+    rows = []
+    for run in runs.itertuples():
+        matrix = np.asarray(run.accuracy_matrix, dtype=float)
+        for i in range(len(matrix)):
+            rows.append({"scenario": run.scenario, "benchmark": run.benchmark, "mode": run.mode, "label": run.label,
+                         "seed": run.seed, "task": i + 1, "accuracy": float(matrix[i, : i + 1].mean())})
+    return pd.DataFrame(rows, columns=["scenario", "benchmark", "mode", "label", "seed", "task", "accuracy"])
+
+
+def modality_accuracy(runs: pd.DataFrame) -> pd.DataFrame:
+    """Final accuracy per modality (modality-incremental runs), one row per (run, mode, modality)."""
+    rows = []
+    for run in runs.itertuples():
+        for modality, accuracy in (run.accuracy_by_modality or {}).items():
+            rows.append({"scenario": run.scenario, "benchmark": run.benchmark, "mode": run.mode, "label": run.label,
+                         "seed": run.seed, "modality": modality, "accuracy": accuracy})
+    return pd.DataFrame(rows, columns=["scenario", "benchmark", "mode", "label", "seed", "modality", "accuracy"])
+
+
+def mean_accuracy_matrix(runs: pd.DataFrame) -> tuple[np.ndarray, int]:
+    """Element-wise mean of the accuracy matrices of ``runs`` (same method, different seeds).
+
+    Entry (i, j) is the accuracy on the j-th task *of the stream* after training the i-th, which
+    for different seeds holds different classes; the mean is over stream positions. Returns the
+    mean matrix ``[T, T]`` and the number of runs averaged.
+    """
+    matrices = [np.asarray(m, dtype=float) for m in runs["accuracy_matrix"]]
+    if not matrices:
+        raise ValueError("no runs to average")
+    shapes = {m.shape for m in matrices}
+    if len(shapes) != 1:
+        raise ValueError(f"accuracy matrices of different shapes {sorted(shapes)} cannot be averaged")
+    return np.mean(matrices, axis=0), len(matrices)
+
+
+# ------------------------------------------------------------------------------------- tables
+def summarize_over_seeds(runs: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
+    """Mean and sample standard deviation (ddof=1) of ``metrics`` over seeds, grouped ``by``.
+
+    Columns: ``by``, ``seeds`` (how many seeds), then ``<metric>_mean`` and ``<metric>_std`` for
+    each metric. With one seed the standard deviation is NaN (undefined), not 0.
+    """
+    rows = []
+    for keys, group in runs.groupby(list(by), sort=False, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        row = dict(zip(by, keys))
+        row["seeds"] = group["seed"].nunique()
+        for metric in metrics:
+            values = pd.to_numeric(group[metric], errors="coerce").dropna()
+            row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*by, "seeds", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")]])
+
+
+def _sort_key(column: pd.Series) -> pd.Series:
+    """Methods in reading order, modes aware-before-agnostic, everything else alphabetically."""
+    if column.name in ("label", "method"):
+        return column.map(method_sort_key)
+    if column.name == "mode":
+        return column.map(lambda m: list(MODE_TITLES).index(m) if m in MODE_TITLES else len(MODE_TITLES))
+    return column
+
+
+def _ordered(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    return table.sort_values(list(keys), key=_sort_key, ignore_index=True)
+
+
+def main_table(runs: pd.DataFrame, scenario: str, metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
+    """Main results of one scenario: per benchmark, evaluation mode and method, mean ± std over seeds.
+
+    Ablation variants are left out (see :func:`ablation_table`). Columns: benchmark, mode, method,
+    seeds, ``<metric>_mean``, ``<metric>_std``.
+    """
+    selected = runs[(runs["scenario"] == scenario) & runs["variant"].isna()]
+    if selected.empty:
+        return summarize_over_seeds(selected, ["benchmark", "mode", "label"], metrics).rename(columns={"label": "method"})
+    single_profile(selected)
+    table = summarize_over_seeds(selected, ["benchmark", "mode", "label"], metrics)
+    return _ordered(table, ["benchmark", "mode", "label"]).rename(columns={"label": "method"})
+
+
+def ablation_table(runs: pd.DataFrame, metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
+    """Each ablation variant next to its base method (same scenario, benchmark and mode).
+
+    Only methods with at least one variant run appear, and the full method only on the seeds its
+    variants were run on. Columns: scenario, benchmark, mode, method,
+    variant (``"full"`` for the base method), seeds, ``<metric>_mean`` / ``_std``, and
+    ``delta_final_accuracy``: the variant's mean final accuracy minus the base method's
+    (positive: the variant is better). The base must have been run; otherwise the delta is NaN.
+    """
+    variants = runs[runs["variant"].notna()]
+    columns = ["scenario", "benchmark", "mode", "method", "variant", "seeds",
+               *[f"{m}_{s}" for m in metrics for s in ("mean", "std")], "delta_final_accuracy"]
+    if variants.empty:
+        return pd.DataFrame(columns=columns)
+    single_profile(variants)
+    # The full method is compared on the seeds its variants were run on (ablations may use fewer
+    # seeds than the main tables), so a difference is never a difference of class orders.
+    groups = variants[["scenario", "benchmark", "mode", "method", "seed"]].drop_duplicates()
+    selected = runs.merge(groups, on=["scenario", "benchmark", "mode", "method", "seed"])
+    table = summarize_over_seeds(selected.assign(variant=selected["variant"].fillna("full")),
+                                 ["scenario", "benchmark", "mode", "method", "variant"], metrics)
+    base = table[table["variant"] == "full"].set_index(["scenario", "benchmark", "mode", "method"])
+    reference = base.get("final_accuracy_mean")
+    table["delta_final_accuracy"] = [
+        (row.final_accuracy_mean - reference.get((row.scenario, row.benchmark, row.mode, row.method), math.nan))
+        if reference is not None else math.nan for row in table.itertuples()]
+    table["_full_first"] = table["variant"] != "full"
+    table = _ordered(table, ["scenario", "benchmark", "method", "mode", "_full_first", "variant"])
+    return table.drop(columns="_full_first")[columns]
+
+
+def format_mean_std(mean: float, std: float, decimals: int = 1, plus_minus: str = " ± ") -> str:
+    """``"72.3 ± 1.2"``; the mean alone when the std is undefined (one seed); ``"–"`` when missing."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    mean = round(mean, decimals) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0
+    if std is None or math.isnan(std):
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f}{plus_minus}{std:.{decimals}f}"
+
+
+def display_table(table: pd.DataFrame, decimals: int = 1, plus_minus: str = " ± ") -> pd.DataFrame:
+    """A results table with ``<metric>_mean`` / ``_std`` pairs merged into ``"mean ± std"`` strings.
+
+    Modes are shown by their titles; a ``mode`` column holding only ``standard`` is dropped.
+    """
+    shown = table.copy()
+    metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
+    for metric in metrics:
+        shown[METRIC_HEADERS.get(metric, metric)] = [
+            format_mean_std(m, s, decimals, plus_minus) for m, s in zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
+        shown = shown.drop(columns=[f"{metric}_mean", f"{metric}_std"])
+    if "delta_final_accuracy" in shown:
+        shown[METRIC_HEADERS["delta_final_accuracy"]] = [
+            "–" if math.isnan(v) else f"{round(v, decimals) + 0.0:+.{decimals}f}" for v in shown.pop("delta_final_accuracy")]
+    if "mode" in shown:
+        if set(shown["mode"]) <= {"standard"}:
+            shown = shown.drop(columns="mode")
+        else:
+            shown["mode"] = shown["mode"].map(lambda m: MODE_TITLES.get(m, m))
+    if "scenario" in shown:
+        shown["scenario"] = shown["scenario"].map(lambda s: SCENARIO_TITLES.get(s, s))
+    return shown.rename(columns={c: c.capitalize() for c in ("scenario", "benchmark", "mode", "method",
+                                                             "variant", "seeds")})
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def _latex_cell(text: str) -> str:
+    text = str(text)
+    if " ± " in text:
+        mean, std = text.split(" ± ")
+        return f"${mean} \\pm {std}$"
+    return latex_escape(text).replace("Δ", r"$\Delta$").replace("–", "--")
+
+
+def to_latex(shown: pd.DataFrame, group_by: str | None = None, comment: str = "") -> str:
+    """A booktabs ``tabular`` of a display table; a ``\\midrule`` separates groups of ``group_by``.
+
+    Text columns are left-aligned, numbers right-aligned. Only the tabular is written, so a paper
+    wraps it in its own ``table`` environment (``\\input{...}``). Needs ``\\usepackage{booktabs}``.
+    """
+    text_columns = {"Scenario", "Benchmark", "Mode", "Method", "Variant"}
+    align = "".join("l" if c in text_columns else "r" for c in shown.columns)
+    lines = [f"% {line}" for line in comment.splitlines() if line] + [
+        f"\\begin{{tabular}}{{{align}}}", r"\toprule",
+        " & ".join(_latex_cell(c) for c in shown.columns) + r" \\", r"\midrule"]
+    previous = None
+    for _, row in shown.iterrows():
+        if group_by is not None and previous is not None and row[group_by] != previous:
+            lines.append(r"\midrule")
+        previous = row[group_by] if group_by is not None else None
+        lines.append(" & ".join(_latex_cell(v) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(shown: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of a display table (numbers right-aligned)."""
+    text_columns = {"Scenario", "Benchmark", "Mode", "Method", "Variant"}
+
+    def cell(value) -> str:
+        return str(value).replace("|", r"\|")
+
+    header = "| " + " | ".join(cell(c) for c in shown.columns) + " |"
+    rule = "|" + "|".join(":---" if c in text_columns else "---:" for c in shown.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: str = "",
+                group_by: str | None = "Benchmark", decimals: int = 1) -> dict[str, Path]:
+    """Write ``table`` as ``<name>.csv`` (numeric: means, stds, seed counts), ``<name>.tex``
+    (booktabs) and ``<name>.md`` (both ``mean ± std``) under ``directory``; returns the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shown = display_table(table, decimals)
+    if group_by not in shown.columns:
+        group_by = None
+    comment = (f"{title}\n" if title else "") + "mean ± sample std over seeds; generated by mmcl.results from run records"
+    paths = {"csv": directory / f"{name}.csv", "tex": directory / f"{name}.tex", "md": directory / f"{name}.md"}
+    table.to_csv(paths["csv"], index=False, float_format="%.4f")
+    paths["tex"].write_text(to_latex(shown, group_by, comment))
+    paths["md"].write_text((f"**{title}** (mean ± std over seeds)\n\n" if title else "") + to_markdown(shown))
+    return paths
+
+
+def write_tables(runs: pd.DataFrame, directory: str | Path) -> dict[str, dict[str, Path]]:
+    """Every table of the paper from ``runs``: ``main_<scenario>`` per scenario present, and
+    ``ablations`` when variants were run. Returns table name -> format -> path."""
+    written = {}
+    for scenario in [s for s in SCENARIO_TITLES if s in set(runs["scenario"])]:
+        table = main_table(runs, scenario)
+        if not table.empty:
+            written[f"main_{scenario}"] = write_table(table, directory, f"main_{scenario}",
+                                                      f"{SCENARIO_TITLES[scenario]} learning: main results")
+    ablations = ablation_table(runs)
+    if not ablations.empty:
+        written["ablations"] = write_table(ablations, directory, "ablations", "Ablations", group_by="Method")
+    return written

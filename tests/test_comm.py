@@ -1,0 +1,112 @@
+"""COMM's components with known values, and COMM / L2P end to end on the smoke profile."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmcl.engine import build_run, run
+from mmcl.methods.base import REGISTRY
+from mmcl.methods.comm import GaussianBank, blend_weights, self_regularisation
+
+
+def test_blend_weights_sum_to_one_and_follow_relevance():
+    logits = torch.tensor([[2.0, 0.0, 1.0, 5.0], [0.0, 3.0, -1.0, 0.0]])
+    seen = torch.tensor([True, True, True, False])  # the fourth modality has no pool yet
+    agnostic = blend_weights(logits, seen, None, "relevance", 0.5, 0.2)
+    expected = F.softmax(logits[:, :3] / 0.5, dim=-1)
+    assert torch.allclose(agnostic[:, :3], expected) and agnostic[:, 3].eq(0).all()
+    aware = blend_weights(logits, seen, 1, "relevance", 0.5, 0.2)
+    assert torch.allclose(aware[:, :3], 0.8 * F.one_hot(torch.tensor([1, 1]), 3) + 0.2 * expected)
+    current = blend_weights(logits, seen, 2, "current", 1.0, 0.2)
+    assert current.tolist() == [[0, 0, 1, 0], [0, 0, 1, 0]]
+    hard = blend_weights(logits, seen, None, "current", 1.0, 0.2)  # agnostic: arg-max of R_t over seen
+    assert hard.tolist() == [[1, 0, 0, 0], [0, 1, 0, 0]]
+    uniform = blend_weights(logits, seen, 0, "uniform", 1.0, 0.2)
+    assert torch.allclose(uniform, torch.tensor([1 / 3, 1 / 3, 1 / 3, 0]).expand(2, 4))
+    unseen_known = blend_weights(logits, seen, 3, "relevance", 0.5, 0.2)  # no pool: R_t decides
+    assert torch.allclose(unseen_known, agnostic)
+    for weights in (agnostic, aware, current, hard, uniform):
+        assert torch.allclose(weights.sum(dim=-1), torch.ones(2))
+
+
+def test_gaussian_sampler_reproduces_the_stored_statistics():
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.tensor([1.0, -2.0, 0.5])
+    root = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.8, 0.0], [-0.3, 0.2, 0.4]])
+    data = mean + torch.randn(4000, 3, generator=generator) @ root.T
+    bank = GaussianBank(shrinkage=0.0)
+    bank.add(torch.cat([data, data + 10]), torch.tensor([7] * 4000 + [9] * 4000))
+    sample_cov = torch.cov(data.T)
+    assert torch.allclose(bank.means[7], data.mean(0), atol=1e-5)
+    assert torch.allclose(bank.covariances[7], sample_cov, atol=1e-5)
+    samples = bank.sample(torch.tensor([7] * 20000), generator)
+    assert torch.allclose(samples.mean(0), bank.means[7], atol=0.03)
+    assert torch.allclose(torch.cov(samples.T), bank.covariances[7], atol=0.03)
+    assert torch.allclose(bank.sample(torch.tensor([9] * 2000), generator).mean(0), data.mean(0) + 10, atol=0.1)
+    shrunk = GaussianBank(shrinkage=0.5)
+    shrunk.add(data, torch.zeros(4000, dtype=torch.long))
+    target = sample_cov.diagonal().mean() * torch.eye(3)
+    assert torch.allclose(shrunk.covariances[0], 0.5 * sample_cov + 0.5 * target, atol=1e-5)
+
+
+def test_self_regularisation_is_zero_when_nothing_moved_and_adaptive_otherwise():
+    z = torch.randn(5, 8)
+    assert self_regularisation(z, z.clone(), kappa=0.05).item() == 0.0
+    moved = z + 0.5 * torch.randn(5, 8)
+    shift = (F.normalize(moved, dim=-1) - F.normalize(z, dim=-1)).pow(2).sum(-1)
+    assert torch.isclose(self_regularisation(moved, z, 0.05), (shift / (shift + 0.05) * shift).mean())
+    assert torch.isclose(self_regularisation(moved, z, 0.05, adaptive=False), shift.mean())
+
+
+@pytest.fixture
+def comm_two_tasks(smoke_config):
+    """COMM after training nothing on task 0 (statistics stored), entering task 1."""
+    method, stream = build_run(smoke_config, "modality_incremental", "comm", seed=0)
+    first, second = stream.tasks
+    for task in (first, second):
+        method.context.seen_classes = sorted({c for t in stream.tasks[: task.index + 1] for c in t.classes})
+        method.begin_task(task)
+        if task is first:
+            method.end_task(task)
+    return method, second
+
+
+def test_self_regularisation_term_is_zero_at_task_start(comm_two_tasks):
+    method, task = comm_two_tasks
+    batch = next(task.train.batches(8))
+    _, parts = method.training_loss(batch, task)
+    assert parts["self"] == 0.0
+    assert "relevance" in parts and "match" in parts
+
+
+def test_realignment_changes_only_the_alignment_layer(comm_two_tasks):
+    method, task = comm_two_tasks
+    before = {k: v.clone() for k, v in method.state_dict().items() if isinstance(v, torch.Tensor)}
+    method.end_task(task)
+    after = method.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed == {"align.weight"}
+    assert len(method.features) == len(method.context.seen_classes)
+    assert not any(p.requires_grad for p in method.align.parameters())
+
+
+def test_only_the_current_pool_learns(comm_two_tasks):
+    method, task = comm_two_tasks
+    trainable = {n.split(".")[1] for n, p in method.named_parameters() if p.requires_grad and n.startswith("pools.")}
+    assert trainable == {task.modality}
+
+
+def test_ablations_are_valid_configs():
+    for overrides in REGISTRY["comm"].ablations.values():
+        REGISTRY["comm"].make_config(overrides)
+    assert {"no-self-regularisation", "no-blending-current", "no-blending-uniform", "no-realignment",
+            "shared-pool"} <= set(REGISTRY["comm"].ablations)
+
+
+@pytest.mark.parametrize("method", ["comm", "l2p"])
+def test_learns_above_chance_on_smoke(smoke_config, method):
+    metrics = run(smoke_config, "modality_incremental", method, seed=0).metrics
+    chance = 100.0 / smoke_config.benchmarks[smoke_config.scenarios["modality_incremental"].benchmark].num_classes
+    for mode in ("modality_aware", "modality_agnostic"):
+        assert metrics["modes"][mode]["final_accuracy"] > 1.5 * chance

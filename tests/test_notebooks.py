@@ -1,0 +1,109 @@
+"""Every notebook executed with papermill on the smoke profile, through ``mmcl.reproduce``.
+
+One reproduction of the whole sequence (module fixture) into a temporary folder; the tests then
+check what it left: executed notebooks next to the runs, tables and figures. To stay within about
+a minute and a half on two CPU cores, it uses one seed, one class-incremental benchmark and the
+ablations of one method; every registered method compatible with a scenario still runs, so a
+method that breaks a notebook fails here.
+"""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from mmcl import reproduce
+
+SMOKE_PARAMETERS = {"10_class_incremental": {"benchmarks": ["av-events"]}, "20_ablations": {"methods": ["lwf"]}}
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory, mmcl_cache):
+    root = tmp_path_factory.mktemp("reproduce")
+    timings = reproduce.reproduce("smoke", output_dir=root / "runs", figures_dir=root / "figures", seeds=[0],
+                                  extra_parameters=SMOKE_PARAMETERS)
+    return root, timings
+
+
+def test_notebooks_have_one_parameters_cell_and_no_outputs():
+    for name in reproduce.NOTEBOOKS:
+        notebook = nbformat.read(reproduce.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        assert "profile" in tagged[0].source
+        code = [c for c in notebook.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
+
+
+def test_every_notebook_runs_on_smoke(reproduced):
+    root, timings = reproduced
+    assert list(timings) == list(reproduce.NOTEBOOKS)
+    executed = root / "runs" / "smoke" / "notebooks"
+    for name in reproduce.NOTEBOOKS:
+        notebook = nbformat.read(executed / f"{name}.ipynb", as_version=4)
+        assert notebook.metadata["papermill"]["exception"] in (None, False), name
+        assert any(c.get("outputs") for c in notebook.cells if c.cell_type == "code"), name
+
+
+def test_runs_tables_and_figures_are_written(reproduced):
+    root, _ = reproduced
+    runs = root / "runs" / "smoke"
+    for scenario, benchmark in (("class_incremental", "av-events"), ("domain_incremental", "multilingual-emotion"),
+                                ("modality_incremental", "modality-stream")):
+        for method in reproduce.compatible_methods(scenario):
+            assert (runs / scenario / benchmark / method / "seed0" / "metrics.json").is_file(), (scenario, method)
+    assert (runs / "class_incremental" / "av-events" / "lwf~no-distillation" / "seed0" / "metrics.json").is_file()
+    figures = root / "figures"
+    for table in ("main_class_incremental", "main_domain_incremental", "main_modality_incremental", "ablations"):
+        for suffix in (".csv", ".tex", ".md"):
+            assert (figures / f"{table}{suffix}").is_file(), table + suffix
+    for figure in ("accuracy_curves_class_incremental", "forgetting_modality_incremental", "modality_accuracy",
+                   "accuracy_matrix_domain_incremental_multilingual-emotion", "ablations_lwf"):
+        for suffix in (".png", ".pdf"):
+            assert (figures / f"{figure}{suffix}").is_file(), figure + suffix
+
+
+def test_a_second_reproduction_skips_up_to_date_notebooks(reproduced):
+    root, _ = reproduced
+    again = reproduce.reproduce("smoke", output_dir=root / "runs", figures_dir=root / "figures", seeds=[0],
+                                extra_parameters=SMOKE_PARAMETERS)
+    assert set(again.values()) == {0.0}
+    # Other parameters (here: another seed) make the notebooks that would run new runs stale.
+    assert not reproduce.up_to_date("11_domain_incremental",
+                                    root / "runs" / "smoke" / "notebooks" / "11_domain_incremental.ipynb",
+                                    reproduce.notebook_parameters("11_domain_incremental", "smoke",
+                                                                  ["runtime.progress=false"], root / "runs",
+                                                                  root / "figures", [1]))
+
+
+def test_a_failing_cell_is_reported_with_notebook_and_cell(tmp_path, mmcl_cache):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")]
+    nbformat.write(notebook, tmp_path / "99_broken.ipynb")
+    with pytest.raises(reproduce.NotebookFailed, match=r"99_broken\.ipynb failed in cell 1.*broken on purpose"):
+        reproduce.execute_notebook("99_broken", tmp_path / "out" / "99_broken.ipynb", {}, notebook_dir=tmp_path,
+                                   log_output=False)
+    assert json.loads((tmp_path / "out" / "99_broken.ipynb").read_text())["metadata"]["papermill"]["exception"]
+
+
+def test_default_methods_are_every_compatible_registered_method():
+    from mmcl.methods import REGISTRY
+
+    for scenario in ("class_incremental", "domain_incremental", "modality_incremental"):
+        expected = {n for n, cls in REGISTRY.items() if scenario in cls.compatible_scenarios}
+        assert set(reproduce.compatible_methods(scenario)) == expected
+    assert "zero-shot" in reproduce.compatible_methods("class_incremental", ["zero-shot"])
+
+
+def test_ablation_jobs_cover_every_declared_variant(smoke_config):
+    from mmcl.methods import REGISTRY
+
+    jobs = reproduce.ablation_jobs(smoke_config, seeds=[0, 1])
+    for name, cls in REGISTRY.items():
+        variants = {job["variant"] for job in jobs if job["method"] == name}
+        assert variants == (set(cls.ablations) | {None} if cls.ablations else set()), name
+    lwf = [job for job in jobs if job["method"] == "lwf" and job["variant"] == "no-distillation"]
+    assert [job["seed"] for job in lwf] == [0, 1]
+    assert lwf[0]["hparams"] == REGISTRY["lwf"].ablations["no-distillation"]
