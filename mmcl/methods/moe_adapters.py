@@ -28,6 +28,7 @@ from mmcl.methods.base import (
     Method,
     MethodConfig,
     Snapshot,
+    fuse,
     iterate_task_batches,
     register,
     targets_in,
@@ -82,8 +83,10 @@ def fuse_embeddings(embeddings: dict[str, torch.Tensor], fusion: str) -> torch.T
 
     Modalities are concatenated in sorted order, so a batch's dict order does not matter.
     """
-    units = [F.normalize(embeddings[m].float(), dim=-1) for m in sorted(embeddings)]
-    return torch.cat(units, dim=-1) if fusion == "concat" else torch.stack(units).mean(dim=0)
+    ordered = {m: embeddings[m] for m in sorted(embeddings)}
+    if fusion != "concat":
+        return fuse(ordered)
+    return torch.cat([F.normalize(e.float(), dim=-1) for e in ordered.values()], dim=-1)
 
 
 # ------------------------------------------------------------------------------- classifier
