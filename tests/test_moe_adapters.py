@@ -165,6 +165,23 @@ def test_classifier_grows_without_changing_old_class_weights(two_tasks):
         assert method.predict(batch, space).shape == (len(batch), len(space))
 
 
+def test_domain_incremental_head_keeps_training_because_every_class_recurs(smoke_config):
+    method, stream = engine.build_run(smoke_config, "domain_incremental", "moe-adapters", seed=0,
+                                      device=torch.device("cpu"))
+    assert len(method.head.blocks) == 1  # one block: every domain has every class
+    for task in stream.tasks:
+        method.context.seen_classes = sorted({c for t in stream.tasks[: task.index + 1] for c in t.classes})
+        method.begin_task(task)
+        assert method.head.blocks[0].requires_grad, task.name
+        method.head.set_trainable(set())  # what end_task does, without scoring experts
+        assert not method.head.blocks[0].requires_grad
+        method.begin_task(task)
+        state = method.checkpoint_state()
+        method.head.set_trainable(set())
+        method.load_checkpoint_state(state)  # the mask travels with a checkpoint
+        assert method.head.blocks[0].requires_grad
+
+
 def test_adapters_start_as_the_frozen_towers_and_freezing_survives_a_checkpoint(two_tasks):
     method, tasks, *_ = two_tasks
     fresh = type(method)(method.encoder, method.context, method.hparams)  # the frozen towers are shared

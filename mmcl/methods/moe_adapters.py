@@ -10,8 +10,9 @@ The loss of a batch is::
 
     L = L_ce + λ_kd L_kd + λ_align L_align + λ_rel L_rel + λ_bal L_balance
 
-After each task the most influential trainable experts of every mixture are frozen for good, and
-the classifier rows of the task's classes stop training. No sample of an old task is stored.
+After each task the most influential trainable experts of every mixture are frozen for good; the
+classifier rows of classes absent from the current task do not train (class-incremental: every old
+class; domain-incremental: none, every class recurs). No sample of an old task is stored.
 """
 from __future__ import annotations
 
@@ -91,14 +92,14 @@ def fuse_embeddings(embeddings: dict[str, torch.Tensor], fusion: str) -> torch.T
 
 # ------------------------------------------------------------------------------- classifier
 class GrowingCosineClassifier(nn.Module):
-    """Cosine head that grows one block of class rows per task and never changes a closed block.
+    """Cosine head that grows one block of class rows per task; only the blocks a task opens train.
 
     ``blocks[g]`` is ``[C_g, D * tiles]``: the rows of the g-th group of new classes, initialised
     at their text embeddings (tiled ``tiles`` times for concatenated modalities, so that at
     initialisation the logit is the mean of per-modality cosines). Logits over a label space are
-    ``scale * cos(feature, row[c])``. :meth:`open_block` makes a block trainable while its task is
-    learned; :meth:`close_block` freezes it for good (its parameter stops requiring gradients, so
-    neither gradients, momentum nor weight decay can move it).
+    ``scale * cos(feature, row[c])``. :meth:`set_trainable` opens the blocks a task trains and
+    freezes every other one (its parameter stops requiring gradients, so neither gradients,
+    momentum nor weight decay can move it); the mask is a buffer, so a checkpoint restores it.
     """
 
     def __init__(self, text_embeddings: torch.Tensor, class_groups: list[list[int]], scale: float, tiles: int = 1):
@@ -109,7 +110,7 @@ class GrowingCosineClassifier(nn.Module):
         position[torch.tensor([c for group in class_groups for c in group])] = torch.arange(
             sum(len(group) for group in class_groups))
         self.register_buffer("position", position, persistent=False)  # run label -> row of cat(blocks)
-        self.register_buffer("closed", torch.zeros(len(class_groups), dtype=torch.bool))
+        self.register_buffer("trainable", torch.zeros(len(class_groups), dtype=torch.bool))
         self.scale = scale
 
     @property
@@ -122,19 +123,17 @@ class GrowingCosineClassifier(nn.Module):
         rows = torch.cat(list(self.blocks))[self.position[label_space]]
         return self.scale * F.normalize(features.float(), dim=-1) @ F.normalize(rows, dim=-1).T
 
-    def open_block(self, group: int) -> None:
-        if not bool(self.closed[group]):
-            self.blocks[group].requires_grad_(True)
+    def set_trainable(self, groups: set[int]) -> None:
+        """Make exactly the blocks ``groups`` trainable; the others freeze (and drop any gradient)."""
+        self.trainable.copy_(torch.tensor([g in groups for g in range(len(self.blocks))], dtype=torch.bool))
+        self.apply_trainable()
 
-    def close_block(self, group: int) -> None:
-        self.closed[group] = True
-        self.blocks[group].requires_grad_(False)
-        self.blocks[group].grad = None
-
-    def apply_closing(self) -> None:
-        for block, closed in zip(self.blocks, self.closed.tolist()):
-            if closed:
-                block.requires_grad_(False)
+    def apply_trainable(self) -> None:
+        """Re-derive ``requires_grad`` from the mask (it is not part of a state dict)."""
+        for block, trainable in zip(self.blocks, self.trainable.tolist()):
+            block.requires_grad_(trainable)
+            if not trainable:
+                block.grad = None
 
 
 # ------------------------------------------------------------------------------------ method
@@ -165,7 +164,7 @@ class MoEAdapters(Method):
         min_trainable_experts: int = 1  # (design choice) never freeze the last trainable experts
         # classifier
         fusion: Literal["mean", "concat"] = "mean"
-        freeze_old_classes: bool = True  # (design choice) a task's class rows stop training after it
+        freeze_old_classes: bool = True  # (design choice) rows of classes absent from a task do not train
         ce_label_space: Literal["seen", "task"] = "seen"  # (design choice) classes scored by L_ce
         # losses
         kd_weight: float = 1.0  # λ_kd: logit distillation on old classes
@@ -238,10 +237,13 @@ class MoEAdapters(Method):
         # The teacher holds copies of the small adapters and head only; the frozen towers are shared.
         self.teacher_adapters = Snapshot(self.adapters) if needs_teacher else None
         self.teacher_head = Snapshot(self.head) if needs_teacher else None
-        for group, classes in enumerate(self.class_groups):
-            if set(classes) <= set(self.context.seen_classes) and (set(classes) & set(task.classes)
-                                                                   or not h.freeze_old_classes):
-                self.head.open_block(group)
+        # Rows train while their classes have data: the task's own blocks (in a domain-incremental
+        # stream every class recurs, so the one block stays open); with freeze_old_classes off,
+        # every block seen so far.
+        self.head.set_trainable({
+            group for group, classes in enumerate(self.class_groups)
+            if set(classes) <= set(self.context.seen_classes)
+            and (set(classes) & set(task.classes) or not h.freeze_old_classes)})
         self.influence = {name: torch.zeros(moe.num_experts, device=moe.frozen.device)
                           for name, moe in self.adapters.moe_layers().items()}
 
@@ -278,10 +280,7 @@ class MoEAdapters(Method):
     @torch.no_grad()
     def end_task(self, task):
         h = self.hparams
-        if h.freeze_old_classes:
-            for group, classes in enumerate(self.class_groups):
-                if set(classes) & set(task.classes):
-                    self.head.close_block(group)
+        self.head.set_trainable(set())  # the next task opens the blocks it trains
         if h.experts_frozen_per_task <= 0 or h.num_experts <= 1:
             return
         if h.influence == "routing_mass":  # gate mass of every expert over the task's training data
@@ -313,4 +312,4 @@ class MoEAdapters(Method):
         # requires_grad is not part of a state dict: re-derive it from the stored masks.
         for moe in self.adapters.moe_layers().values():
             moe.apply_freezing()
-        self.head.apply_closing()
+        self.head.apply_trainable()
