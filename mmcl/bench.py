@@ -13,7 +13,15 @@ import time
 import torch
 
 from mmcl.config import Config
-from mmcl.engine import autocast_for, build_run, make_optimizer, resolve_device, train_step
+from mmcl.engine import (
+    autocast_for,
+    build_run,
+    make_optimizer,
+    resolve_device,
+    train_step,
+    variant_overrides,
+    with_method_overrides,
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -22,8 +30,14 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_method(config: Config, method: str, scenario: str = "class_incremental", steps: int = 20,
-                 warmup: int = 3, seed: int = 0) -> dict:
-    """Samples/s and ms/step of training steps and of the frozen forward pass; peak memory."""
+                 warmup: int = 3, seed: int = 0, variant: str | None = None) -> dict:
+    """Samples/s and ms/step of training steps and of the frozen forward pass; peak memory.
+
+    ``variant``: a named ablation of the method (``Method.ablations``), e.g. the same trainable
+    parameters without the method's extra machinery, to measure what that machinery costs.
+    """
+    if variant:
+        config = with_method_overrides(config, method, variant_overrides(method, variant))
     device = resolve_device(config.runtime.device)
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
@@ -53,7 +67,7 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
         _sync(device)
         return (time.perf_counter() - started) / steps
 
-    result = {"method": method, "profile": config.profile, "scenario": scenario, "device": str(device),
+    result = {"method": method, "variant": variant, "profile": config.profile, "scenario": scenario, "device": str(device),
               "batch_size": size, "steps": steps, "modalities": list(task.modalities)}
     if method_obj.trains:
         optimizer = make_optimizer(method_obj, config)
@@ -81,7 +95,8 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
 
 
 def format_bench(result: dict) -> str:
-    lines = [f"mmcl bench: {result['method']} on {result['profile']} / {result['scenario']} "
+    name = f"{result['method']}~{result['variant']}" if result.get("variant") else result["method"]
+    lines = [f"mmcl bench: {name} on {result['profile']} / {result['scenario']} "
              f"({', '.join(result['modalities'])}), device {result['device']}, batch {result['batch_size']}, "
              f"{result['steps']} timed steps"]
     if "train_samples_per_second" in result:

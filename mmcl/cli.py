@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--benchmark", help="default: the scenario's benchmark in the profile")
     run.add_argument("--seed", type=int, action="append", help="repeatable; default: the profile's seed")
     run.add_argument("--output-dir", help="default: runtime.output_dir of the profile")
+    run.add_argument("--variant", help="a named ablation of the method (see `mmcl list methods`); runs go to <method>~<variant>")
     run.add_argument("--force", action="store_true", help="delete an existing run folder and start again")
     _add_profile_arguments(run)
 
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="training-step throughput and memory of a method")
     bench.add_argument("--method", required=True)
     bench.add_argument("--scenario", default="class_incremental", choices=SCENARIOS)
+    bench.add_argument("--variant", help="a named ablation of the method (see `mmcl list methods`)")
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_profile_arguments(bench)
@@ -65,6 +67,8 @@ def _list(what: str, profile: str) -> str:
         lines.append("methods:")
         for name, cls in sorted(REGISTRY.items()):
             lines.append(f"  {name:14s} {cls.description}  [{', '.join(cls.compatible_scenarios)}]")
+            if cls.ablations:
+                lines.append(f"  {'':14s} variants: {', '.join(cls.ablations)}")
     if what in ("all", "scenarios"):
         lines.append("scenarios:")
         lines += [f"  {name}" for name in SCENARIOS]
@@ -88,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             print(_list(args.what, args.profile))
         elif args.command == "run":
-            from mmcl.engine import run
+            from mmcl.engine import run, variant_overrides
 
             config = load_config(args.profile, args.overrides)
+            hparams = variant_overrides(args.method, args.variant) if args.variant else None
             for seed in args.seed or [config.seed]:
                 result = run(config, args.scenario, args.method, seed=seed, benchmark=args.benchmark,
-                             output_dir=args.output_dir, force=args.force)
+                             output_dir=args.output_dir, force=args.force, variant=args.variant, hparams=hparams)
                 status = "reused complete run" if result.skipped else "finished"
                 print(f"{status}: {result.run_dir}")
                 for mode, summary in result.metrics["modes"].items():
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             from mmcl.bench import bench_method, format_bench
 
             config = load_config(args.profile, args.overrides)
-            result = bench_method(config, args.method, args.scenario, steps=args.steps)
+            result = bench_method(config, args.method, args.scenario, steps=args.steps, variant=args.variant)
             print(json.dumps(result, indent=2) if args.json else format_bench(result))
         elif args.command == "reproduce":
             from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce

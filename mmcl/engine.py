@@ -82,6 +82,21 @@ def scenario_benchmark(config: Config, scenario: str, benchmark: str | None) -> 
     return config.scenarios[scenario].benchmark
 
 
+def variant_overrides(method: str, variant: str) -> dict:
+    """The hyper-parameter overrides of a named ablation variant (``Method.ablations``) of ``method``."""
+    ablations = method_class(method).ablations
+    if variant not in ablations:
+        known = ", ".join(sorted(ablations)) or "none"
+        raise ConfigError(f"method {method!r} has no variant {variant!r} (its variants: {known})")
+    return dict(ablations[variant])
+
+
+def with_method_overrides(config: Config, method: str, hparams: dict | None) -> Config:
+    """``config`` with ``hparams`` merged into ``methods.<method>`` (a copy; ``config`` is unchanged)."""
+    method_hparams = {**config.methods, method: {**config.methods.get(method, {}), **(hparams or {})}}
+    return config.model_copy(update={"methods": method_hparams}, deep=True)
+
+
 def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: str | None = None,
               device: torch.device | None = None, progress: bool = False) -> tuple[Method, Stream]:
     """The backbone, the task stream and the method of one run (used by the engine and ``bench``)."""
@@ -219,8 +234,7 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
     seed = config.seed if seed is None else seed
     if hparams and not variant:
         raise ValueError("hyper-parameter overrides need a variant name, so the run gets its own folder")
-    method_hparams = {**config.methods, method: {**config.methods.get(method, {}), **(hparams or {})}}
-    config = config.model_copy(update={"seed": seed, "methods": method_hparams}, deep=True)
+    config = with_method_overrides(config, method, hparams).model_copy(update={"seed": seed})
     progress = config.runtime.progress if progress is None else progress
     benchmark = scenario_benchmark(config, scenario, benchmark)
     method_class(method).make_config(config.methods.get(method))  # fail fast on a bad name or key

@@ -37,3 +37,17 @@ def test_errors_exit_with_a_message(capsys):
     assert main(["run", "--scenario", "class_incremental", "--method", "lwf", "--profile", "smoke",
                  "--set", "train.epochz=1"]) == 2
     assert "train.epochz: unknown key" in capsys.readouterr().err
+
+
+def test_variants_run_to_their_own_folder_and_bench_with_their_overrides(tmp_path, capsys):
+    assert main(["run", "--scenario", "domain_incremental", "--method", "lwf", "--variant", "no-distillation",
+                 "--profile", "smoke", "--output-dir", str(tmp_path)]) == 0
+    run_dir = tmp_path / "smoke" / "domain_incremental" / "multilingual-emotion" / "lwf~no-distillation" / "seed0"
+    assert (run_dir / "metrics.json").is_file()
+    assert "distillation_weight: 0.0" in (run_dir / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["bench", "--method", "moe-adapters", "--variant", "adapter-finetune", "--profile", "smoke",
+                 "--steps", "2", "--json"]) == 0
+    assert '"variant": "adapter-finetune"' in capsys.readouterr().out
+    assert main(["bench", "--method", "lwf", "--variant", "nope", "--profile", "smoke"]) == 2
+    assert "no variant 'nope' (its variants: no-distillation)" in capsys.readouterr().err

@@ -186,6 +186,10 @@ class MoEAdapters(Method):
         "single-adapter": {"num_experts": 1, "top_k": 1, "expert_hidden": 64},  # same parameters as 4 x 16
         "no-expert-freezing": {"experts_frozen_per_task": 0},
         "no-cross-attention": {"cross_attention": False},
+        # Sequential fine-tuning of the same trainable parameters: one adapter of the experts' width
+        # (cross-attention kept), cross-entropy only, no router, no teacher, nothing frozen.
+        "adapter-finetune": {"num_experts": 1, "top_k": 1, "expert_hidden": 64, "kd_weight": 0.0,
+                             "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
     }
 
     def __init__(self, encoder, context, hparams: Config):
