@@ -67,8 +67,8 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
         _sync(device)
         return (time.perf_counter() - started) / steps
 
-    result = {"method": method, "variant": variant, "profile": config.profile, "scenario": scenario, "device": str(device),
-              "batch_size": size, "steps": steps, "modalities": list(task.modalities)}
+    result = {"method": method, "variant": variant, "profile": config.profile, "scenario": scenario,
+              "device": str(device), "batch_size": size, "steps": steps, "modalities": list(task.modalities)}
     if method_obj.trains:
         optimizer = make_optimizer(method_obj, config)
         method_obj.train()
