@@ -187,7 +187,7 @@ class MoEAdapters(Method):
         "no-expert-freezing": {"experts_frozen_per_task": 0},
         "no-cross-attention": {"cross_attention": False},
         # Sequential fine-tuning of the same trainable parameters: one adapter of the experts' width
-        # (cross-attention kept), cross-entropy only, no router, no teacher, nothing frozen.
+        # (cross-attention kept), cross-entropy only, no router, no teacher, no expert to freeze.
         "adapter-finetune": {"num_experts": 1, "top_k": 1, "expert_hidden": 64, "kd_weight": 0.0,
                              "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
     }
