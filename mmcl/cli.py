@@ -93,12 +93,17 @@ def main(argv: list[str] | None = None) -> int:
             print(_list(args.what, args.profile))
         elif args.command == "run":
             from mmcl.engine import run, variant_overrides
+            from mmcl.records import RunFolderInUse
 
             config = load_config(args.profile, args.overrides)
             hparams = variant_overrides(args.method, args.variant) if args.variant else None
             for seed in args.seed or [config.seed]:
-                result = run(config, args.scenario, args.method, seed=seed, benchmark=args.benchmark,
-                             output_dir=args.output_dir, force=args.force, variant=args.variant, hparams=hparams)
+                try:
+                    result = run(config, args.scenario, args.method, seed=seed, benchmark=args.benchmark,
+                                 output_dir=args.output_dir, force=args.force, variant=args.variant, hparams=hparams)
+                except RunFolderInUse as error:
+                    print(f"mmcl: error: {error}", file=sys.stderr)
+                    return 2
                 status = "reused complete run" if result.skipped else "finished"
                 print(f"{status}: {result.run_dir}")
                 for mode, summary in result.metrics["modes"].items():

@@ -95,7 +95,11 @@ class RuntimeConfig(_Strict):
     num_threads: int | None = None
     output_dir: str = "runs"
     progress: bool = True
+    # "last" keeps the two newest task checkpoints (a damaged newest one falls back to the one
+    # before it); "all" keeps one per task.
     keep_checkpoints: Literal["last", "all"] = "last"
+    # Seconds to wait for another process that holds the run folder's lock (0: stop at once).
+    wait_for_lock: float = Field(0.0, ge=0)
 
 
 class BenchmarkConfig(_Strict):

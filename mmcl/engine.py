@@ -5,6 +5,16 @@ steps, :meth:`Method.end_task`, then evaluation on *every* task of the stream (s
 the seen label space; unseen ones with their classes added, for forward transfer). Each finished
 task is checkpointed and appended to ``tasks.jsonl``; ``metrics.json`` is written last.
 
+Fault tolerance: one process at a time writes a run folder (:func:`mmcl.records.run_lock`, a
+``flock`` on ``<run>/.lock`` that the kernel releases when its holder dies); a second one stops
+with a one-line message, or waits ``runtime.wait_for_lock`` seconds and then reuses the run the
+first one finished. On resume, temporaries left by a killed writer are deleted, and a damaged
+newest checkpoint (truncated, garbage, missing keys) falls back to the one before it (two are
+kept), or to task 0, with a one-line warning; ``tasks.jsonl`` is rewritten from the checkpoint's
+rows. Each task's row records the process memory (peak and current RSS, the task's CUDA peak),
+``metrics.json`` their maximum. ``MMCL_FAULT`` kills a run at named points, for tests
+(:func:`mmcl.records.fault_point`).
+
 Determinism: the global RNGs are re-seeded from (run seed, task) at the start of every task and
 the data order from (run seed, task, epoch), so a run resumed after task k reproduces the
 uninterrupted run exactly (on the same device and library versions).
@@ -13,11 +23,11 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -200,6 +210,7 @@ def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], co
                disable=not progress, leave=False, unit="step")
     method.train()
     method.encoder.eval()  # frozen parts keep inference behaviour
+    fault_step = max(1, train.epochs * batches_per_epoch // 2)  # where MMCL_FAULT=train:<task> strikes
     for epoch in range(train.epochs):
         generator = torch.Generator().manual_seed(seed * 100_003 + task.index * 1_009 + epoch)
         iterators = [d.batches(train.batch_size, shuffle=True, generator=generator) for d in datasets]
@@ -208,6 +219,8 @@ def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], co
             batch = next(iterators[source]).to(device)
             loss, _ = train_step(method, batch, task, optimizer, config, device)
             steps, samples, loss_sum = steps + 1, samples + len(batch), loss_sum + loss.item()
+            if steps == fault_step:
+                records.fault_point("train", task.index)
             bar.update()
             bar.set_postfix(loss=f"{loss_sum / steps:.3f}")
     bar.close()
@@ -228,7 +241,10 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
     """Run (or resume, or reuse) one continual-learning run and return its metrics.
 
     A complete run (``metrics.json`` present) is returned as is unless ``force``; an interrupted
-    one resumes after its last checkpointed task. A *variant* (an ablation) is the method with
+    one resumes after its last readable checkpoint. The run folder's lock is held while the run
+    writes it: if another process holds it, this waits ``config.runtime.wait_for_lock`` seconds
+    for it, then raises :class:`mmcl.records.RunFolderInUse` (or reuses the run that process
+    completed). A *variant* (an ablation) is the method with
     hyper-parameter overrides ``hparams``, recorded in its own folder ``<method>~<variant>``.
     """
     seed = config.seed if seed is None else seed
@@ -241,10 +257,20 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
     run_name = f"{method}~{variant}" if variant else method
     run_dir = records.run_directory(output_dir or config.runtime.output_dir, config.profile, scenario, benchmark,
                                     run_name, seed)
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if records.is_complete(run_dir):
+    if not force and records.is_complete(run_dir):  # a complete run is never written again: no lock needed
         return RunResult(run_dir, records.read_json(run_dir / "metrics.json"), skipped=True)
+    with records.run_lock(run_dir, config.runtime.wait_for_lock):
+        return _run_in_locked_folder(config, scenario, method, seed, benchmark, run_dir, force, progress, variant)
+
+
+def _run_in_locked_folder(config: Config, scenario: str, method: str, seed: int, benchmark: str, run_dir: Path,
+                          force: bool, progress: bool, variant: str | None) -> RunResult:
+    """The body of :func:`run`, called with the run folder's lock held: only this process writes it."""
+    if force:
+        records.clear_run_folder(run_dir)
+    elif records.is_complete(run_dir):  # another process finished the run while this one waited for the lock
+        return RunResult(run_dir, records.read_json(run_dir / "metrics.json"), skipped=True)
+    records.remove_temporaries(run_dir)  # left by a killed process; none is being written now
     config_text = config_to_yaml(config)
     stored = run_dir / "config.yaml"
     if stored.is_file() and _comparable(stored.read_text()) != _comparable(config_text):
@@ -274,18 +300,31 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
         records.atomic_write_json(zero_shot_path, zero_shot)
 
     rows: list[dict] = []
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        method_obj.load_checkpoint_state(state["method_state"])
+    for checkpoint, state in readable_checkpoints(run_dir, device):
+        try:
+            method_obj.load_checkpoint_state(state["method_state"])
+        except Exception as error:  # noqa: BLE001 - any mismatch means: not resumable from this file
+            log.warning("checkpoint %s does not fit method %r (%s); ignoring it", checkpoint, method,
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)
+            # The failed load may have changed some parameters: continue from a freshly built method.
+            method_obj, stream = build_run(config, scenario, method, seed, benchmark, device, progress)
+            tasks = stream.tasks
+            continue
         rows = state["rows"]
         log.info("resuming %s after task %d", run_dir, len(rows) - 1)
+        break
+    if rows or (run_dir / "tasks.jsonl").exists():
+        # The rows of the checkpoint resumed from, which may be older than the file (a damaged newest
+        # checkpoint, or a kill between writing the checkpoint and the file).
+        records.write_jsonl(run_dir / "tasks.jsonl", rows)
     bar = tqdm(range(len(rows), len(tasks)), desc=f"{method} · {scenario} · seed {seed}", disable=not progress,
                unit="task", initial=len(rows), total=len(tasks))
     for index in bar:
         task = tasks[index]
         seed_everything(seed, index)
         method_obj.context.seen_classes = sorted({c for t in tasks[: index + 1] for c in t.classes})
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # per-task CUDA peak in the task's memory record
         method_obj.begin_task(task)
         stats = {"steps": 0, "samples": 0, "train_seconds": 0.0}
         if method_obj.trains and config.train.epochs > 0:
@@ -299,9 +338,10 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
         rows.append(row)
         for mode in modes:
             row.setdefault("average_accuracy", {})[mode] = float(np.mean(results[mode]["accuracy"][: index + 1]))
+        row["memory"] = records.memory_usage(device)
         save_checkpoint(run_dir, index, {"method_state": method_obj.checkpoint_state(), "rows": rows},
                         config.runtime.keep_checkpoints)
-        records.write_jsonl(run_dir / "tasks.jsonl", rows)
+        records.write_jsonl(run_dir / "tasks.jsonl", rows, fault=("tasks-write", index))
         bar.set_postfix(acc=f"{row['average_accuracy'][modes[0]]:.1f}")
         log.info("%s task %d: average accuracy %.2f", run_dir, index, row["average_accuracy"][modes[0]])
 
@@ -311,7 +351,8 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
     metrics["timing"] = {"run_seconds_this_session": time.perf_counter() - started,
                          "train_seconds": sum(r.get("train_seconds", 0.0) for r in rows),
                          "eval_seconds": sum(r["eval_seconds"] for r in rows)}
-    records.atomic_write_json(run_dir / "metrics.json", metrics)
+    metrics["memory"] = records.memory_summary(rows)
+    records.atomic_write_json(run_dir / "metrics.json", metrics, fault=("metrics-write", None))
     return RunResult(run_dir, metrics)
 
 
@@ -329,14 +370,69 @@ def finalize(rows: list[dict], zero_shot: dict, modes: list[str], scenario: str,
 
 
 def save_checkpoint(run_dir: Path, index: int, state: dict, keep: str) -> None:
-    folder = run_dir / "checkpoints"
-    records.atomic_torch_save(state, folder / f"task_{index}.pt")
-    if keep == "last":
-        for old in folder.glob("task_*.pt"):
-            if old.name != f"task_{index}.pt":
-                old.unlink(missing_ok=True)
+    """Write task ``index``'s checkpoint, then delete the ones it makes obsolete.
+
+    ``keep="last"`` keeps this checkpoint and the one before it, so that a damaged newest
+    checkpoint costs one task of recomputation instead of the whole run; ``keep="all"`` keeps
+    every earlier one. Checkpoints of *later* tasks are always deleted: they are left from before
+    a resume that fell back to an earlier checkpoint, and no longer match this run's history.
+    """
+    records.atomic_torch_save(state, run_dir / "checkpoints" / f"task_{index}.pt", fault=("checkpoint-write", index))
+    for old_index, old in checkpoints(run_dir):
+        if old_index > index or (keep == "last" and old_index < index - 1):
+            old.unlink(missing_ok=True)
+
+
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The (task index, path) of every checkpoint of ``run_dir``, oldest first."""
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("task_*.pt"):
+        index = path.stem.removeprefix("task_")
+        if index.isdigit():
+            found.append((int(index), path))
+    return sorted(found)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("task_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return found[-1] if found else None
+    found = checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def _checkpoint_problem(state, index: int) -> str | None:
+    """Why a loaded checkpoint of task ``index`` cannot be resumed from, or None when it can."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a checkpoint"
+    missing = [key for key in ("method_state", "rows") if key not in state]
+    if missing:
+        return f"missing keys {missing}"
+    rows = state["rows"]
+    if not isinstance(state["method_state"], dict) or not isinstance(rows, list):
+        return "method_state or rows of the wrong type"
+    if len(rows) != index + 1 or not all(isinstance(r, dict) and r.get("task") == i for i, r in enumerate(rows)):
+        return f"its rows are not those of tasks 0..{index}"
+    return None
+
+
+def readable_checkpoints(run_dir: Path, device: torch.device) -> Iterator[tuple[Path, dict]]:
+    """The checkpoints of ``run_dir`` that load and hold what a resume needs, newest first.
+
+    A damaged one (truncated, overwritten, unreadable by ``torch.load``, or missing keys) is
+    skipped with a one-line warning naming the file and what the run falls back to (the previous
+    checkpoint, or task 0). The caller stops at the first one it resumes from; if it asks for
+    more after the oldest, a warning says the run starts again from task 0.
+    """
+    found = checkpoints(run_dir)
+    for position in range(len(found) - 1, -1, -1):
+        index, path = found[position]
+        try:
+            state = torch.load(path, map_location=device, weights_only=False)
+            problem = _checkpoint_problem(state, index)
+        except Exception as error:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
+            state, problem = None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"
+        if problem is None:
+            yield path, state
+            if position == 0:  # the caller could not resume from the oldest one either
+                log.warning("no usable checkpoint in %s; starting again from task 0", path.parent)
+            continue
+        fallback = f"falling back to {found[position - 1][1].name}" if position else "starting again from task 0"
+        log.warning("checkpoint %s is damaged (%s); %s", path, problem[:200], fallback)

@@ -50,7 +50,8 @@ METHOD_ORDER = ("zero-shot", "finetune", "ewc", "lwf", "replay", "l2p", "moe-ada
 
 COLUMNS = ["profile", "scenario", "benchmark", "method", "variant", "label", "seed", "mode", "num_tasks",
            *SUMMARY_METRICS, "accuracy_by_modality", "accuracy_matrix", "zero_shot", "task_names",
-           "modality_order", "train_seconds", "eval_seconds", "run_seconds", "run_dir"]
+           "modality_order", "train_seconds", "eval_seconds", "run_seconds", "peak_rss_mib", "cuda_peak_mib",
+           "run_dir"]
 
 
 def method_label(method: str, variant: str | None = None) -> str:
@@ -93,6 +94,7 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
     order = json.loads(order_path.read_text()) if order_path.is_file() else {}
     run = metrics["run"]
     timing = metrics.get("timing", {})
+    memory = metrics.get("memory") or {}  # absent in runs recorded before memory was
     rows = []
     for mode, summary in metrics["modes"].items():
         matrix = metrics["accuracy_matrix"][mode]
@@ -106,7 +108,8 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
             "accuracy_matrix": matrix, "zero_shot": metrics.get("zero_shot", {}).get(mode),
             "task_names": metrics.get("task_names"), "modality_order": order.get("modality_order"),
             "train_seconds": timing.get("train_seconds"), "eval_seconds": timing.get("eval_seconds"),
-            "run_seconds": timing.get("run_seconds_this_session"), "run_dir": str(run_dir),
+            "run_seconds": timing.get("run_seconds_this_session"), "peak_rss_mib": memory.get("peak_rss_mib"),
+            "cuda_peak_mib": memory.get("cuda_peak_mib"), "run_dir": str(run_dir),
         }
         rows.append(row)
     return rows
@@ -117,7 +120,10 @@ def load_runs(*paths: str | Path) -> pd.DataFrame:
 
     Columns: see :data:`COLUMNS`. Metric values are in percent (accuracies) or percentage points
     (forgetting, BWT, FWT). ``accuracy_matrix`` holds the run's T x T matrix (list of lists) for
-    the row's mode. Unfinished runs (no ``metrics.json``) are ignored.
+    the row's mode. ``peak_rss_mib`` is the run's peak resident memory (MiB, the maximum over its
+    tasks of the process's peak RSS; for a resumed run, of the processes that ran it) and
+    ``cuda_peak_mib`` its peak CUDA allocation (None off CUDA). Unfinished runs (no
+    ``metrics.json``) are ignored.
     """
     rows = [row for run_dir in find_run_dirs(*paths) for row in _rows_of_run(run_dir)]
     frame = pd.DataFrame(rows, columns=COLUMNS)
