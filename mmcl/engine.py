@@ -313,6 +313,9 @@ def _run_in_locked_folder(config: Config, scenario: str, method: str, seed: int,
         rows = state["rows"]
         log.info("resuming %s after task %d", run_dir, len(rows) - 1)
         break
+    if not rows and not checkpoints(run_dir) and (run_dir / "tasks.jsonl").is_file() \
+            and (run_dir / "tasks.jsonl").stat().st_size:
+        log.warning("%s records finished tasks but holds no checkpoint; starting again from task 0", run_dir)
     if rows or (run_dir / "tasks.jsonl").exists():
         # The rows of the checkpoint resumed from, which may be older than the file (a damaged newest
         # checkpoint, or a kill between writing the checkpoint and the file).
