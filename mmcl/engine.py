@@ -431,7 +431,8 @@ def readable_checkpoints(run_dir: Path, device: torch.device) -> Iterator[tuple[
             state = torch.load(path, map_location=device, weights_only=False)
             problem = _checkpoint_problem(state, index)
         except Exception as error:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
-            state, problem = None, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"
+            first_line = str(error).splitlines()[0] if str(error) else "unreadable"
+            state, problem = None, f"{type(error).__name__}: {first_line}"
         if problem is None:
             yield path, state
             if position == 0:  # the caller could not resume from the oldest one either
