@@ -106,8 +106,22 @@ class RunContext:
 class MethodConfig:
     """Hyper-parameters shared by methods that train a text-anchored classifier."""
 
-    trainable_blocks: int = 1  # last vision-tower blocks unfrozen (0: head only)
+    trainable_blocks: int = pydantic.Field(1, ge=0)  # last vision-tower blocks unfrozen (0: head only)
     train_head: bool = True  # the cosine head starts at the class text embeddings
+
+
+def at_most(field: str, limit: str):
+    """A pydantic field validator: ``field`` may not exceed the (earlier declared) field ``limit``.
+
+    Use as ``_top_k_fits = at_most("top_k", "pool_size")`` in a method's Config.
+    """
+
+    def check(value, info: pydantic.ValidationInfo):
+        if limit in info.data and value is not None and value > info.data[limit]:
+            raise ValueError(f"must be at most {limit} ({info.data[limit]}), got {value}")
+        return value
+
+    return pydantic.field_validator(field)(check)
 
 
 class Snapshot:
@@ -184,11 +198,14 @@ class Method(nn.Module):
         except pydantic.ValidationError as error:
             problems = []
             for item in error.errors():
-                key = ".".join(str(p) for p in item["loc"])
-                problems.append(f"methods.{cls.name}.{key}: "
-                                + ("unknown key" if item["type"] in ("unexpected_keyword_argument", "extra_forbidden")
-                                   else item["msg"]))
-            raise ConfigError("invalid method hyper-parameters:\n  " + "\n  ".join(problems)) from None
+                key = ".".join([f"methods.{cls.name}", *(str(p) for p in item["loc"])])
+                if item["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+                    problems.append(f"{key}: unknown key")
+                elif item["type"] == "value_error":  # our validators' messages already say what was given
+                    problems.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
+                else:
+                    problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            raise ConfigError("invalid method hyper-parameters: " + "; ".join(problems)) from None
 
     def hparams_dict(self) -> dict:
         return asdict(self.hparams)
