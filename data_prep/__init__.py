@@ -75,17 +75,20 @@ def fetch(name: str, raw_dir: str | Path, options: dict[str, Any] | None = None)
 def prepare(name: str, raw_dir: str | Path, out_dir: str | Path, config: Config | str = "paper",
             options: dict[str, Any] | None = None, on_error: OnError = "skip", force: bool = False,
             shard_size: int = 64, progress: bool = False, overrides: list[str] | None = None,
-            checksum_file: str | Path | None = None) -> PrepSummary:
+            checksum_file: str | Path | None = None, max_skipped_fraction: float = 0.05) -> PrepSummary:
     """Prepare dataset ``name`` from ``raw_dir`` into ``out_dir`` at the sizes of ``config``.
 
     ``config``: a :class:`mmcl.config.Config` or a profile name/path (with ``overrides``); its
     ``data`` section (image size, frames, audio and inertial settings) shapes the tensors, so
     prepare with the profile you will train with. ``on_error``: ``"skip"`` leaves unreadable files
-    out and lists them in the summary, ``"fail"`` stops at the first. A complete preparation with
+    out and lists them in the summary, ``"fail"`` stops at the first; skipping stops with an error
+    when more than ``max_skipped_fraction`` of a split is unreadable or a class loses every sample
+    of a split. A complete preparation with
     identical inputs and settings is reused unless ``force``; an interrupted one resumes.
     """
     if not isinstance(config, Config):
         config = load_config(config, overrides)
     return run_preparation(adapter(name, options), Path(raw_dir), Path(out_dir), config, on_error=on_error,
                            force=force, shard_size=shard_size, progress=progress,
-                           checksum_file=Path(checksum_file) if checksum_file else None)
+                           checksum_file=Path(checksum_file) if checksum_file else None,
+                           max_skipped_fraction=max_skipped_fraction)

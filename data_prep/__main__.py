@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="dataset option, e.g. languages=[EN,DE] or video.classes=[Biking,Diving]")
     parser.add_argument("--on-error", choices=["skip", "fail"], default="skip",
                         help="unreadable file: skip it and count it (default) or stop")
+    parser.add_argument("--max-skipped-fraction", type=float, default=0.05, metavar="F",
+                        help="with --on-error skip: stop when more than this fraction of a split is "
+                             "unreadable (default: 0.05); a class losing all its samples always stops")
     parser.add_argument("--fetch", action="store_true", help="download first where a client exists (SAMSEMO)")
     parser.add_argument("--layout", action="store_true", help="print the download and raw layout, then exit")
     parser.add_argument("--list", action="store_true", help="list the datasets, then exit")
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             data_prep.fetch(args.dataset, args.raw, options)
         summary = data_prep.prepare(args.dataset, args.raw, args.out, args.profile, options=options,
                                     on_error=args.on_error, force=args.force, shard_size=args.shard_size,
-                                    progress=not args.quiet, overrides=args.set, checksum_file=args.checksums)
+                                    progress=not args.quiet, overrides=args.set, checksum_file=args.checksums,
+                                    max_skipped_fraction=args.max_skipped_fraction)
     except data_prep.PrepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

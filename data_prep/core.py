@@ -19,8 +19,12 @@ raw numpy signals. Everything else happens here, once for all datasets:
 
 Bad data policy (``on_error``): ``"skip"`` (default) reports each unreadable or truncated file
 by name, leaves the sample out and counts it in the summary (``skipped``); ``"fail"`` stops at
-the first one with :class:`CorruptSample` naming the file. Either way no half-written cache is
-left under a final name.
+the first one with :class:`CorruptSample` naming the file. Skipping has limits, checked before
+anything is written: more than ``max_skipped_fraction`` (default 5 %) of a split unreadable, or
+a class that loses every sample of a split, stops with :class:`TooManySkipped` naming the split
+(and the class); the shards holding failures are decoded again on the next run, so re-downloading
+the bad files and running again is enough. Either way no half-written cache is left under a final
+name.
 """
 from __future__ import annotations
 
@@ -58,6 +62,10 @@ class MissingRawData(PrepError):
 
 class CorruptSample(PrepError):
     """A raw file could not be decoded (``on_error="fail"``)."""
+
+
+class TooManySkipped(PrepError):
+    """Skipping unreadable files would leave a split too small or a class without samples."""
 
 
 @dataclass
@@ -316,13 +324,37 @@ def _chunks(items: list[Item], size: int) -> Iterable[tuple[int, list[Item]]]:
         yield index, items[start:start + size]
 
 
+def check_skipped(dataset: str, planned: dict[str, list[Item]], assembled: dict[str, dict], class_names: list[str],
+                  max_skipped_fraction: float) -> None:
+    """:class:`TooManySkipped` when a split lost more than ``max_skipped_fraction`` of its samples
+    or a class lost every sample it had in a split."""
+    for split in SPLITS:
+        total = len(planned[split])
+        if not total:
+            continue
+        skipped = total - len(assembled[split]["labels"])
+        if skipped / total > max_skipped_fraction:
+            raise TooManySkipped(
+                f"{dataset}: {skipped} of {total} {split} samples ({skipped / total:.1%}) are unreadable, more than "
+                f"the allowed {max_skipped_fraction:.1%}; replace the files listed above, or raise the limit "
+                f"(--max-skipped-fraction / max_skipped_fraction)")
+        kept = set(assembled[split]["labels"].tolist())
+        lost = sorted({item.label for item in planned[split]} - kept)
+        if lost:
+            names = ", ".join(repr(class_names[label]) for label in lost)
+            raise TooManySkipped(f"{dataset}: every {split} sample of class {names} is unreadable; "
+                                 f"replace the files listed above")
+
+
 def run_preparation(adapter: DatasetAdapter, raw_dir: Path, out_dir: Path, config: Config,
                     on_error: OnError = "skip", force: bool = False, shard_size: int = 64,
                     progress: bool = False, checksum_file: Path | None = None,
-                    keep_work: bool = False) -> PrepSummary:
+                    keep_work: bool = False, max_skipped_fraction: float = 0.05) -> PrepSummary:
     """Plan, verify, convert (resumably, in shards) and write a processed dataset folder."""
     if on_error not in ("skip", "fail"):
         raise PrepError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    if not 0.0 <= max_skipped_fraction <= 1.0:
+        raise PrepError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction}")
     started = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir).expanduser(), Path(out_dir).expanduser()
     if not raw_dir.is_dir():
@@ -361,7 +393,7 @@ def run_preparation(adapter: DatasetAdapter, raw_dir: Path, out_dir: Path, confi
     bad_files = {p["file"] for p in checksum_problems}
 
     by_split = {split: [i for i in plan.items if i.split == split] for split in SPLITS}
-    resumed, failures, assembled = 0, [], {}
+    resumed, failures, assembled, failed_shards = 0, [], {}, []
     total_shards = sum(-(-len(v) // shard_size) for v in by_split.values())
     bar = tqdm(total=total_shards, desc=f"preparing {adapter.name}", disable=not progress, unit="shard")
     for split, items in by_split.items():
@@ -384,10 +416,20 @@ def run_preparation(adapter: DatasetAdapter, raw_dir: Path, out_dir: Path, confi
                 state["done"][name] = len(shard["labels"])
                 atomic_write_json(progress_path, state)
             failures += shard["failures"]
+            if shard["failures"]:
+                failed_shards.append(name)
             shards.append(shard)
             bar.update()
         assembled[split] = _assemble(shards, modalities, settings, has_text)
     bar.close()
+    try:
+        check_skipped(adapter.name, by_split, assembled, plan.class_names, max_skipped_fraction)
+    except TooManySkipped:
+        # Shards with failures are decoded again next time, in case the files were replaced.
+        for name in failed_shards:
+            state["done"].pop(name, None)
+        atomic_write_json(progress_path, state)
+        raise
     counts = {split: len(assembled[split]["labels"]) for split in SPLITS}
     if counts["train"] == 0 or counts["test"] == 0:
         raise PrepError(f"{adapter.name}: no readable {'train' if counts['train'] == 0 else 'test'} samples "

@@ -21,7 +21,11 @@ from mmcl.config import Config, ConfigError, load_config
 
 NOTEBOOKS = ("00_data_prep", "10_class_incremental", "11_domain_incremental", "12_modality_incremental",
              "20_ablations", "30_figures_and_tables")
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# An installed wheel ships the notebooks inside the package (mmcl/notebooks, see pyproject.toml);
+# a source checkout (editable install, PYTHONPATH) has them in its top-level notebooks/ folder.
+NOTEBOOK_DIR = next((d for d in (_PACKAGE_DIR / "notebooks", _PACKAGE_DIR.parent / "notebooks") if d.is_dir()),
+                    _PACKAGE_DIR.parent / "notebooks")
 
 
 def compatible_methods(scenario: str, methods: Sequence[str] | None = None) -> list[str]:

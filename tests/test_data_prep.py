@@ -22,7 +22,7 @@ from PIL import Image
 import data_prep
 from data_prep.__main__ import main as cli_main
 from data_prep.core import run_preparation
-from mmcl.config import load_config
+from mmcl.config import ConfigError, load_config
 from mmcl.data.benchmarks import load_benchmark
 
 SMOKE = "smoke"
@@ -228,7 +228,8 @@ def test_ave_prepare_skips_corrupt_file_and_trains(tmp_path, smoke_config):
     from mmcl.engine import run
 
     raw = make_ave(tmp_path / "raw")
-    summary = data_prep.prepare("ave", raw, tmp_path / "ave", smoke_config)
+    # One of 12 training files is unreadable (8 %): above the default limit of 5 %, allowed here.
+    summary = data_prep.prepare("ave", raw, tmp_path / "ave", smoke_config, max_skipped_fraction=0.1)
     assert summary.counts == {"train": 11, "test": 6}  # 12 listed, one truncated mp4
     assert summary.skipped == 1 and "vid0x0.mp4" in summary.failures[0]["file"]
     assert "vid0x0.mp4" in str(summary) and "skipped (unreadable files): 1" in str(summary)
@@ -239,7 +240,7 @@ def test_ave_prepare_skips_corrupt_file_and_trains(tmp_path, smoke_config):
     assert stored["inputs"]["video"].shape == (11, 2, 3, 32, 32) and stored["inputs"]["video"].dtype == torch.uint8
     assert stored["inputs"]["audio"].shape == (11, 3, 32, 32) and stored["rows"] == {}
 
-    again = data_prep.prepare("ave", raw, tmp_path / "ave", smoke_config)
+    again = data_prep.prepare("ave", raw, tmp_path / "ave", smoke_config, max_skipped_fraction=0.1)
     assert again.reused and again.skipped == 1
 
     config = smoke_with(tmp_path, "av-events", tmp_path / "ave")
@@ -428,3 +429,47 @@ def test_paper_profile_matches_the_prepared_datasets():
     assert all(spec.source == "processed" and spec.path for spec in specs.values())
     assert set(data_prep.BENCHMARK_OF.values()) == set(specs)
     assert {"EN", "DE", "ES", "PL", "KO"} == set(data_prep.adapter("samsemo").options["languages"])
+
+
+def test_skipping_stops_above_the_allowed_fraction_and_resumes_once_the_file_is_replaced(tmp_path, capsys):
+    raw = make_ave(tmp_path / "raw", classes=2, train=3, test=1)  # vid0x0.mp4 (1 of 6 train) is truncated
+    out = tmp_path / "ave"
+    args = ["ave", "--raw", str(raw), "--out", str(out), "--profile", SMOKE, "--quiet", "--shard-size", "2"]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: ave: 1 of 6 train samples (16.7%) are unreadable, more than the allowed 5.0%; replace "
+                   "the files listed above, or raise the limit (--max-skipped-fraction / max_skipped_fraction)")
+    assert not (out / "meta.json").exists() and not (out / "train.pt").exists()
+
+    write_mp4(raw / "AVE" / "vid0x0.mp4", shade=0, tone=300)  # the user re-downloads the bad file
+    assert cli_main(args) == 0
+    assert "samples: train 6, test 2" in capsys.readouterr().out  # the shard with the failure was redone
+
+    raw = make_ave(tmp_path / "raw2", classes=2, train=3, test=1)
+    assert cli_main([*args[:2], str(raw), "--out", str(tmp_path / "allowed"), *args[5:],
+                     "--max-skipped-fraction", "0.2"]) == 0
+    assert "skipped (unreadable files): 1" in capsys.readouterr().out
+
+
+def test_a_class_losing_all_its_samples_stops_the_preparation(tmp_path, smoke_config):
+    raw = make_ave(tmp_path / "raw", classes=3, train=1, test=1)  # class 0's only train file is truncated
+    with pytest.raises(data_prep.PrepError, match=r"^ave: every train sample of class 'event 0' is unreadable"):
+        data_prep.prepare("ave", raw, tmp_path / "ave", smoke_config, max_skipped_fraction=0.5)
+    assert not (tmp_path / "ave" / "meta.json").exists()
+
+
+def test_prepared_sizes_must_match_the_profile(tmp_path, smoke_config):
+    raw = make_ave(tmp_path / "raw", classes=2, train=1, test=1, corrupt=False)
+    data_prep.prepare("ave", raw, tmp_path / "ave", smoke_config)
+    config = smoke_with(tmp_path, "av-events", tmp_path / "ave", ["benchmarks.av-events.num_classes=2",
+                                                                  "data.image_size=64", "data.audio.n_mels=64"])
+    with pytest.raises(ConfigError) as error:
+        load_benchmark(config, "av-events")
+    assert str(error.value) == (
+        "benchmark 'av-events': data.image_size: prepared at 32, profile says 64; data.audio.n_mels: prepared at 32, "
+        "profile says 64; re-run the preparation with this profile or set data.image_size=32 data.audio.n_mels=32")
+    # Sizes of modalities the benchmark does not have (inertial) do not matter.
+    config = smoke_with(tmp_path, "av-events", tmp_path / "ave", ["benchmarks.av-events.num_classes=2",
+                                                                  "data.inertial.n_fft=8"])
+    train, test = load_benchmark(config, "av-events").train, load_benchmark(config, "av-events").test
+    assert (len(train), len(test)) == (2, 2) and train.inputs["video"].shape[-1] == 32

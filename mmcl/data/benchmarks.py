@@ -60,7 +60,7 @@ def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None
 
         from mmcl.data.processed import load_processed
 
-        train, test = load_processed(spec, name)
+        train, test = load_processed(spec, name, config.data)
         class_modalities = json.loads((processed_root(spec, name) / "meta.json").read_text()).get("class_modalities")
     if "text" in spec.modalities:
         if tokenizer is None:

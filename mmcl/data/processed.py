@@ -21,7 +21,7 @@ import logging
 
 import torch
 
-from mmcl.config import BenchmarkConfig, ConfigError
+from mmcl.config import BenchmarkConfig, ConfigError, DataConfig
 from mmcl.data.dataset import MultiModalDataset
 
 FORMAT_VERSION = 2
@@ -50,7 +50,46 @@ def _domain_mapping(spec: BenchmarkConfig, meta_domains: list[str], name: str) -
     return torch.tensor([wanted.index(d) if d in wanted else -1 for d in stored], dtype=torch.long)
 
 
-def load_processed(spec: BenchmarkConfig, name: str) -> tuple[MultiModalDataset, MultiModalDataset]:
+def _settings_for(modalities: list[str]) -> list[str]:
+    """The ``data`` keys that shape the stored tensors of ``modalities`` (dotted below ``data``)."""
+    keys = ["image_size"] if any(m != "text" for m in modalities) else []
+    if "video" in modalities:
+        keys.append("video_frames")
+    if "audio" in modalities:
+        keys += ["spectrogram_render", *(f"audio.{k}" for k in DataConfig().audio.model_dump())]
+    if "depth" in modalities:
+        keys.append("depth_render")
+    if "acc" in modalities or "gyro" in modalities:
+        keys += [f"inertial.{k}" for k in DataConfig().inertial.model_dump()]
+    return keys
+
+
+def check_prepared_settings(meta: dict, data: DataConfig, modalities: list[str], name: str) -> None:
+    """:class:`ConfigError` when the data was prepared at other sizes than the profile's ``data``.
+
+    ``meta["settings"]`` records the sizes of the preparation; only the keys that shape the
+    tensors of ``modalities`` are compared (folders without the record are not checked).
+    """
+    prepared = meta.get("settings")
+    if not prepared:
+        return
+    profile = data.model_dump()
+    mismatches = []
+    for key in _settings_for(modalities):
+        stored, wanted = prepared, profile
+        for part in key.split("."):
+            stored, wanted = stored.get(part) if isinstance(stored, dict) else None, wanted[part]
+        if stored is not None and stored != wanted:
+            mismatches.append((key, stored, wanted))
+    if mismatches:
+        found = "; ".join(f"data.{k}: prepared at {s}, profile says {w}" for k, s, w in mismatches)
+        fix = " ".join(f"data.{k}={s}" for k, s, _ in mismatches)
+        raise ConfigError(f"benchmark {name!r}: {found}; re-run the preparation with this profile or set {fix}")
+
+
+def load_processed(spec: BenchmarkConfig, name: str, data: DataConfig | None = None
+                   ) -> tuple[MultiModalDataset, MultiModalDataset]:
+    """Train and test data of a prepared benchmark; ``data``: the profile's sizes, checked against the preparation's."""
     from mmcl.data.benchmarks import _from_stored, processed_root
 
     root = processed_root(spec, name)
@@ -70,6 +109,8 @@ def load_processed(spec: BenchmarkConfig, name: str) -> tuple[MultiModalDataset,
     if spec.num_classes != len(meta["class_names"]):
         raise ConfigError(f"benchmarks.{name}.num_classes: the prepared data in {root} has "
                           f"{len(meta['class_names'])} classes, the profile says {spec.num_classes}")
+    if data is not None:
+        check_prepared_settings(meta, data, list(spec.modalities), name)
     mapping = _domain_mapping(spec, meta["domain_names"], name)
     domain_names = list(spec.domains) if mapping is not None else meta["domain_names"]
     splits = []

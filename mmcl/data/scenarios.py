@@ -111,4 +111,9 @@ def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
         for index, (modality, classes) in enumerate(zip(modalities_in_order, groups)):
             tasks.append(Task(index, classes, [modality], select(train, classes, modalities=[modality]),
                               select(test, classes, modalities=[modality]), name=modality))
+    for task in tasks:  # an empty split would train on nothing or divide by zero when evaluated
+        for split, data in (("train", task.train), ("test", task.test)):
+            if len(data) == 0:
+                raise ConfigError(f"benchmark {benchmark.name!r}: task {task.index} ({task.name}) of the {scenario} "
+                                  f"stream has no {split} samples; check the prepared data or data.{split}_per_class")
     return Stream(scenario, benchmark.name, tasks, names, order, modalities_in_order, domains_in_order)

@@ -106,21 +106,70 @@ class RunContext:
 class MethodConfig:
     """Hyper-parameters shared by methods that train a text-anchored classifier."""
 
-    trainable_blocks: int = 1  # last vision-tower blocks unfrozen (0: head only)
+    trainable_blocks: int = pydantic.Field(1, ge=0)  # last vision-tower blocks unfrozen (0: head only)
     train_head: bool = True  # the cosine head starts at the class text embeddings
 
 
+def at_most(field: str, limit: str):
+    """A pydantic field validator: ``field`` may not exceed the (earlier declared) field ``limit``.
+
+    Use as ``_top_k_fits = at_most("top_k", "pool_size")`` in a method's Config.
+    """
+
+    def check(value, info: pydantic.ValidationInfo):
+        if limit in info.data and value is not None and value > info.data[limit]:
+            raise ValueError(f"must be at most {limit} ({info.data[limit]}), got {value}")
+        return value
+
+    return pydantic.field_validator(field)(check)
+
+
 class Snapshot:
-    """A frozen copy of a module held outside the module tree: not in ``state_dict``, not moved."""
+    """A frozen copy of a module held outside the module tree: not in ``state_dict``, not moved.
+
+    Only model state is copied. A teacher is taken once per task, so anything else it copied
+    would pile up task after task: the copy never holds a method's :class:`RunContext` (with every
+    task's data), a dataset, a task, or an earlier :class:`Snapshot` (each teacher would nest all
+    the previous ones); those attributes are ``None`` in the copy. The frozen backbone (the
+    parameters of a :class:`MultiModalEncoder` that do not train, and its buffers; see
+    :meth:`Method.frozen_state_names`) is shared by reference: it never changes during a run.
+    """
 
     def __init__(self, module: nn.Module):
-        self.module = copy.deepcopy(module).eval()
+        self.module = copy.deepcopy(module, _shared_and_dropped(module)).eval()
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
 
     def __call__(self, *args, **kwargs):
         with torch.no_grad():
             return self.module(*args, **kwargs)
+
+
+# Never part of a teacher's copy: run data, the run's context, and earlier teachers.
+_NOT_MODEL_STATE = (RunContext, Task, MultiModalDataset, Snapshot)
+
+
+def _shared_and_dropped(module: nn.Module) -> dict[int, object]:
+    """A ``copy.deepcopy`` memo: frozen backbone tensors map to themselves, non-model state to None.
+
+    Looks at the attributes of every sub-module (one container level deep, so that a list of
+    tasks is dropped too); a memo entry makes ``deepcopy`` return the mapped object as is.
+    """
+    memo: dict[int, object] = {}
+    for sub in module.modules():
+        if isinstance(sub, MultiModalEncoder):
+            for parameter in sub.parameters():
+                if not parameter.requires_grad:
+                    memo[id(parameter)] = parameter
+            for buffer in sub.buffers():
+                memo[id(buffer)] = buffer
+            memo[id(sub.tokenizer)] = sub.tokenizer  # a large vocabulary, read only
+        for value in vars(sub).values():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+            for item in [value, *items]:
+                if isinstance(item, _NOT_MODEL_STATE):
+                    memo[id(item)] = None
+    return memo
 
 
 class Method(nn.Module):
@@ -149,11 +198,14 @@ class Method(nn.Module):
         except pydantic.ValidationError as error:
             problems = []
             for item in error.errors():
-                key = ".".join(str(p) for p in item["loc"])
-                problems.append(f"methods.{cls.name}.{key}: "
-                                + ("unknown key" if item["type"] in ("unexpected_keyword_argument", "extra_forbidden")
-                                   else item["msg"]))
-            raise ConfigError("invalid method hyper-parameters:\n  " + "\n  ".join(problems)) from None
+                key = ".".join([f"methods.{cls.name}", *(str(p) for p in item["loc"])])
+                if item["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+                    problems.append(f"{key}: unknown key")
+                elif item["type"] == "value_error":  # our validators' messages already say what was given
+                    problems.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
+                else:
+                    problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            raise ConfigError("invalid method hyper-parameters: " + "; ".join(problems)) from None
 
     def hparams_dict(self) -> dict:
         return asdict(self.hparams)

@@ -31,8 +31,9 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 from torch import nn
 
-from mmcl.methods.base import CosineClassifier, Method, Snapshot, register, targets_in
-from mmcl.methods.l2p import prompt_parameter_groups, single_modality
+from mmcl.config import ConfigError
+from mmcl.methods.base import CosineClassifier, Method, Snapshot, at_most, register, targets_in
+from mmcl.methods.l2p import check_prompt_depth, prefix_tokens_even, prompt_parameter_groups, single_modality
 from mmcl.models.prompts import (
     PromptPool,
     as_images,
@@ -183,41 +184,44 @@ class COMM(Method):
     @dataclass(config={"extra": "forbid"})
     class Config:
         # prompt pools (L2P-style, one per modality)
-        pool_size: int = 10  # prompts per pool
-        prompt_length: int = 4  # tokens per prompt
-        top_k: int = 3  # prompts chosen per image and pool
-        prompt_depth: int = 1  # prompted blocks, from the first
+        pool_size: int = Field(10, ge=1)  # prompts per pool
+        prompt_length: int = Field(4, ge=1)  # tokens per prompt
+        top_k: int = Field(3, ge=1)  # prompts chosen per image and pool
+        prompt_depth: int = Field(1, ge=1)  # prompted blocks, from the first
         prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
-        prompt_init_std: float = 0.02
-        matching_weight: float = 0.5  # key-query matching loss of the current pool
-        prompt_lr_scale: float = 1.0  # learning rate of keys and prompts = this x train.lr
+        prompt_init_std: float = Field(0.02, ge=0)
+        matching_weight: float = Field(0.5, ge=0)  # key-query matching loss of the current pool
+        prompt_lr_scale: float = Field(1.0, ge=0)  # learning rate of keys and prompts = this x train.lr
         shared_pool: bool = False  # ablation: one pool for all modalities (L2P-like)
         # text-anchored classifier
         modality_words: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODALITY_WORDS))
-        modality_templates: list[str] = Field(default_factory=lambda: ["a {modality} of a {}."])
+        modality_templates: list[str] = Field(default_factory=lambda: ["a {modality} of a {}."], min_length=1)
         train_head: bool = True
         ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
         # intra-modal self-regularisation (design choice in its exact form)
-        self_reg_weight: float = 1.0  # lambda_self
-        self_reg_kappa: float = 0.05  # w(s) = s / (s + kappa)
+        self_reg_weight: float = Field(1.0, ge=0)  # lambda_self
+        self_reg_kappa: float = Field(0.05, gt=0)  # w(s) = s / (s + kappa)
         self_reg_adaptive: bool = True  # False: w = 1
-        prompt_momentum: float = 0.5  # beta, merge of a revisited pool after its task (0: off)
+        prompt_momentum: float = Field(0.5, ge=0, le=1)  # beta, merge of a revisited pool after its task (0: off)
         # relevance function and blending
         blending: Literal["relevance", "current", "uniform"] = "relevance"
-        relevance_hidden: int = 0  # 0: linear R_t; >0: MLP with this hidden width
-        relevance_temperature: float = 1.0  # tau
-        relevance_weight: float = 1.0  # weight of R_t's cross-entropy in the training loss
-        relevance_lr_scale: float = 100.0  # R_t's learning rate = this x train.lr (linear map on unit queries)
-        relevance_pseudo_batch: int = 32  # Gaussian pseudo-queries of earlier modalities per step
-        aware_share: float = 0.2  # rho: share of R_t's blend when the modality is known
+        relevance_hidden: int = Field(0, ge=0)  # 0: linear R_t; >0: MLP with this hidden width
+        relevance_temperature: float = Field(1.0, gt=0)  # tau
+        relevance_weight: float = Field(1.0, ge=0)  # weight of R_t's cross-entropy in the training loss
+        relevance_lr_scale: float = Field(100.0, ge=0)  # R_t's learning rate = this x train.lr (linear map on unit queries)
+        relevance_pseudo_batch: int = Field(32, ge=0)  # Gaussian pseudo-queries of earlier modalities per step
+        aware_share: float = Field(0.2, ge=0, le=1)  # rho: share of R_t's blend when the modality is known
         # Gaussian statistics and re-alignment (SLCA-style)
-        covariance_shrinkage: float = 0.1  # gamma
+        covariance_shrinkage: float = Field(0.1, ge=0, le=1)  # gamma
         realign: bool = True
         realign_layer: Literal["linear", "head"] = "linear"  # what the re-alignment trains
-        realign_samples_per_class: int = 64  # pseudo-features per old class
-        realign_epochs: int = 5
-        realign_lr: float = 0.001
-        realign_batch_size: int = 128
+        realign_samples_per_class: int = Field(64, ge=1)  # pseudo-features per old class
+        realign_epochs: int = Field(5, ge=0)
+        realign_lr: float = Field(0.001, gt=0)
+        realign_batch_size: int = Field(128, ge=1)
+
+        _top_k_fits = at_most("top_k", "pool_size")
+        _prefix_splits = prefix_tokens_even()
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
@@ -225,7 +229,8 @@ class COMM(Method):
         self.modalities = list(dict.fromkeys(t.modality for t in context.tasks))
         unknown = [m for m in self.modalities if m not in h.modality_words]
         if unknown:
-            raise ValueError(f"comm: modality_words has no word for {unknown}")
+            raise ConfigError(f"methods.comm.modality_words: no word for the stream's modalities {unknown}")
+        check_prompt_depth(self.name, h.prompt_depth, encoder)
         pool_names = [SHARED] if h.shared_pool else self.modalities
         self.pools = nn.ModuleDict({name: PromptPool(h.pool_size, h.prompt_length, h.prompt_depth,
                                                      encoder.vision_width, encoder.embed_dim, h.top_k,

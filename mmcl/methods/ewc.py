@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_batches, register, targets_in
@@ -20,9 +21,9 @@ class EWC(TextAnchoredMethod):
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):
-        ewc_lambda: float = 1000.0
-        gamma: float = 1.0  # decay of earlier Fisher estimates (1: plain sum)
-        fisher_samples: int = 256  # training samples used for the Fisher estimate (per task)
+        ewc_lambda: float = Field(1000.0, ge=0)
+        gamma: float = Field(1.0, ge=0, le=1)  # decay of earlier Fisher estimates (1: plain sum)
+        fisher_samples: int = Field(256, ge=1)  # training samples used for the Fisher estimate (per task)
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)

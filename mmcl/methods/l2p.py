@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+import pydantic
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
-from mmcl.methods.base import CosineClassifier, Method, register, targets_in
+from mmcl.methods.base import CosineClassifier, Method, at_most, register, targets_in
 from mmcl.models.prompts import (
     PromptPool,
     as_images,
@@ -33,6 +36,25 @@ def single_modality(batch: Batch) -> tuple[str, torch.Tensor]:
     return next(iter(batch.inputs.items()))
 
 
+def prefix_tokens_even():
+    """A Config validator: prefix-tuning splits the ``top_k * prompt_length`` tokens into keys and values."""
+
+    def check(style, info: pydantic.ValidationInfo):
+        tokens = info.data.get("top_k", 0) * info.data.get("prompt_length", 0)
+        if style == "prefix" and tokens % 2:
+            raise ValueError(f"prefix-tuning needs an even top_k x prompt_length (keys and values), got {tokens}")
+        return style
+
+    return pydantic.field_validator("prompt_style")(check)
+
+
+def check_prompt_depth(method: str, depth: int, encoder) -> None:
+    """``prompt_depth`` must not exceed the vision tower's blocks (known once the backbone is built)."""
+    if depth > len(encoder.vision_blocks):
+        raise ConfigError(f"methods.{method}.prompt_depth: the backbone's vision tower has "
+                          f"{len(encoder.vision_blocks)} blocks, got {depth}")
+
+
 @register
 class L2P(Method):
     name = "l2p"
@@ -42,19 +64,23 @@ class L2P(Method):
 
     @dataclass(config={"extra": "forbid"})
     class Config:
-        pool_size: int = 10  # prompts in the pool
-        prompt_length: int = 4  # tokens per prompt
-        top_k: int = 3  # prompts chosen per image
-        prompt_depth: int = 1  # prompted blocks, from the first (L2P: the input only)
+        pool_size: int = Field(10, ge=1)  # prompts in the pool
+        prompt_length: int = Field(4, ge=1)  # tokens per prompt
+        top_k: int = Field(3, ge=1)  # prompts chosen per image
+        prompt_depth: int = Field(1, ge=1)  # prompted blocks, from the first (L2P: the input only)
         prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
-        prompt_init_std: float = 0.02
-        matching_weight: float = 0.5  # weight of the key-query matching loss
-        prompt_lr_scale: float = 1.0  # learning rate of keys and prompts = this x train.lr
+        prompt_init_std: float = Field(0.02, ge=0)
+        matching_weight: float = Field(0.5, ge=0)  # weight of the key-query matching loss
+        prompt_lr_scale: float = Field(1.0, ge=0)  # learning rate of keys and prompts = this x train.lr
         train_head: bool = True  # the cosine head starts at the class text embeddings
         ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
 
+        _top_k_fits = at_most("top_k", "pool_size")
+        _prefix_splits = prefix_tokens_even()
+
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
+        check_prompt_depth(self.name, hparams.prompt_depth, encoder)
         text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
         self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.train_head)
         self.pool = PromptPool(hparams.pool_size, hparams.prompt_length, hparams.prompt_depth, encoder.vision_width,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, register
@@ -22,8 +23,8 @@ class LwF(TextAnchoredMethod):
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):
-        distillation_weight: float = 1.0
-        temperature: float = 2.0
+        distillation_weight: float = Field(1.0, ge=0)
+        temperature: float = Field(2.0, gt=0)
 
     def begin_task(self, task):
         # Classes the previous model already knew: in domain-incremental streams, all of them.

@@ -22,6 +22,8 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import pydantic
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from mmcl.data.dataset import Batch
@@ -29,6 +31,7 @@ from mmcl.methods.base import (
     Method,
     MethodConfig,
     Snapshot,
+    at_most,
     fuse,
     iterate_task_batches,
     register,
@@ -145,37 +148,47 @@ class MoEAdapters(Method):
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):
-        trainable_blocks: int = 0  # the towers stay frozen (Paper B); >0 also unfreezes vision blocks
+        trainable_blocks: int = Field(0, ge=0)  # the towers stay frozen (Paper B); >0 also unfreezes vision blocks
         # adapters (mmcl.models.moe_adapter)
-        adapter_layers: int = 2  # L: last blocks of every tower that get an adapter
-        num_experts: int = 4  # E experts per adapter (1: a single bottleneck adapter, no router)
-        top_k: int = 2  # experts selected per token (or sample)
-        expert_hidden: int = 16  # bottleneck width of one expert
+        adapter_layers: int = Field(2, ge=1)  # L: last blocks of every tower that get an adapter
+        num_experts: int = Field(4, ge=1)  # E experts per adapter (1: a single bottleneck adapter, no router)
+        top_k: int = Field(2, ge=1)  # experts selected per token (or sample)
+        expert_hidden: int = Field(16, ge=1)  # bottleneck width of one expert
         routing: Literal["token", "sample"] = "token"  # (design choice)
         cross_attention: bool = True  # False: modality-specific adapters only
-        attention_dim: int = 32
-        attention_heads: int = 2
+        attention_dim: int = Field(32, ge=1)
+        attention_heads: int = Field(2, ge=1)
         attention_null_slot: bool = True  # (design choice) tokens may attend to "no other modality"
         context_pooling: Literal["summary", "mean"] = "summary"  # CLS / EOT token or token mean
         adapter_scale_init: float = 1.0  # initial residual scale s_a (up-projections start at zero)
         # expert freezing
-        experts_frozen_per_task: int = 1  # q: most influential trainable experts frozen after a task
+        experts_frozen_per_task: int = Field(1, ge=0)  # q: most influential trainable experts frozen after a task
         influence: Literal["routing_mass", "gradient_norm"] = "routing_mass"
-        min_trainable_experts: int = 1  # (design choice) never freeze the last trainable experts
+        min_trainable_experts: int = Field(1, ge=0)  # (design choice) never freeze the last trainable experts
         # classifier
         fusion: Literal["mean", "concat"] = "mean"
         freeze_old_classes: bool = True  # (design choice) rows of classes absent from a task do not train
         ce_label_space: Literal["seen", "task"] = "seen"  # (design choice) classes scored by L_ce
         # losses
-        kd_weight: float = 1.0  # λ_kd: logit distillation on old classes
-        kd_temperature: float = 2.0
-        align_weight: float = 0.1  # λ_align
+        kd_weight: float = Field(1.0, ge=0)  # λ_kd: logit distillation on old classes
+        kd_temperature: float = Field(2.0, gt=0)
+        align_weight: float = Field(0.1, ge=0)  # λ_align
         alignment: Literal["strict", "relaxed"] = "strict"
-        align_temperature: float = 0.1  # strict: InfoNCE temperature
-        align_margin: float = 0.2  # relaxed: cosine-distance margin
-        relation_weight: float = 1.0  # λ_rel: relation (pairwise cosine matrix) preservation
-        balance_weight: float = 0.01  # λ_bal: load-balancing term of the routers
-        adapter_lr: float | None = None  # None: train.lr (design choice: adapters may want their own)
+        align_temperature: float = Field(0.1, gt=0)  # strict: InfoNCE temperature
+        align_margin: float = Field(0.2, ge=0)  # relaxed: cosine-distance margin
+        relation_weight: float = Field(1.0, ge=0)  # λ_rel: relation (pairwise cosine matrix) preservation
+        balance_weight: float = Field(0.01, ge=0)  # λ_bal: load-balancing term of the routers
+        adapter_lr: float | None = Field(None, gt=0)  # None: train.lr (design choice: adapters may want their own)
+
+        _top_k_fits = at_most("top_k", "num_experts")
+
+        @pydantic.field_validator("attention_heads")
+        @classmethod
+        def _heads_divide_dim(cls, heads: int, info: pydantic.ValidationInfo) -> int:
+            dim = info.data.get("attention_dim")
+            if dim is not None and dim % heads:
+                raise ValueError(f"must divide attention_dim ({dim}), got {heads}")
+            return heads
 
     ablations: ClassVar[dict[str, dict]] = {
         "no-kd": {"kd_weight": 0.0},
@@ -194,8 +207,6 @@ class MoEAdapters(Method):
 
     def __init__(self, encoder, context, hparams: Config):
         super().__init__(encoder, context, hparams)
-        if hparams.top_k < 1 or hparams.top_k > hparams.num_experts:
-            raise ValueError(f"top_k must lie in 1..num_experts ({hparams.num_experts}), got {hparams.top_k}")
         unfreeze_last_blocks(encoder, hparams.trainable_blocks)
         modalities = sorted({m for task in context.tasks for m in task.modalities})
         settings = AdapterSettings(

@@ -8,6 +8,7 @@ sets (modality-incremental streams) are kept apart and replayed group by group.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from mmcl.data.dataset import Batch
@@ -63,8 +64,8 @@ class Replay(TextAnchoredMethod):
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):
-        buffer_size: int = 200
-        replay_batch_size: int | None = None  # default: the training batch size
+        buffer_size: int = Field(200, ge=0)
+        replay_batch_size: int | None = Field(None, ge=1)  # default: the training batch size
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)

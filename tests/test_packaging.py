@@ -1,0 +1,34 @@
+"""The wheel carries everything an installed ``mmcl`` reads at run time: every module, the profiles,
+the model configs and the notebooks (kept at the top level of the repository, shipped as
+``mmcl/notebooks``)."""
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_holds_modules_profiles_model_configs_and_notebooks(tmp_path):
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("mmcl", "data_prep", "notebooks"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path / "wheel")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("mmcl-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+
+    expected = {f"mmcl/notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}
+    expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "mmcl" / "profiles").glob("*.yaml")}
+    expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "mmcl" / "models" / "configs").glob("*.json")}
+    expected |= {p.relative_to(ROOT).as_posix() for folder in ("mmcl", "data_prep")
+                 for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
+    assert len([n for n in expected if n.startswith("mmcl/notebooks/")]) >= 6
+    assert {"mmcl/profiles/smoke.yaml", "mmcl/models/configs/mmcl-micro.json"} <= expected
+    assert sorted(expected - names) == []
