@@ -30,15 +30,15 @@ UNTRAINED_OVERRIDES = {"comm": ["methods.comm.realign=false"]}
 # Trained runs that do not pass the check on the smoke profile (measured, seed 0). Strict xfail:
 # the day one passes, the suite says so and it leaves this list. The smoke modality stream is
 # image then audio; the frozen micro tower maps every spectrogram to almost the same embedding
-# (pairwise cosine >= 0.99), and two epochs of three batches at lr 0.003 do not move the last
-# block, the head or the prompts far enough to separate three audio classes.
+# (pairwise cosine >= 0.99, where a linear probe still separates them), so only a method that
+# changes the tower's features or moves its head far learns audio in a few steps.
 NOT_LEARNED_ON_SMOKE = {
-    ("finetune", "class_incremental"): "after 6 steps the last classes score 72 % vs zero-shot's 78 %",
-    **{(method, "modality_incremental"): "audio stays at zero-shot's 33 % (one class predicted)"
-       for method in ("finetune", "joint", "lwf", "ewc", "replay")},
-    ("comm", "modality_incremental"): "prompts at the input of the frozen micro tower do not separate "
-                                      "spectrograms; audio 28 % / 22 % (aware / agnostic) vs zero-shot 33 %",
-    ("l2p", "modality_incremental"): "as COMM: audio 22 % vs zero-shot 33 %",
+    ("lwf", "modality_incremental"): "audio 39 % vs zero-shot 33 %; without the distillation of the image "
+                                     "classes' logits (distillation_weight=0) 83 %, as fine-tuning",
+    ("comm", "modality_incremental"): "prompts at the input of the frozen micro tower do not separate the "
+                                      "spectrograms, and the head moves little in 9 steps: audio 39 % / 28 % "
+                                      "(aware / agnostic) vs zero-shot 33 %",
+    ("l2p", "modality_incremental"): "as COMM: audio 39 % vs zero-shot 33 %",
 }
 
 
