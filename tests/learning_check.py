@@ -36,7 +36,7 @@ NOT_LEARNED_ON_SMOKE = {
     ("lwf", "modality_incremental"): "audio 39 % vs zero-shot 33 %; without the distillation of the image "
                                      "classes' logits (distillation_weight=0) 83 %, as fine-tuning",
     ("comm", "modality_incremental"): "prompts at the input of the frozen micro tower do not separate the "
-                                      "spectrograms, and the head moves little in 9 steps: audio 39 % / 28 % "
+                                      "spectrograms, and the head moves little in 9 steps: audio 33 % / 28 % "
                                       "(aware / agnostic) vs zero-shot 33 %",
     ("l2p", "modality_incremental"): "as COMM: audio 39 % vs zero-shot 33 %",
 }
