@@ -63,9 +63,10 @@ def weak_tasks(zero_shot: list[float]) -> list[int]:
 def learning_check(metrics: dict, mode: str, required: float = ERRORS_FIXED_REQUIRED) -> LearningCheck:
     """Did the method learn what the zero-shot model cannot read? (``metrics``: a run's metrics.json.)
 
-    The statistic: on the tasks where zero-shot is weakest (:func:`weak_tasks`), the share of the
-    zero-shot model's errors that the method no longer makes right after training the task,
-    ``sum_j (A[j][j] - Z[j]) / sum_j (100 - Z[j])``; it must reach ``required``.
+    The statistic: on the tasks where zero-shot is weakest (:func:`weak_tasks`), the net share of
+    the zero-shot model's errors that the method fixes by training the task,
+    ``sum_j (A[j][j] - Z[j]) / sum_j (100 - Z[j])``; it must reach ``required``. An untrained
+    text-anchored method *is* the zero-shot model, so its share is exactly 0.
 
     Why this one, for class-, domain- and modality-incremental streams alike:
 
