@@ -113,7 +113,8 @@ def test_realignment_gives_current_and_old_classes_the_same_weight(comm_two_task
 
     monkeypatch.setattr("mmcl.methods.comm.F.cross_entropy", recording)
     method.end_task(task)
-    epoch_batches = -(-(len(task.train) + 64 * len(method.context.tasks[0].classes)) // method.hparams.realign_batch_size)
+    samples = len(task.train) + method.hparams.realign_samples_per_class * len(method.context.tasks[0].classes)
+    epoch_batches = -(-samples // method.hparams.realign_batch_size)
     targets = torch.cat([t for t, _ in seen[:epoch_batches]])
     weight = seen[0][1]
     assert weight is not None and all(torch.equal(weight, w) for _, w in seen)

@@ -1,4 +1,5 @@
-"""The engine on the smoke profile: baselines learn (or their strict xfail says why not), runs resume exactly, records are complete."""
+"""The engine on the smoke profile: baselines learn (a strict xfail says where not), runs resume exactly,
+records are complete."""
 import json
 
 import pytest
