@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcl.engine import build_run, run
+from mmcl.engine import build_run
 from mmcl.methods.base import REGISTRY
-from mmcl.methods.comm import GaussianBank, blend_weights, self_regularisation
+from mmcl.methods.comm import GaussianBank, blend_weights, class_balanced_weights, self_regularisation
+
+from learning_check import assert_learning_verdict, learning_cases
 
 
 def test_blend_weights_sum_to_one_and_follow_relevance():
@@ -91,6 +93,36 @@ def test_realignment_changes_only_the_alignment_layer(comm_two_tasks):
     assert not any(p.requires_grad for p in method.align.parameters())
 
 
+def test_class_balanced_weights_known_values():
+    weights = class_balanced_weights(torch.tensor([0, 0, 0, 1, 2, 2]), 4)
+    assert torch.allclose(weights, torch.tensor([6 / (4 * 3), 6 / 4, 6 / (4 * 2), 0.0]))
+    assert torch.allclose(class_balanced_weights(torch.tensor([1, 0, 1, 0]), 2), torch.ones(2))
+
+
+def test_realignment_gives_current_and_old_classes_the_same_weight(comm_two_tasks, monkeypatch):
+    # On smoke the current task brings 12 real samples per class, each old class 64 pseudo-features.
+    # Unweighted, re-alignment pulled the current task toward the old classes (measured on smoke
+    # with colour spectrograms: audio learned to 67 %, 33 % after re-alignment; 67 % balanced).
+    method, task = comm_two_tasks
+    seen = []
+    real_cross_entropy = F.cross_entropy
+
+    def recording(logits, targets, weight=None, **kwargs):
+        seen.append((targets.clone(), None if weight is None else weight.clone()))
+        return real_cross_entropy(logits, targets, weight=weight, **kwargs)
+
+    monkeypatch.setattr("mmcl.methods.comm.F.cross_entropy", recording)
+    method.end_task(task)
+    samples = len(task.train) + method.hparams.realign_samples_per_class * len(method.context.tasks[0].classes)
+    epoch_batches = -(-samples // method.hparams.realign_batch_size)
+    targets = torch.cat([t for t, _ in seen[:epoch_batches]])
+    weight = seen[0][1]
+    assert weight is not None and all(torch.equal(weight, w) for _, w in seen)
+    counts = torch.bincount(targets, minlength=len(weight)).float()
+    assert counts.min() < counts.max()  # imbalanced samples ...
+    assert torch.allclose(counts * weight, (counts * weight)[0].expand(len(weight)))  # ... balanced classes
+
+
 def test_only_the_current_pool_learns(comm_two_tasks):
     method, task = comm_two_tasks
     trainable = {n.split(".")[1] for n, p in method.named_parameters() if p.requires_grad and n.startswith("pools.")}
@@ -104,9 +136,6 @@ def test_ablations_are_valid_configs():
             "shared-pool"} <= set(REGISTRY["comm"].ablations)
 
 
-@pytest.mark.parametrize("method", ["comm", "l2p"])
-def test_learns_above_chance_on_smoke(smoke_config, method):
-    metrics = run(smoke_config, "modality_incremental", method, seed=0).metrics
-    chance = 100.0 / smoke_config.benchmarks[smoke_config.scenarios["modality_incremental"].benchmark].num_classes
-    for mode in ("modality_aware", "modality_agnostic"):
-        assert metrics["modes"][mode]["final_accuracy"] > 1.5 * chance
+@pytest.mark.parametrize("method, scenario, trained", learning_cases(["comm", "l2p"]))
+def test_learns_what_zero_shot_cannot_read(tmp_path, method, scenario, trained):
+    assert_learning_verdict(method, scenario, trained, tmp_path / "runs")

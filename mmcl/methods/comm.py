@@ -154,6 +154,14 @@ def self_regularisation(current: torch.Tensor, frozen: torch.Tensor, kappa: floa
     return (weight * shift).mean()
 
 
+def class_balanced_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy class weights ``[num_classes]`` that give every class of ``targets [N]`` the same
+    total weight: ``N / (num_classes * count_c)`` (1 for all when the classes are balanced; classes
+    absent from ``targets`` get 0)."""
+    counts = torch.bincount(targets, minlength=num_classes).float()
+    return torch.where(counts > 0, len(targets) / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+
+
 class RelevanceFunction(nn.Module):
     """``R_t``: frozen query ``[N, Dq]`` -> modality logits ``[N, M]`` (linear, or a one-hidden-layer MLP)."""
 
@@ -387,7 +395,10 @@ class COMM(Method):
         """Fine-tune the alignment layer on old-class pseudo-features and current real features.
 
         ``embeddings [N, D]`` (normalised, before the alignment layer) and ``labels [N]`` are the
-        current task's; cross-entropy is over every seen class.
+        current task's; cross-entropy is over every seen class, each class weighted by the inverse
+        of its number of samples (:func:`class_balanced_weights`): a current class has its few real
+        samples, an old class ``realign_samples_per_class`` pseudo-features, and unweighted the
+        step would pull the current task's features toward the old classes.
         """
         h = self.hparams
         device = embeddings.device
@@ -397,6 +408,7 @@ class COMM(Method):
         targets = torch.cat([labels, pseudo_labels.to(device)])
         space = torch.tensor(sorted(set(old_classes) | set(labels.tolist())), device=device)
         targets = targets_in(space, targets)
+        weights = class_balanced_weights(targets, len(space))
         layer = self.align if h.realign_layer == "linear" else self.head
         layer.requires_grad_(True)
         optimizer = torch.optim.Adam(layer.parameters(), lr=h.realign_lr)
@@ -404,7 +416,7 @@ class COMM(Method):
             order = torch.randperm(len(inputs), generator=self.generator).to(device)
             for start in range(0, len(inputs), h.realign_batch_size):
                 picks = order[start:start + h.realign_batch_size]
-                loss = F.cross_entropy(self.head(self.align(inputs[picks]), space), targets[picks])
+                loss = F.cross_entropy(self.head(self.align(inputs[picks]), space), targets[picks], weight=weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -41,8 +41,9 @@ class PromptPool(nn.Module):
         width: the tower's token width.
         query_dim: dimension of the query feature.
         top_k: prompts chosen per sample.
-        init_std: standard deviation of the prompts' normal initialisation. Small, so that a new
-            pool starts close to the frozen model (*design choice*; L2P uses uniform(-1, 1)).
+        init_std: standard deviation of the prompts' normal initialisation (*design choice*; L2P
+            uses uniform(-1, 1)). A small value does not make a new pool start close to the frozen
+            model: the block's pre-norm rescales every token, so only the prompts' direction counts.
     """
 
     def __init__(self, size: int, length: int, depth: int, width: int, query_dim: int, top_k: int,
