@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_list(args.what, args.profile))
         elif args.command == "run":
             from mmcl.engine import run, variant_overrides
+            from mmcl.records import source_fingerprint
 
             config = load_config(args.profile, args.overrides)
             hparams = variant_overrides(args.method, args.variant) if args.variant else None
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                              output_dir=args.output_dir, force=args.force, variant=args.variant, hparams=hparams)
                 status = "reused complete run" if result.skipped else "finished"
                 print(f"{status}: {result.run_dir}")
+                if result.skipped and result.made_by_other_code:
+                    made_by = result.metrics["run"].get("source_fingerprint") or "unknown"
+                    print(f"mmcl: warning: {result.run_dir} was made by other code (source {made_by}, this code "
+                          f"{source_fingerprint()}); --force runs it again", file=sys.stderr)
                 for mode, summary in result.metrics["modes"].items():
                     print(f"  {mode}: final {summary['final_accuracy']:.2f}  "
                           f"avg-incremental {summary['average_incremental_accuracy']:.2f}  "
