@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 30_figures_and_tables")
     reproduce.add_argument("--rerun-notebooks", action="store_true",
                            help="execute every notebook even when its executed copy is up to date")
+    reproduce.add_argument("--rerun-stale", action="store_true",
+                           help="remove the complete runs made by other code (another source fingerprint) first, "
+                                "so the notebooks train them again")
     _add_profile_arguments(reproduce)
     return parser
 
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
-                          seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks)
+                          seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks,
+                          rerun_stale=args.rerun_stale)
             except NotebookFailed as error:
                 print(f"mmcl reproduce: {error}", file=sys.stderr)
                 return 1
