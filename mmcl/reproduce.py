@@ -311,7 +311,8 @@ def report_stale_runs(root: Path, remove: bool = False, shown: int = 10) -> list
     if remove:
         for run_dir, _ in stale:
             shutil.rmtree(run_dir)
-        print(f"--rerun-stale: removed these {len(stale)} run folders; the notebooks train them again", flush=True)
+        print(f"--rerun-stale: removed {len(stale)} run folder{'s' if len(stale) != 1 else ''}; the notebooks "
+              f"train them again", flush=True)
     else:
         print("they are reused as they are; --rerun-stale removes them and trains them again", flush=True)
     return [run_dir for run_dir, _ in stale]
