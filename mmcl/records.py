@@ -162,20 +162,19 @@ def source_fingerprint() -> str:
 def git_state() -> tuple[str | None, bool | None]:
     """(commit hash, dirty) of the git checkout holding the package; (None, None) outside one.
 
-    Dirty means tracked files differ from the commit. Only a checkout whose top level holds the
-    package counts: an installed copy inside some other repository (a virtual environment in a
-    project folder) is not that repository's code.
+    Dirty means tracked files differ from the commit. Only a repository that tracks the package
+    counts: an installed copy inside some other repository (a virtual environment in a project
+    folder) is not that repository's code.
     """
-    root = PACKAGE_DIR.parent
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *arguments], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5)
+
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5)
-        lines = top.stdout.splitlines()
-        if top.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0 or git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
             return None, None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5)
-        return lines[1], (bool(dirty.stdout.strip()) if dirty.returncode == 0 else None)
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return head.stdout.strip(), (bool(dirty.stdout.strip()) if dirty.returncode == 0 else None)
     except (OSError, subprocess.SubprocessError):
         return None, None
 
