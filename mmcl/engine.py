@@ -296,10 +296,11 @@ def stored_identity(run_dir: Path) -> tuple[str | None, dict | None]:
     mapping = None
     try:
         stored = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-        method = run_record.get("method") or next(iter(stored.methods), None)
-        benchmark = run_record.get("benchmark")
-        if method and benchmark:
-            mapping = run_identity(stored, method, benchmark, run_record.get("hparams"))
+        # Without a manifest (a crash right after config.yaml), the folder names both:
+        # <benchmark>/<method>[~<variant>][@<digest>]/seed<k>.
+        method = run_record.get("method") or run_dir.parent.name.split("@")[0].split("~")[0]
+        benchmark = run_record.get("benchmark") or run_dir.parent.parent.name
+        mapping = run_identity(stored, method, benchmark, run_record.get("hparams"))
     except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
         mapping = None  # unreadable or no longer valid: no identity can equal it
     digest = run_record.get("identity") or (records.identity_digest(mapping) if mapping is not None else None)

@@ -332,7 +332,7 @@ def ablation_table(runs: pd.DataFrame, metrics: Sequence[str] = MAIN_METRICS) ->
     # seeds than the main tables), so a difference is never a difference of class orders.
     keys = ["scenario", "benchmark", "mode", "method", "configuration", "seed"]
     selected = runs.merge(variants[keys].drop_duplicates(), on=keys)
-    selected["variant"] = [(v or "full") + (f" ({d})" if d else "")
+    selected["variant"] = [(v if isinstance(v, str) else "full") + (f" ({d})" if d else "")
                            for v, d in zip(selected["variant"], selected["configuration"])]
     table = summarize_over_seeds(selected, ["scenario", "benchmark", "mode", "method", "configuration", "is_full",
                                             "variant"], metrics)
