@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 30_figures_and_tables")
     reproduce.add_argument("--rerun-notebooks", action="store_true",
                            help="execute every notebook even when its executed copy is up to date")
+    reproduce.add_argument("--rerun-stale", action="store_true",
+                           help="remove the complete runs made by other code (another source fingerprint) first, "
+                                "so the notebooks train them again")
     _add_profile_arguments(reproduce)
     return parser
 
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_list(args.what, args.profile))
         elif args.command == "run":
             from mmcl.engine import run, variant_overrides
-            from mmcl.records import RunFolderInUse
+            from mmcl.records import RunFolderInUse, source_fingerprint
 
             config = load_config(args.profile, args.overrides)
             hparams = variant_overrides(args.method, args.variant) if args.variant else None
@@ -106,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
                 status = "reused complete run" if result.skipped else "finished"
                 print(f"{status}: {result.run_dir}")
+                if result.skipped and result.made_by_other_code:
+                    made_by = result.metrics["run"].get("source_fingerprint") or "unknown"
+                    print(f"mmcl: warning: {result.run_dir} was made by other code (source {made_by}, this code "
+                          f"{source_fingerprint()}); --force runs it again", file=sys.stderr)
                 for mode, summary in result.metrics["modes"].items():
                     print(f"  {mode}: final {summary['final_accuracy']:.2f}  "
                           f"avg-incremental {summary['average_incremental_accuracy']:.2f}  "
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
-                          seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks)
+                          seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks,
+                          rerun_stale=args.rerun_stale)
             except NotebookFailed as error:
                 print(f"mmcl reproduce: {error}", file=sys.stderr)
                 return 1

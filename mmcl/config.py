@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 MODALITIES = ("image", "video", "audio", "depth", "acc", "gyro", "text")
 VISUAL_MODALITIES = ("image", "video", "audio", "depth", "acc", "gyro")
@@ -139,6 +139,9 @@ class Config(_Strict):
     scenarios: dict[str, ScenarioConfig]
     # Per-method hyper-parameter overrides, validated against each method's dataclass when built.
     methods: dict[str, dict[str, Any]] = {}
+    # The profile name or YAML path this configuration was loaded from (set by load_config, kept
+    # by model_copy): a run compares itself with that profile's defaults to find its folder.
+    _source: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _scenarios_point_to_benchmarks(self) -> "Config":
@@ -247,9 +250,20 @@ def load_config(profile: str | Path = "tiny", overrides: list[str] | dict[str, A
     """Load a profile by name (or YAML path) and apply ``key.path=value`` overrides."""
     data = apply_overrides(_read_profile(profile), overrides)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error)) from None
+    path = Path(str(profile))
+    # A YAML path is kept absolute, so the defaults are found again from another working folder.
+    config._source = str(path.resolve()) if path.suffix in (".yaml", ".yml") else str(profile)
+    return config
+
+
+def profile_defaults(config: Config) -> Config:
+    """The profile ``config`` was loaded from, without overrides (for a configuration built without
+    :func:`load_config`: the shipped profile of its name, or ``config`` itself when there is none)."""
+    source = config._source or (config.profile if config.profile in available_profiles() else None)
+    return config if source is None else load_config(source)
 
 
 def config_to_yaml(config: Config) -> str:

@@ -21,11 +21,12 @@ uninterrupted run exactly (on the same device and library versions).
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -35,7 +36,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from mmcl import records
-from mmcl.config import Config, ConfigError, config_to_yaml
+from mmcl.config import Config, ConfigError, config_to_yaml, profile_defaults
 from mmcl.data.benchmarks import load_benchmark
 from mmcl.data.dataset import MultiModalDataset, concatenate
 from mmcl.data.scenarios import Stream, build_stream
@@ -51,6 +52,11 @@ class RunResult:
     run_dir: Path
     metrics: dict
     skipped: bool = False  # True when a complete run was found and reused
+
+    @property
+    def made_by_other_code(self) -> bool:
+        """Whether the run's recorded source fingerprint differs from the running code's (or is unknown)."""
+        return self.metrics.get("run", {}).get("source_fingerprint") != records.source_fingerprint()
 
     @property
     def accuracy_matrix(self) -> dict[str, list[list[float]]]:
@@ -229,10 +235,104 @@ def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], co
             "samples_per_second": samples / seconds if seconds > 0 else None}
 
 
-def _comparable(config_yaml: str) -> dict:
-    data = yaml.safe_load(config_yaml)
-    data.pop("runtime", None)  # where runs are written and whether bars show do not change results
-    return data
+def run_identity(config: Config, method: str, benchmark: str, hparams: dict | None = None) -> dict:
+    """The identity of a run of ``method`` on ``benchmark`` with ``config`` (whose ``seed`` is the
+    run's seed): what can change the run's numbers, as a JSON-able mapping.
+
+    It is the resolved configuration with these left out: ``runtime`` (devices, threads, output
+    folder, progress bars), ``data.cache_dir`` and ``benchmarks.<name>.path`` (where caches and
+    prepared data lie, not what they hold), ``scenarios`` (it only names each scenario's default
+    benchmark, which the run's folder already holds), every benchmark but this run's (without its
+    ``description``) and every method but this one. The method's entry holds its *resolved*
+    hyper-parameters (``hparams``, or the dataclass built from ``config.methods``), so setting a
+    hyper-parameter to its default value is no difference.
+    """
+    identity = config.model_dump(mode="json")
+    for section in ("runtime", "scenarios"):
+        identity.pop(section, None)
+    identity["data"].pop("cache_dir", None)
+    entry = identity["benchmarks"].get(benchmark)
+    if entry is not None:
+        entry.pop("path", None)
+        entry.pop("description", None)
+    identity["benchmarks"] = {benchmark: entry}
+    if hparams is None:
+        hparams = asdict(method_class(method).make_config(config.methods.get(method)))
+    identity["methods"] = {method: json.loads(json.dumps(hparams, default=str))}
+    return identity
+
+
+@dataclass
+class RunLocation:
+    """Where a run lives and what it is: see :func:`locate_run`."""
+
+    run_dir: Path
+    config: Config  # the run's resolved configuration (method overrides merged, seed set)
+    method: str
+    benchmark: str
+    identity: str  # records.identity_digest of the run's identity
+    difference: dict  # dotted key -> value where the identity differs from the profile's defaults
+
+
+def locate_run(config: Config, scenario: str, method: str, seed: int | None = None, benchmark: str | None = None,
+               output_dir: str | Path | None = None, variant: str | None = None,
+               hparams: dict | None = None) -> RunLocation:
+    """The folder and identity of a run (see :func:`run`), without touching the disk.
+
+    The default folder ``<out>/<profile>/<scenario>/<benchmark>/<method>[~<variant>]/seed<k>``
+    holds the run whose identity equals the profile's defaults (the profile loaded without
+    overrides, plus the variant's ``hparams``); any other identity goes to
+    ``<method>[~<variant>]@<8 hex digits of the difference>/seed<k>``.
+    """
+    seed = config.seed if seed is None else seed
+    if hparams and not variant:
+        raise ValueError("hyper-parameter overrides need a variant name, so the run gets its own folder")
+    config = with_method_overrides(config, method, hparams).model_copy(update={"seed": seed})
+    benchmark = scenario_benchmark(config, scenario, benchmark)
+    identity = run_identity(config, method, benchmark)  # also fails fast on a bad method name or key
+    default = with_method_overrides(profile_defaults(config), method, hparams).model_copy(update={"seed": seed})
+    difference = records.identity_difference(identity, run_identity(default, method, benchmark))
+    run_dir = records.run_directory(output_dir or config.runtime.output_dir, config.profile, scenario, benchmark,
+                                    records.run_name(method, variant, difference), seed)
+    return RunLocation(run_dir, config, method, benchmark, records.identity_digest(identity), difference)
+
+
+def stored_identity(run_dir: Path) -> tuple[str | None, dict | None]:
+    """(identity digest, identity mapping) of the run recorded in ``run_dir``; None where unknown.
+
+    The digest is the one the manifest records; runs made before identities were recorded get it
+    from their ``config.yaml`` and recorded hyper-parameters, as :func:`run_identity` computes it.
+    """
+    manifest_path = run_dir / "manifest.json"
+    manifest = records.read_json(manifest_path) if manifest_path.is_file() else {}
+    run_record = manifest.get("run", {})
+    mapping = None
+    try:
+        stored = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        # Without a manifest (a crash right after config.yaml), the folder names both:
+        # <benchmark>/<method>[~<variant>][@<digest>]/seed<k>.
+        method = run_record.get("method") or run_dir.parent.name.split("@")[0].split("~")[0]
+        benchmark = run_record.get("benchmark") or run_dir.parent.parent.name
+        mapping = run_identity(stored, method, benchmark, run_record.get("hparams"))
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        mapping = None  # unreadable or no longer valid: no identity can equal it
+    digest = run_record.get("identity") or (records.identity_digest(mapping) if mapping is not None else None)
+    return digest, mapping
+
+
+def is_reusable(location: RunLocation) -> bool:
+    """Whether ``location`` holds a complete run of exactly this identity."""
+    return records.is_complete(location.run_dir) and stored_identity(location.run_dir)[0] == location.identity
+
+
+def _other_configuration(location: RunLocation, state: str) -> ConfigError:
+    _, mapping = stored_identity(location.run_dir)
+    current = run_identity(location.config, location.method, location.benchmark)
+    keys = list(records.identity_difference(current, mapping)) if mapping is not None else []
+    differs = f" (it differs in {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else ""
+    return ConfigError(f"{location.run_dir} holds {state} run with a different configuration{differs}: the profile "
+                       f"or the method's defaults changed since it started; pass force=True (CLI: --force; "
+                       f"mmcl reproduce: --rerun-stale) to start it again")
 
 
 def run(config: Config, scenario: str, method: str, seed: int | None = None, benchmark: str | None = None,
@@ -240,42 +340,48 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
         variant: str | None = None, hparams: dict | None = None) -> RunResult:
     """Run (or resume, or reuse) one continual-learning run and return its metrics.
 
-    A complete run (``metrics.json`` present) is returned as is unless ``force``; an interrupted
-    one resumes after its last readable checkpoint. The run folder's lock is held while the run
-    writes it: if another process holds it, this waits ``config.runtime.wait_for_lock`` seconds
-    for it, then raises :class:`mmcl.records.RunFolderInUse` (or reuses the run that process
-    completed). A *variant* (an ablation) is the method with
+    The run's identity (:func:`run_identity`: its configuration without ``runtime`` and what
+    cannot change its numbers, plus the seed) picks its folder (:func:`locate_run`): the profile's
+    defaults go to ``<method>/seed<k>``, anything else (``--set methods.replay.buffer_size=10``)
+    to ``<method>@<digest of the difference>/seed<k>``. A complete run there is returned as is
+    when its recorded identity equals this one (unless ``force``); an interrupted one resumes
+    after its last readable checkpoint. The run folder's lock is held while the run writes it: if
+    another process holds it, this waits ``config.runtime.wait_for_lock`` seconds for it, then
+    raises :class:`mmcl.records.RunFolderInUse` (or reuses the run that process completed). A
+    *variant* (an ablation) is the method with
     hyper-parameter overrides ``hparams``, recorded in its own folder ``<method>~<variant>``.
     """
-    seed = config.seed if seed is None else seed
-    if hparams and not variant:
-        raise ValueError("hyper-parameter overrides need a variant name, so the run gets its own folder")
-    config = with_method_overrides(config, method, hparams).model_copy(update={"seed": seed})
-    progress = config.runtime.progress if progress is None else progress
-    benchmark = scenario_benchmark(config, scenario, benchmark)
-    method_class(method).make_config(config.methods.get(method))  # fail fast on a bad name or key
-    run_name = f"{method}~{variant}" if variant else method
-    run_dir = records.run_directory(output_dir or config.runtime.output_dir, config.profile, scenario, benchmark,
-                                    run_name, seed)
-    if not force and records.is_complete(run_dir):  # a complete run is never written again: no lock needed
-        return RunResult(run_dir, records.read_json(run_dir / "metrics.json"), skipped=True)
-    with records.run_lock(run_dir, config.runtime.wait_for_lock):
-        return _run_in_locked_folder(config, scenario, method, seed, benchmark, run_dir, force, progress, variant)
+    location = locate_run(config, scenario, method, seed, benchmark, output_dir, variant, hparams)
+    progress = location.config.runtime.progress if progress is None else progress
+    if not force and records.is_complete(location.run_dir):  # a complete run is never written again: no lock
+        return _reused(location)
+    with records.run_lock(location.run_dir, location.config.runtime.wait_for_lock):
+        return _run_in_locked_folder(location, scenario, force, progress, variant)
 
 
-def _run_in_locked_folder(config: Config, scenario: str, method: str, seed: int, benchmark: str, run_dir: Path,
-                          force: bool, progress: bool, variant: str | None) -> RunResult:
+def _reused(location: RunLocation) -> RunResult:
+    """The complete run at ``location``, which must be of the same identity."""
+    if stored_identity(location.run_dir)[0] != location.identity:
+        raise _other_configuration(location, "a complete")
+    return RunResult(location.run_dir, records.read_json(location.run_dir / "metrics.json"), skipped=True)
+
+
+def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, progress: bool,
+                          variant: str | None) -> RunResult:
     """The body of :func:`run`, called with the run folder's lock held: only this process writes it."""
+    config, method, benchmark, run_dir = location.config, location.method, location.benchmark, location.run_dir
+    seed = config.seed
     if force:
         records.clear_run_folder(run_dir)
     elif records.is_complete(run_dir):  # another process finished the run while this one waited for the lock
-        return RunResult(run_dir, records.read_json(run_dir / "metrics.json"), skipped=True)
+        return _reused(location)
     records.remove_temporaries(run_dir)  # left by a killed process; none is being written now
     config_text = config_to_yaml(config)
     stored = run_dir / "config.yaml"
-    if stored.is_file() and _comparable(stored.read_text()) != _comparable(config_text):
-        raise ConfigError(f"{run_dir} holds an unfinished run with a different configuration; "
-                          f"pass force=True (CLI: --force) to start it again")
+    if stored.is_file() and stored_identity(run_dir)[0] != location.identity:
+        raise _other_configuration(location, "an unfinished")
+    run_record = {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant, "seed": seed,
+                  "profile": config.profile, "identity": location.identity, "difference": location.difference}
 
     device = resolve_device(config.runtime.device)
     if config.runtime.num_threads:
@@ -288,8 +394,7 @@ def _run_in_locked_folder(config: Config, scenario: str, method: str, seed: int,
     if not (run_dir / "manifest.json").is_file():
         records.atomic_write_json(run_dir / "manifest.json", records.manifest(device) | {
             "backbone": method_obj.encoder.weights,
-            "run": {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant,
-                    "seed": seed, "profile": config.profile, "hparams": method_obj.hparams_dict()}})
+            "run": {**run_record, "hparams": method_obj.hparams_dict()}})
 
     zero_shot_path = run_dir / "zero_shot.json"
     if zero_shot_path.is_file():
@@ -349,8 +454,7 @@ def _run_in_locked_folder(config: Config, scenario: str, method: str, seed: int,
         log.info("%s task %d: average accuracy %.2f", run_dir, index, row["average_accuracy"][modes[0]])
 
     metrics = finalize(rows, zero_shot, modes, scenario, tasks)
-    metrics["run"] = {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant,
-                      "seed": seed, "profile": config.profile, "hparams": method_obj.hparams_dict()}
+    metrics["run"] = {**run_record, "hparams": method_obj.hparams_dict(), **records.code_version()}
     metrics["timing"] = {"run_seconds_this_session": time.perf_counter() - started,
                          "train_seconds": sum(r.get("train_seconds", 0.0) for r in rows),
                          "eval_seconds": sum(r["eval_seconds"] for r in rows)}

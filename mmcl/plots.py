@@ -53,13 +53,22 @@ def _stable_index(name: str, size: int) -> int:
     return int(hashlib.sha256(name.encode()).hexdigest(), 16) % size
 
 
+def _variant_key(label: str) -> str | None:
+    """What sets a label apart from its base method: the variant and/or the configuration difference."""
+    _, variant, difference = results.label_parts(label)
+    if difference is None:
+        return variant
+    return f"{variant or ''} ({difference})"
+
+
 def method_color(label: str) -> str:
-    """The colour (hex) of a method or variant label; the same in every figure and session."""
-    method, variant = results.split_label(label)
+    """The colour (hex) of a method, variant or configuration label; the same in every figure and session."""
+    method = results.split_label(label)[0]
     base = METHOD_COLORS.get(method) or RESERVE_COLORS[_stable_index(method, len(RESERVE_COLORS))]
+    variant = _variant_key(label)
     if variant is None:
         return mcolors.to_hex(base)
-    # Variants: the base hue mixed with white by an amount fixed by the variant's name.
+    # Variants and other configurations: the base hue mixed with white by an amount fixed by the name.
     amount = (0.3, 0.45, 0.6, 0.38, 0.52)[_stable_index(variant, 5)]
     rgb = np.array(mcolors.to_rgb(base))
     return mcolors.to_hex(rgb + (1.0 - rgb) * amount)
@@ -70,7 +79,7 @@ def method_palette(labels: Iterable[str]) -> dict[str, str]:
 
 
 def variant_hatch(label: str) -> str:
-    _, variant = results.split_label(label)
+    variant = _variant_key(label)
     return "" if variant is None else VARIANT_HATCHES[_stable_index(variant, len(VARIANT_HATCHES))]
 
 
@@ -297,7 +306,9 @@ def plot_ablations(runs: pd.DataFrame, metric: str = "final_accuracy") -> plt.Fi
         for axis, (method, scenario, benchmark, mode) in zip(axes[:, 0], keys):
             part = table[(table["method"] == method) & (table["scenario"] == scenario)
                          & (table["benchmark"] == benchmark) & (table["mode"] == mode)]
-            labels = [method if v == "full" else results.method_label(method, v) for v in part["variant"]]
+            # "full (train.epochs=1)" is the method's label "<method> (train.epochs=1)".
+            labels = [method + v.removeprefix("full") if v.split(" (")[0] == "full" else results.method_label(method, v)
+                      for v in part["variant"]]
             positions = np.arange(len(part))[::-1]
             means, stds = part[f"{metric}_mean"].to_numpy(float), part[f"{metric}_std"].to_numpy(float)
             axis.barh(positions, means, height=0.7, color=[method_color(label) for label in labels],

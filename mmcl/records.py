@@ -2,11 +2,12 @@
 
 Layout of one run (scenario x benchmark x method x seed x profile)::
 
-    <output_dir>/<profile>/<scenario>/<benchmark>/<method>/seed<k>/
+    <output_dir>/<profile>/<scenario>/<benchmark>/<method>[~<variant>][@<difference>]/seed<k>/
         .lock            held (``flock``) by the one process writing the folder; holds its pid,
                          host and start time for the message a second process prints
         config.yaml      resolved configuration
-        manifest.json    package version, git commit, library versions, device, start time
+        manifest.json    package version, code version (git commit, dirty flag, source
+                         fingerprint), library versions, device, start time, run identity
         order.json       class order (and modality / domain order) drawn from the seed
         zero_shot.json   the frozen backbone's accuracy on every task (forward-transfer reference)
         tasks.jsonl      one line per finished task: accuracy rows, running metrics, timings,
@@ -28,10 +29,17 @@ kill itself with SIGKILL at a named point, e.g. ``MMCL_FAULT=checkpoint-write:1 
 dies with task 1's checkpoint written to its temporary name but not yet renamed. The tests use it
 to check that a run killed anywhere resumes to the same numbers; users can use it to check the
 same on their own storage.
+
+A run's *identity* (see :func:`mmcl.engine.run_identity`) is a mapping of what can change its
+numbers; :func:`identity_digest` names it and :func:`identity_difference` says how it differs
+from the profile's defaults, as dotted keys. A run whose identity differs from the profile's
+defaults lives in ``<method>@<8 hex digits of the difference>`` (:func:`run_name`).
 """
 from __future__ import annotations
 
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -256,24 +264,110 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def run_directory(output_dir: str | Path, profile: str, scenario: str, benchmark: str, method: str, seed: int) -> Path:
+    """``<output_dir>/<profile>/<scenario>/<benchmark>/<method>/seed<seed>``; ``method`` is the
+    folder name of :func:`run_name` (``replay``, ``lwf~no-distillation``, ``replay@1a2b3c4d``)."""
     return Path(output_dir) / profile / scenario / benchmark / method / f"seed{seed}"
+
+
+def run_name(method: str, variant: str | None = None, difference: dict | None = None) -> str:
+    """The folder name of a run: ``method[~variant]``, and ``@<8 hex digits>`` of ``difference``
+    (dotted key -> value, see :func:`identity_difference`) when it is not empty."""
+    name = f"{method}~{variant}" if variant else method
+    return f"{name}@{_digest(difference)[:8]}" if difference else name
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one flat dict of dotted keys; lists and other values are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def identity_digest(identity: dict) -> str:
+    """12 hex digits naming a run identity; equal identities, and only those, give equal digests."""
+    return _digest(identity)[:12]
+
+
+def identity_difference(identity: dict, default: dict) -> dict[str, Any]:
+    """Where ``identity`` differs from ``default``, as ``{dotted key: value in identity}``, sorted by
+    key; a key that ``identity`` lacks has the value None."""
+    flat, reference = flatten(identity), flatten(default)
+    keys = sorted(k for k in set(flat) | set(reference)
+                  if (k in flat) != (k in reference) or flat.get(k) != reference.get(k))
+    return {key: flat.get(key) for key in keys}
 
 
 def is_complete(run_dir: Path) -> bool:
     return (Path(run_dir) / "metrics.json").is_file()
 
 
-def git_commit() -> str | None:
+PACKAGE_DIR = Path(__file__).resolve().parent
+SOURCE_SUFFIXES = (".py", ".yaml", ".json")
+
+
+def fingerprint_tree(root: str | Path) -> str:
+    """sha256 (12 hex digits) over every ``*.py``, ``*.yaml`` and ``*.json`` file under ``root``,
+    in the order of their relative paths, hashing each path and its bytes: any change of a
+    source file, profile or model config changes it, and nothing else does (caches, ``.pyc``)."""
+    root = Path(root)
+    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*")
+                   if p.suffix in SOURCE_SUFFIXES and p.is_file())
+    digest = hashlib.sha256()
+    for relative, path in files:
+        content = path.read_bytes()
+        # Lengths frame each part, so moving bytes between a path and its content changes the hash.
+        digest.update(f"{len(relative)}:{relative}:{len(content)}:".encode())
+        digest.update(content)
+    return digest.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """:func:`fingerprint_tree` of the imported ``mmcl`` package, computed once per process."""
+    return fingerprint_tree(PACKAGE_DIR)
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit hash, dirty) of the git checkout holding the package; (None, None) outside one.
+
+    Dirty means tracked files differ from the commit. Only a repository that tracks the package
+    counts: an installed copy inside some other repository (a virtual environment in a project
+    folder) is not that repository's code.
+    """
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *arguments], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5)
+
     try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0 or git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None, None
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return head.stdout.strip(), (bool(dirty.stdout.strip()) if dirty.returncode == 0 else None)
     except (OSError, subprocess.SubprocessError):
-        return None
+        return None, None
+
+
+def code_version() -> dict[str, Any]:
+    """The code that makes a run: ``git_commit`` (plain hash or None), ``git_dirty`` (bool, or None
+    outside a git checkout) and ``source_fingerprint`` (:func:`source_fingerprint`)."""
+    commit, dirty = git_state()
+    return {"git_commit": commit, "git_dirty": dirty, "source_fingerprint": source_fingerprint()}
+
+
+def git_commit() -> str | None:
+    """The commit of the package's checkout with a ``-dirty`` suffix for local changes, or None."""
+    commit, dirty = git_state()
+    return None if commit is None else commit + ("-dirty" if dirty else "")
 
 
 def manifest(device: torch.device) -> dict[str, Any]:
@@ -289,7 +383,7 @@ def manifest(device: torch.device) -> dict[str, Any]:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
         "mmcl_version": libraries.get("mmcl") or _own_version(),
-        "git_commit": git_commit(),
+        **code_version(),
         "python": platform.python_version(),
         "libraries": libraries,
         "device": {"type": device.type, "name": device_name, "threads": torch.get_num_threads()},

@@ -3,12 +3,16 @@
 
 The notebooks call :func:`prepare_data`, :func:`run_sweep` and :func:`run_ablations`; ``mmcl
 reproduce`` executes the notebooks in order with papermill (:func:`reproduce`), writing each
-executed notebook to ``<output_dir>/<profile>/notebooks/``, next to the runs. Complete runs are
-reused by the engine, so an interrupted reproduction resumes where it stopped.
+executed notebook to ``<output_dir>/<profile>/notebooks/``, next to the runs. Complete runs of
+the same identity are reused by the engine, so an interrupted reproduction resumes where it
+stopped. Before the notebooks run, complete runs made by other code (another source fingerprint)
+are listed (:func:`stale_runs`); ``rerun_stale`` removes them so the notebooks make them again.
 """
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -46,7 +50,7 @@ def _run_all(config: Config, jobs: list[dict], output_dir: str | Path | None, wh
     for number, job in enumerate(jobs, 1):
         begun = time.perf_counter()
         result = run(config, output_dir=output_dir, **job)
-        name = results.method_label(job["method"], job.get("variant"))
+        name = results.method_label(job["method"], job.get("variant"), result.metrics["run"].get("difference"))
         status = "reused" if result.skipped else f"{time.perf_counter() - begun:5.1f} s"
         print(f"[{what} {number}/{len(jobs)}] {job['scenario']} · {job.get('benchmark') or '-'} · {name} · "
               f"seed {job['seed']}: {status}", flush=True)
@@ -222,8 +226,9 @@ def _effective_parameters(source: Path, parameters: dict) -> dict:
 
 
 def _runs_complete(name: str, source: Path, parameters: dict) -> bool:
-    """Whether every run that notebook ``name`` would make with ``parameters`` is already complete."""
-    from mmcl.records import is_complete, run_directory
+    """Whether every run that notebook ``name`` would make with ``parameters`` is already complete
+    (with the identity the notebook asks for)."""
+    from mmcl.engine import is_reusable, locate_run
 
     values = _effective_parameters(source, parameters)
     config = load_config(values["profile"], values.get("overrides") or [])
@@ -235,9 +240,7 @@ def _runs_complete(name: str, source: Path, parameters: dict) -> bool:
     else:
         return True
     root = values.get("output_dir") or config.runtime.output_dir
-    return all(is_complete(run_directory(root, config.profile, job["scenario"], job["benchmark"],
-                                         results.method_label(job["method"], job.get("variant")), job["seed"]))
-               for job in jobs)
+    return all(is_reusable(locate_run(config, output_dir=root, **job)) for job in jobs)
 
 
 def up_to_date(name: str, executed: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR) -> bool:
@@ -275,18 +278,64 @@ def notebook_parameters(name: str, profile: str, overrides: list[str], output_di
     return parameters
 
 
+def stale_runs(root: str | Path, fingerprint: str | None = None) -> list[tuple[Path, str | None]]:
+    """Complete runs at or below ``root`` made by other code: (run folder, its recorded source
+    fingerprint, None when unrecorded), sorted by folder. ``fingerprint``: the current code's
+    (default: :func:`mmcl.records.source_fingerprint`)."""
+    from mmcl.records import source_fingerprint
+
+    current = fingerprint or source_fingerprint()
+    stale = []
+    for run_dir in results.find_run_dirs(root):
+        try:
+            recorded = json.loads((run_dir / "metrics.json").read_text()).get("run", {}).get("source_fingerprint")
+        except (OSError, ValueError):
+            recorded = None
+        if recorded != current:
+            stale.append((run_dir, recorded))
+    return stale
+
+
+def report_stale_runs(root: Path, remove: bool = False, shown: int = 10) -> list[Path]:
+    """Print how many complete runs under ``root`` were made by other code, and the first
+    ``shown`` of them (folder and source fingerprint); with ``remove``, delete those run folders
+    so the notebooks make them again. Returns the stale run folders."""
+    from mmcl.records import source_fingerprint
+
+    stale = stale_runs(root)
+    if not stale:
+        return []
+    total = len(results.find_run_dirs(root))
+    print(f"{len(stale)} of {total} complete runs under {root} were made by other code (their source "
+          f"fingerprint differs from this code's {source_fingerprint()}):", flush=True)
+    for run_dir, fingerprint in stale[:shown]:
+        print(f"  {run_dir.relative_to(root)}  source {fingerprint or 'unknown'}", flush=True)
+    if len(stale) > shown:
+        print(f"  ... and {len(stale) - shown} more", flush=True)
+    if remove:
+        for run_dir, _ in stale:
+            shutil.rmtree(run_dir)
+        print(f"--rerun-stale: removed {len(stale)} run folder{'s' if len(stale) != 1 else ''}; the notebooks "
+              f"train them again", flush=True)
+    else:
+        print("they are reused as they are; --rerun-stale removes them and trains them again", flush=True)
+    return [run_dir for run_dir, _ in stale]
+
+
 def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: str | Path | None = None,
               figures_dir: str | Path = "figures", seeds: Sequence[int] | None = None,
               notebooks: Sequence[str] = NOTEBOOKS, notebook_dir: Path = NOTEBOOK_DIR,
               kernel: str = "python3", extra_parameters: dict[str, dict] | None = None,
-              rerun: bool = False) -> dict[str, float]:
+              rerun: bool = False, rerun_stale: bool = False) -> dict[str, float]:
     """Execute the notebook sequence with papermill; return seconds per notebook.
 
     Executed notebooks are written to ``<output_dir>/<profile>/notebooks/``; tables and figures
     to ``figures_dir``. Progress bars of single runs are turned off (one line per run instead).
     ``extra_parameters``: notebook name -> more papermill parameters (e.g. ``{"20_ablations":
     {"methods": ["lwf"]}}``). A notebook whose executed copy is :func:`up_to_date` is skipped
-    (0 seconds) unless ``rerun``. Raises :class:`NotebookFailed` naming the notebook and cell.
+    (0 seconds) unless ``rerun``. Complete runs of the profile made by other code are listed
+    first and, with ``rerun_stale``, removed so the notebooks train them again (see
+    :func:`report_stale_runs`). Raises :class:`NotebookFailed` naming the notebook and cell.
     """
     overrides = [*overrides, "runtime.progress=false"]
     config = load_config(profile, overrides)  # fail here, not in the first notebook, on a bad override
@@ -296,6 +345,7 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     if unknown:
         raise ConfigError(f"unknown notebooks {unknown}; the sequence is {list(NOTEBOOKS)}")
     _papermill_logging()
+    stale = report_stale_runs(output_dir / config.profile, remove=rerun_stale)
     executed = output_dir / config.profile / "notebooks"
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -304,7 +354,9 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
                                          None if seeds is None else list(seeds))
         parameters.update((extra_parameters or {}).get(name, {}))
         target = executed / f"{name}.ipynb"
-        if not rerun and up_to_date(name, target, parameters, notebook_dir):
+        # Removed stale runs must leave the tables too, even when no notebook makes them again.
+        tables_lost_runs = rerun_stale and stale and name == "30_figures_and_tables"
+        if not rerun and not tables_lost_runs and up_to_date(name, target, parameters, notebook_dir):
             timings[name] = 0.0
             print(f"[{number}/{len(notebooks)}] {name}: up to date, skipped (--rerun-notebooks runs it)", flush=True)
             continue

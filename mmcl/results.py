@@ -6,7 +6,13 @@ number can be traced back to a run folder (the ``run_dir`` column).
 
 The frame has one row per (run, evaluation mode): class- and domain-incremental runs have one
 mode (``standard``), modality-incremental runs two (``modality_aware``, ``modality_agnostic``).
-A run of an ablation variant has ``variant`` set and is labelled ``<method>~<variant>``.
+A run of an ablation variant has ``variant`` set and is labelled ``<method>~<variant>``. A run
+whose configuration differs from the profile's defaults (its ``difference``, see
+:func:`mmcl.engine.run_identity`) shows the difference in its label, ``replay (buffer_size=10)``,
+so it is its own row in every table; runs of different identity are never averaged.
+
+Every table carries the code version of its runs (source fingerprint and git commit, see
+:func:`mmcl.records.code_version`): a ``code`` column in CSV, a footnote in LaTeX and Markdown.
 
 This module imports no torch, so tables regenerate from stored records in seconds.
 """
@@ -51,25 +57,46 @@ METHOD_ORDER = ("zero-shot", "finetune", "ewc", "lwf", "replay", "l2p", "moe-ada
 COLUMNS = ["profile", "scenario", "benchmark", "method", "variant", "label", "seed", "mode", "num_tasks",
            *SUMMARY_METRICS, "accuracy_by_modality", "accuracy_matrix", "zero_shot", "task_names",
            "modality_order", "train_seconds", "eval_seconds", "run_seconds", "peak_rss_mib", "cuda_peak_mib",
-           "run_dir"]
+           "identity", "difference", "source_fingerprint", "git_commit", "git_dirty", "run_dir"]
 
 
-def method_label(method: str, variant: str | None = None) -> str:
-    """The name a run is shown under: ``method``, or ``method~variant`` for an ablation variant."""
-    return f"{method}~{variant}" if variant else method
+def _value_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def difference_text(method: str, difference: dict | None) -> str:
+    """``difference`` (dotted key -> value) as shown in a label: the method's own hyper-parameters
+    by their short name (``buffer_size=10``), other keys dotted (``train.epochs=1``); "" for none."""
+    own = f"methods.{method}."
+    return ", ".join(f"{key.removeprefix(own)}={_value_text(value)}" for key, value in (difference or {}).items())
+
+
+def method_label(method: str, variant: str | None = None, difference: dict | None = None) -> str:
+    """The name a run is shown under: ``method``, ``method~variant`` for an ablation variant, and
+    the difference from the profile in parentheses, ``replay (buffer_size=10)``, when there is one."""
+    label = f"{method}~{variant}" if variant else method
+    text = difference_text(method, difference)
+    return f"{label} ({text})" if text else label
+
+
+def label_parts(label: str) -> tuple[str, str | None, str | None]:
+    """(method, variant, difference text) of a :func:`method_label`; None where absent."""
+    name, _, difference = label.partition(" (")
+    method, _, variant = name.partition("~")
+    return method, (variant or None), (difference[:-1] if difference.endswith(")") else difference) or None
 
 
 def split_label(label: str) -> tuple[str, str | None]:
-    """Inverse of :func:`method_label`."""
-    method, _, variant = label.partition("~")
-    return method, (variant or None)
+    """(method, variant) of a :func:`method_label`; the variant is None for the base method."""
+    return label_parts(label)[:2]
 
 
 def method_sort_key(label: str) -> tuple:
-    """Sort key placing methods in :data:`METHOD_ORDER`, each variant right after its base method."""
-    method, variant = split_label(label)
+    """Sort key placing methods in :data:`METHOD_ORDER`, each non-default configuration right after
+    its method (or variant), each variant after its base method."""
+    method, variant, difference = label_parts(label)
     rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return rank, method, variant is not None, variant or ""
+    return rank, method, variant is not None, variant or "", difference or ""
 
 
 def sort_methods(labels: Iterable[str]) -> list[str]:
@@ -95,13 +122,15 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
     run = metrics["run"]
     timing = metrics.get("timing", {})
     memory = metrics.get("memory") or {}  # absent in runs recorded before memory was
+    difference = run.get("difference") or {}
     rows = []
     for mode, summary in metrics["modes"].items():
         matrix = metrics["accuracy_matrix"][mode]
         row = {
             "profile": run["profile"], "scenario": run["scenario"], "benchmark": run["benchmark"],
             "method": run["method"], "variant": run.get("variant"),
-            "label": method_label(run["method"], run.get("variant")), "seed": int(run["seed"]), "mode": mode,
+            "label": method_label(run["method"], run.get("variant"), difference), "seed": int(run["seed"]),
+            "mode": mode,
             "num_tasks": len(matrix),
             **{name: summary.get(name) for name in SUMMARY_METRICS},
             "accuracy_by_modality": summary.get("accuracy_by_modality"),
@@ -109,7 +138,11 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
             "task_names": metrics.get("task_names"), "modality_order": order.get("modality_order"),
             "train_seconds": timing.get("train_seconds"), "eval_seconds": timing.get("eval_seconds"),
             "run_seconds": timing.get("run_seconds_this_session"), "peak_rss_mib": memory.get("peak_rss_mib"),
-            "cuda_peak_mib": memory.get("cuda_peak_mib"), "run_dir": str(run_dir),
+            "cuda_peak_mib": memory.get("cuda_peak_mib"),
+            # Runs recorded before identities and code versions were: None (unknown).
+            "identity": run.get("identity"), "difference": difference,
+            "source_fingerprint": run.get("source_fingerprint"), "git_commit": run.get("git_commit"),
+            "git_dirty": run.get("git_dirty"), "run_dir": str(run_dir),
         }
         rows.append(row)
     return rows
@@ -122,13 +155,40 @@ def load_runs(*paths: str | Path) -> pd.DataFrame:
     (forgetting, BWT, FWT). ``accuracy_matrix`` holds the run's T x T matrix (list of lists) for
     the row's mode. ``peak_rss_mib`` is the run's peak resident memory (MiB, the maximum over its
     tasks of the process's peak RSS; for a resumed run, of the processes that ran it) and
-    ``cuda_peak_mib`` its peak CUDA allocation (None off CUDA). Unfinished runs (no
+    ``cuda_peak_mib`` its peak CUDA allocation (None off CUDA). ``identity`` is the run's identity
+    digest, ``difference`` how its configuration differs from the profile's defaults (dotted key
+    -> value; shown in ``label``); ``source_fingerprint``, ``git_commit`` and ``git_dirty`` the
+    code that made it (None for runs recorded before these were). Unfinished runs (no
     ``metrics.json``) are ignored.
+
+    Raises ValueError, naming both folders, when two runs share (profile, scenario, benchmark,
+    mode, label, seed) but differ in identity: a table would average them as one.
     """
     rows = [row for run_dir in find_run_dirs(*paths) for row in _rows_of_run(run_dir)]
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    frame["variant"] = frame["variant"].astype(object).where(frame["variant"].notna(), None)
+    for column in ("variant", "identity", "source_fingerprint", "git_commit", "git_dirty"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    require_single_identity(frame)
     return _ordered(frame, ["profile", "scenario", "benchmark", "mode", "label", "seed"])
+
+
+IDENTITY_KEY = ["profile", "scenario", "benchmark", "mode", "label", "seed"]
+
+
+def require_single_identity(runs: pd.DataFrame) -> None:
+    """Raise ValueError naming two folders if runs that tables would treat as one (same
+    :data:`IDENTITY_KEY`) differ in identity; an unrecorded identity counts as its own value."""
+    if runs.empty or "identity" not in runs:
+        return
+    keyed = runs.assign(_identity=runs["identity"].map(lambda v: "unrecorded" if v is None else v))
+    for keys, group in keyed.groupby(IDENTITY_KEY, sort=False, dropna=False):
+        if group["_identity"].nunique() > 1:
+            first = group.iloc[0]
+            other = group[group["_identity"] != first["_identity"]].iloc[0]
+            raise ValueError(
+                f"runs {first['run_dir']} (identity {first['_identity']}) and {other['run_dir']} (identity "
+                f"{other['_identity']}) are both {first['label']!r}, seed {first['seed']}, but differ in "
+                f"configuration or come from different profile versions; load them separately or remove one")
 
 
 def single_profile(runs: pd.DataFrame) -> str:
@@ -181,12 +241,35 @@ def mean_accuracy_matrix(runs: pd.DataFrame) -> tuple[np.ndarray, int]:
 
 
 # ------------------------------------------------------------------------------------- tables
+def code_version_text(fingerprint: str | None, commit: str | None = None, dirty: bool | None = None) -> str:
+    """``"a1b2c3d4e5f6 (commit 1234567, dirty)"``: a source fingerprint with the git commit when
+    known; ``"unknown"`` for runs recorded before code versions were."""
+    if not fingerprint:
+        return "unknown"
+    if not commit:
+        return fingerprint
+    return f"{fingerprint} (commit {commit[:7]}{', dirty' if dirty else ''})"
+
+
+def _run_versions(group: pd.DataFrame) -> tuple[tuple[str, str], ...]:
+    """(run folder, code version text) of every run of ``group``, sorted, each run once."""
+    def column(name: str) -> list:
+        return group[name].tolist() if name in group else [None] * len(group)
+
+    versions = zip(column("source_fingerprint"), column("git_commit"), column("git_dirty"))
+    return tuple(sorted({(str(run_dir), code_version_text(*version))
+                         for run_dir, version in zip(column("run_dir"), versions)}))
+
+
 def summarize_over_seeds(runs: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
     """Mean and sample standard deviation (ddof=1) of ``metrics`` over seeds, grouped ``by``.
 
     Columns: ``by``, ``seeds`` (how many seeds), then ``<metric>_mean`` and ``<metric>_std`` for
-    each metric. With one seed the standard deviation is NaN (undefined), not 0.
+    each metric, and ``run_versions``: (run folder, code version) of every run averaged, from which
+    :func:`write_table` states the code version. With one seed the standard deviation is NaN
+    (undefined), not 0. Raises ValueError if runs of different identity would share a row.
     """
+    require_single_identity(runs)
     rows = []
     for keys, group in runs.groupby(list(by), sort=False, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
@@ -196,8 +279,10 @@ def summarize_over_seeds(runs: pd.DataFrame, by: Sequence[str], metrics: Sequenc
             values = pd.to_numeric(group[metric], errors="coerce").dropna()
             row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        row["run_versions"] = _run_versions(group)
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*by, "seeds", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")]])
+    return pd.DataFrame(rows, columns=[*by, "seeds", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")],
+                                       "run_versions"])
 
 
 def _sort_key(column: pd.Series) -> pd.Series:
@@ -232,30 +317,39 @@ def ablation_table(runs: pd.DataFrame, metrics: Sequence[str] = MAIN_METRICS) ->
 
     Only methods with at least one variant run appear, and the full method only on the seeds its
     variants were run on. Columns: scenario, benchmark, mode, method,
-    variant (``"full"`` for the base method), seeds, ``<metric>_mean`` / ``_std``, and
+    variant (``"full"`` for the base method), seeds, ``<metric>_mean`` / ``_std``,
     ``delta_final_accuracy``: the variant's mean final accuracy minus the base method's
-    (positive: the variant is better). The base must have been run; otherwise the delta is NaN.
+    (positive: the variant is better), and ``run_versions`` (see :func:`summarize_over_seeds`).
+    The base must have been run; otherwise the delta is NaN. A configuration other than the
+    profile's defaults is its own row, its difference appended to the variant
+    (``"full (train.epochs=1)"``), and compared with the full method of the same difference.
     """
-    variants = runs[runs["variant"].notna()]
     columns = ["scenario", "benchmark", "mode", "method", "variant", "seeds",
-               *[f"{m}_{s}" for m in metrics for s in ("mean", "std")], "delta_final_accuracy"]
-    if variants.empty:
+               *[f"{m}_{s}" for m in metrics for s in ("mean", "std")], "delta_final_accuracy", "run_versions"]
+    if runs[runs["variant"].notna()].empty:
         return pd.DataFrame(columns=columns)
+    differences = runs["difference"] if "difference" in runs else [None] * len(runs)
+    runs = runs.assign(configuration=[difference_text(m, d) for m, d in zip(runs["method"], differences)],
+                       is_full=runs["variant"].isna())
+    variants = runs[runs["variant"].notna()]
     single_profile(variants)
     # The full method is compared on the seeds its variants were run on (ablations may use fewer
     # seeds than the main tables), so a difference is never a difference of class orders.
-    groups = variants[["scenario", "benchmark", "mode", "method", "seed"]].drop_duplicates()
-    selected = runs.merge(groups, on=["scenario", "benchmark", "mode", "method", "seed"])
-    table = summarize_over_seeds(selected.assign(variant=selected["variant"].fillna("full")),
-                                 ["scenario", "benchmark", "mode", "method", "variant"], metrics)
-    base = table[table["variant"] == "full"].set_index(["scenario", "benchmark", "mode", "method"])
-    reference = base.get("final_accuracy_mean")
+    keys = ["scenario", "benchmark", "mode", "method", "configuration", "seed"]
+    selected = runs.merge(variants[keys].drop_duplicates(), on=keys)
+    selected["variant"] = [(v if isinstance(v, str) else "full") + (f" ({d})" if d else "")
+                           for v, d in zip(selected["variant"], selected["configuration"])]
+    table = summarize_over_seeds(selected, ["scenario", "benchmark", "mode", "method", "configuration", "is_full",
+                                            "variant"], metrics)
+    base = table[table["is_full"].astype(bool)].set_index(["scenario", "benchmark", "mode", "method", "configuration"])
+    reference = base["final_accuracy_mean"] if "final_accuracy_mean" in base else None
     table["delta_final_accuracy"] = [
-        (row.final_accuracy_mean - reference.get((row.scenario, row.benchmark, row.mode, row.method), math.nan))
+        (row.final_accuracy_mean - reference.get((row.scenario, row.benchmark, row.mode, row.method, row.configuration),
+                                                 math.nan))
         if reference is not None else math.nan for row in table.itertuples()]
-    table["_full_first"] = table["variant"] != "full"
-    table = _ordered(table, ["scenario", "benchmark", "method", "mode", "_full_first", "variant"])
-    return table.drop(columns="_full_first")[columns]
+    table["_full_first"] = ~table["is_full"].astype(bool)
+    table = _ordered(table, ["scenario", "benchmark", "method", "mode", "configuration", "_full_first", "variant"])
+    return table[columns]
 
 
 def format_mean_std(mean: float, std: float, decimals: int = 1, plus_minus: str = " ± ") -> str:
@@ -271,9 +365,10 @@ def format_mean_std(mean: float, std: float, decimals: int = 1, plus_minus: str 
 def display_table(table: pd.DataFrame, decimals: int = 1, plus_minus: str = " ± ") -> pd.DataFrame:
     """A results table with ``<metric>_mean`` / ``_std`` pairs merged into ``"mean ± std"`` strings.
 
-    Modes are shown by their titles; a ``mode`` column holding only ``standard`` is dropped.
+    Modes are shown by their titles; a ``mode`` column holding only ``standard`` is dropped, and
+    so is ``run_versions`` (:func:`write_table` states the code version under the table).
     """
-    shown = table.copy()
+    shown = table.drop(columns=["run_versions"], errors="ignore")
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
     for metric in metrics:
         shown[METRIC_HEADERS.get(metric, metric)] = [
@@ -309,11 +404,13 @@ def _latex_cell(text: str) -> str:
     return latex_escape(text).replace("Δ", r"$\Delta$").replace("–", "--")
 
 
-def to_latex(shown: pd.DataFrame, group_by: str | None = None, comment: str = "") -> str:
+def to_latex(shown: pd.DataFrame, group_by: str | None = None, comment: str = "",
+             footnotes: Sequence[str] = ()) -> str:
     """A booktabs ``tabular`` of a display table; a ``\\midrule`` separates groups of ``group_by``.
 
     Text columns are left-aligned, numbers right-aligned. Only the tabular is written, so a paper
     wraps it in its own ``table`` environment (``\\input{...}``). Needs ``\\usepackage{booktabs}``.
+    Each of ``footnotes`` is a small full-width line under the bottom rule.
     """
     text_columns = {"Scenario", "Benchmark", "Mode", "Method", "Variant"}
     align = "".join("l" if c in text_columns else "r" for c in shown.columns)
@@ -326,7 +423,10 @@ def to_latex(shown: pd.DataFrame, group_by: str | None = None, comment: str = ""
             lines.append(r"\midrule")
         previous = row[group_by] if group_by is not None else None
         lines.append(" & ".join(_latex_cell(v) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines.append(r"\bottomrule")
+    lines += [f"\\multicolumn{{{len(shown.columns)}}}{{l}}{{\\footnotesize {latex_escape(note)}}} \\\\"
+              for note in footnotes]
+    lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
 
 
@@ -343,20 +443,51 @@ def to_markdown(shown: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def code_footnotes(table: pd.DataFrame) -> list[str]:
+    """The code version of a table's runs (from its ``run_versions`` column), as footnote lines:
+    ``["Code: source a1b2c3d4e5f6 (commit 1234567, dirty)"]``; when the runs come from several
+    versions, a line saying so and one line per version with its number of runs."""
+    if "run_versions" not in table:
+        return []
+    version_of_run = dict(pair for pairs in table["run_versions"] for pair in pairs)
+    counts: dict[str, int] = {}
+    for version in version_of_run.values():
+        counts[version] = counts.get(version, 0) + 1
+    if len(counts) == 1:
+        return [f"Code: source {next(iter(counts))}"]
+    if not counts:
+        return []
+    lines = [f"Code: mixed, the {len(version_of_run)} runs come from {len(counts)} code versions:"]
+    lines += [f"source {version}: {count} run{'s' if count != 1 else ''}"
+              for version, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    return lines
+
+
 def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: str = "",
                 group_by: str | None = "Benchmark", decimals: int = 1) -> dict[str, Path]:
     """Write ``table`` as ``<name>.csv`` (numeric: means, stds, seed counts), ``<name>.tex``
-    (booktabs) and ``<name>.md`` (both ``mean ± std``) under ``directory``; returns the paths."""
+    (booktabs) and ``<name>.md`` (both ``mean ± std``) under ``directory``; returns the paths.
+
+    Every format states the code version of the runs behind the table (its ``run_versions``
+    column, see :func:`summarize_over_seeds`): the CSV in a ``code`` column (each row's versions,
+    ``; ``-separated), LaTeX and Markdown in a footnote (:func:`code_footnotes`).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shown = display_table(table, decimals)
     if group_by not in shown.columns:
         group_by = None
+    footnotes = code_footnotes(table)
     comment = (f"{title}\n" if title else "") + "mean ± sample std over seeds; generated by mmcl.results from run records"
     paths = {"csv": directory / f"{name}.csv", "tex": directory / f"{name}.tex", "md": directory / f"{name}.md"}
-    table.to_csv(paths["csv"], index=False, float_format="%.4f")
-    paths["tex"].write_text(to_latex(shown, group_by, comment))
-    paths["md"].write_text((f"**{title}** (mean ± std over seeds)\n\n" if title else "") + to_markdown(shown))
+    numbers = table.drop(columns=["run_versions"], errors="ignore")
+    if "run_versions" in table:
+        numbers["code"] = ["; ".join(sorted({version for _, version in pairs})) for pairs in table["run_versions"]]
+    numbers.to_csv(paths["csv"], index=False, float_format="%.4f")
+    paths["tex"].write_text(to_latex(shown, group_by, comment, footnotes))
+    # Markdown: a paragraph under the table; the versions of a mixed table as a list.
+    notes = "".join(f"\n{line}\n" if k == 0 else f"- {line}\n" for k, line in enumerate(footnotes))
+    paths["md"].write_text((f"**{title}** (mean ± std over seeds)\n\n" if title else "") + to_markdown(shown) + notes)
     return paths
 
 

@@ -1,6 +1,10 @@
 """The ``mmcl`` command line: listing, a run, bench output and error exit codes."""
+import json
 import re
 
+from pathlib import Path
+
+from mmcl import reproduce, results
 from mmcl.cli import main
 
 
@@ -51,3 +55,57 @@ def test_variants_run_to_their_own_folder_and_bench_with_their_overrides(tmp_pat
     assert '"variant": "adapter-finetune"' in capsys.readouterr().out
     assert main(["bench", "--method", "lwf", "--variant", "nope", "--profile", "smoke"]) == 2
     assert "no variant 'nope' (its variants: no-distillation)" in capsys.readouterr().err
+
+
+def test_readme_example_with_another_buffer_size_is_a_new_run_and_its_own_row(tmp_path, capsys):
+    base = ["run", "--scenario", "class_incremental", "--method", "replay", "--seed", "0", "--profile", "smoke",
+            "--output-dir", str(tmp_path)]
+    assert main(base) == 0
+    assert main([*base, "--set", "methods.replay.buffer_size=10"]) == 0
+    out = capsys.readouterr().out
+    assert "reused" not in out and out.count("finished:") == 2
+    folders = re.findall(r"finished: (\S+)", out)
+    assert folders[0].endswith("/replay/seed0") and re.search(r"/replay@[0-9a-f]{8}/seed0$", folders[1])
+    assert main([*base, "--set", "methods.replay.buffer_size=10"]) == 0
+    assert f"reused complete run: {folders[1]}" in capsys.readouterr().out
+
+    table = results.main_table(results.load_runs(tmp_path), "class_incremental")
+    assert list(table["method"]) == ["replay", "replay (buffer_size=10)"]
+    assert table["seeds"].tolist() == [1, 1]
+    finals = [json.loads((Path(folder) / "metrics.json").read_text())["modes"]["standard"]["final_accuracy"]
+              for folder in folders]
+    assert table["final_accuracy_mean"].tolist() == finals and finals[0] != finals[1]
+
+
+def test_stale_runs_are_reported_and_rerun_stale_removes_them(tmp_path, capsys, monkeypatch):
+    for method in ("zero-shot", "finetune"):
+        assert main(["run", "--scenario", "class_incremental", "--method", method, "--profile", "smoke",
+                     "--output-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    stale = tmp_path / "smoke" / "class_incremental" / "av-events" / "finetune" / "seed0"
+    metrics = json.loads((stale / "metrics.json").read_text())
+    metrics["run"]["source_fingerprint"] = "0123456789ab"  # as if made before a change of the code
+    (stale / "metrics.json").write_text(json.dumps(metrics))
+
+    assert main(["run", "--scenario", "class_incremental", "--method", "finetune", "--profile", "smoke",
+                 "--output-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "reused complete run" in captured.out
+    assert f"warning: {stale} was made by other code (source 0123456789ab" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+    executed = []  # the notebooks themselves are tested in test_notebooks; here only the scan
+    monkeypatch.setattr(reproduce, "execute_notebook", lambda name, *args, **kwargs: executed.append(name) or 0.0)
+    reproduce_command = ["reproduce", "--profile", "smoke", "--output-dir", str(tmp_path), "--only", "00_data_prep",
+                         "--figures-dir", str(tmp_path / "figures")]
+    assert main(reproduce_command) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 complete runs" in out and "class_incremental/av-events/finetune/seed0  source 0123456789ab" in out
+    assert "--rerun-stale" in out and stale.is_dir()
+    assert main([*reproduce_command, "--rerun-stale"]) == 0
+    out = capsys.readouterr().out
+    assert "--rerun-stale: removed 1 run folder;" in out and not stale.exists()
+    assert (tmp_path / "smoke" / "class_incremental" / "av-events" / "zero-shot" / "seed0" / "metrics.json").is_file()
+    assert main(reproduce_command) == 0
+    assert "made by other code" not in capsys.readouterr().out
+    assert executed == ["00_data_prep"] * 3

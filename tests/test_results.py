@@ -11,13 +11,21 @@ import pytest
 
 from mmcl import results
 from mmcl.metrics import summarize
-from mmcl.records import run_directory
+from mmcl.records import identity_digest, run_directory, run_name
+
+FINGERPRINT = "a1b2c3d4e5f6"
+COMMIT = "1234567890abcdef1234567890abcdef12345678"
 
 
 def write_run(root: Path, method: str, seed: int, matrix, scenario: str = "class_incremental",
               benchmark: str = "av-events", variant: str | None = None, profile: str = "tiny",
-              modalities: list[str] | None = None, modes: tuple[str, ...] = ("standard",)) -> Path:
-    """A run folder as the engine writes it (metrics.json, order.json), from an accuracy matrix."""
+              modalities: list[str] | None = None, modes: tuple[str, ...] = ("standard",),
+              difference: dict | None = None, identity: str | None = None, fingerprint: str | None = FINGERPRINT,
+              commit: str | None = COMMIT, dirty: bool | None = True) -> Path:
+    """A run folder as the engine writes it (metrics.json, order.json), from an accuracy matrix.
+
+    ``difference``: the configuration's difference from the profile (the folder gets its digest);
+    ``identity``: default, a digest of (method, variant, difference, seed)."""
     matrix = np.asarray(matrix, dtype=float)
     size = len(matrix)
     zero_shot = [10.0] * size
@@ -25,15 +33,17 @@ def write_run(root: Path, method: str, seed: int, matrix, scenario: str = "class
     correct = [round(a / 10) for a in matrix[-1]]
     summary = summarize(matrix, zero_shot, correct, counts, modalities)
     summary["zero_shot_accuracy"] = 10.0
-    run_name = f"{method}~{variant}" if variant else method
-    run_dir = run_directory(root, profile, scenario, benchmark, run_name, seed)
+    run_dir = run_directory(root, profile, scenario, benchmark, run_name(method, variant, difference), seed)
+    identity = identity or identity_digest({"method": method, "variant": variant, "difference": difference,
+                                            "seed": seed})
     run_dir.mkdir(parents=True)
     metrics = {"modes": {mode: summary for mode in modes},
                "accuracy_matrix": {mode: matrix.tolist() for mode in modes},
                "zero_shot": {mode: zero_shot for mode in modes},
                "task_names": [f"task {i}" for i in range(size)],
                "run": {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant,
-                       "seed": seed, "profile": profile, "hparams": {}},
+                       "seed": seed, "profile": profile, "identity": identity, "difference": difference or {},
+                       "hparams": {}, "source_fingerprint": fingerprint, "git_commit": commit, "git_dirty": dirty},
                "timing": {"run_seconds_this_session": 1.0, "train_seconds": 0.5, "eval_seconds": 0.25}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "order.json").write_text(json.dumps({"modality_order": modalities}))
@@ -156,3 +166,84 @@ def test_writers_produce_csv_latex_and_markdown(runs_root, tmp_path):
 
 def test_latex_escapes_special_characters():
     assert results.latex_escape("lwf~no_kd & 5%") == r"lwf\textasciitilde{}no\_kd \& 5\%"
+
+
+def test_non_default_configurations_are_their_own_rows_right_after_their_method(runs_root):
+    for seed, final in ((0, 20), (1, 30)):
+        write_run(runs_root, "finetune", seed, [[100, 0], [final, final]], difference={"train.epochs": 1})
+    write_run(runs_root, "replay", 0, [[100, 0], [50, 50]])
+    write_run(runs_root, "replay", 0, [[100, 0], [40, 40]], difference={"methods.replay.buffer_size": 10})
+    write_run(runs_root, "lwf", 0, [[100, 0], [10, 10]], variant="no-distillation",
+              difference={"methods.lwf.temperature": 1.0, "train.lr": 0.5})
+    runs = results.load_runs(runs_root)
+    table = results.main_table(runs, "class_incremental")
+    assert list(table["method"]) == ["finetune", "finetune (train.epochs=1)", "lwf", "replay",
+                                     "replay (buffer_size=10)"]
+    means = table.set_index("method")["final_accuracy_mean"]
+    assert means["finetune"] == pytest.approx(70.0)  # 60, 70, 80: the epochs=1 runs are not mixed in
+    assert means["finetune (train.epochs=1)"] == pytest.approx(25.0)
+    assert means["replay"] == pytest.approx(50.0) and means["replay (buffer_size=10)"] == pytest.approx(40.0)
+    variant = runs[runs["label"].str.contains("temperature")].iloc[0]
+    assert variant["label"] == "lwf~no-distillation (temperature=1.0, train.lr=0.5)"
+    assert variant["difference"] == {"methods.lwf.temperature": 1.0, "train.lr": 0.5}
+    assert results.label_parts(variant["label"]) == ("lwf", "no-distillation", "temperature=1.0, train.lr=0.5")
+    assert results.split_label("replay (buffer_size=10)") == ("replay", None)
+
+
+def test_ablation_table_compares_each_configuration_with_its_own_full_method(tmp_path):
+    for difference, (full, ablated) in (({}, (90, 50)), ({"train.epochs": 1}, (70, 60))):
+        write_run(tmp_path, "lwf", 0, [[100, 0], [full, full]], difference=difference)
+        write_run(tmp_path, "lwf", 0, [[100, 0], [ablated, ablated]], variant="no-distillation", difference=difference)
+    table = results.ablation_table(results.load_runs(tmp_path))
+    assert list(table["variant"]) == ["full", "no-distillation", "full (train.epochs=1)",
+                                      "no-distillation (train.epochs=1)"]
+    assert table["delta_final_accuracy"].tolist() == pytest.approx([0.0, -40.0, 0.0, -10.0])
+
+
+def test_runs_of_different_identity_under_one_label_are_refused(tmp_path):
+    first = write_run(tmp_path / "a", "replay", 0, [[100, 0], [60, 60]], identity="111111111111")
+    second = write_run(tmp_path / "b", "replay", 0, [[100, 0], [20, 20]], identity="222222222222")
+    with pytest.raises(ValueError, match="differ in configuration") as error:
+        results.load_runs(tmp_path)
+    assert str(first) in str(error.value) and str(second) in str(error.value)
+    both = pd.concat([results.load_runs(tmp_path / "a"), results.load_runs(tmp_path / "b")])
+    with pytest.raises(ValueError, match="differ in configuration"):
+        results.main_table(both, "class_incremental")  # a frame built by hand is checked too
+    write_run(tmp_path / "c", "replay", 1, [[100, 0], [20, 20]], identity="222222222222")
+    assert len(results.load_runs(tmp_path / "a", tmp_path / "c")) == 2  # other seeds: no conflict
+
+
+def test_tables_state_the_code_version_of_their_runs(runs_root, tmp_path):
+    runs = results.load_runs(runs_root)
+    assert set(runs["source_fingerprint"]) == {FINGERPRINT} and set(runs["git_commit"]) == {COMMIT}
+    written = results.write_tables(runs, tmp_path / "one")["main_class_incremental"]
+    version = f"{FINGERPRINT} (commit 1234567, dirty)"
+    assert pd.read_csv(written["csv"])["code"].tolist() == [version, version]
+    assert written["md"].read_text().rstrip().endswith(f"Code: source {version}")
+    assert f"\\multicolumn{{6}}{{l}}{{\\footnotesize Code: source {version}}}" in written["tex"].read_text()
+
+    # One run copied and marked as made by other code (and outside git): the table says "mixed".
+    copy = Path(runs.loc[(runs["label"] == "finetune") & (runs["seed"] == 2), "run_dir"].item())
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics["run"].update(source_fingerprint="ffffffffffff", git_commit=None, git_dirty=None)
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    written = results.write_tables(results.load_runs(runs_root), tmp_path / "two")["main_class_incremental"]
+    markdown = written["md"].read_text()
+    assert "Code: mixed, the 6 runs come from 2 code versions:" in markdown
+    assert f"- source {version}: 5 runs" in markdown and "- source ffffffffffff: 1 run\n" in markdown
+    assert "Code: mixed" in written["tex"].read_text()
+    csv = pd.read_csv(written["csv"]).set_index("method")["code"]
+    assert csv["finetune"] == f"{version}; ffffffffffff" and csv["lwf"] == version
+
+
+def test_runs_recorded_before_code_versions_load_with_none(tmp_path):
+    run_dir = write_run(tmp_path, "finetune", 0, [[100, 0], [60, 60]])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("identity", "difference", "source_fingerprint", "git_commit", "git_dirty"):
+        del metrics["run"][key]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    row = results.load_runs(tmp_path).iloc[0]
+    assert row["label"] == "finetune" and row["difference"] == {}
+    assert row["identity"] is None and row["source_fingerprint"] is None and row["git_dirty"] is None
+    table = results.main_table(results.load_runs(tmp_path), "class_incremental")
+    assert results.code_footnotes(table) == ["Code: source unknown"]
