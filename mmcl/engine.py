@@ -355,8 +355,16 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
     progress = location.config.runtime.progress if progress is None else progress
     if not force and records.is_complete(location.run_dir):  # a complete run is never written again: no lock
         return _reused(location)
-    with records.run_lock(location.run_dir, location.config.runtime.wait_for_lock):
-        return _run_in_locked_folder(location, scenario, force, progress, variant)
+    config = location.config
+    device = resolve_device(config.runtime.device)
+    if config.runtime.num_threads:
+        torch.set_num_threads(config.runtime.num_threads)
+    started = time.perf_counter()
+    # Built before the lock is taken: a bad hyper-parameter or benchmark fails here, before the run
+    # folder (and its lock file) exists.
+    built = build_run(config, scenario, method, config.seed, location.benchmark, device, progress)
+    with records.run_lock(location.run_dir, config.runtime.wait_for_lock):
+        return _run_in_locked_folder(location, scenario, force, progress, variant, device, built, started)
 
 
 def _reused(location: RunLocation) -> RunResult:
@@ -366,8 +374,8 @@ def _reused(location: RunLocation) -> RunResult:
     return RunResult(location.run_dir, records.read_json(location.run_dir / "metrics.json"), skipped=True)
 
 
-def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, progress: bool,
-                          variant: str | None) -> RunResult:
+def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, progress: bool, variant: str | None,
+                          device: torch.device, built: tuple[Method, Stream], started: float) -> RunResult:
     """The body of :func:`run`, called with the run folder's lock held: only this process writes it."""
     config, method, benchmark, run_dir = location.config, location.method, location.benchmark, location.run_dir
     seed = config.seed
@@ -383,11 +391,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
     run_record = {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant, "seed": seed,
                   "profile": config.profile, "identity": location.identity, "difference": location.difference}
 
-    device = resolve_device(config.runtime.device)
-    if config.runtime.num_threads:
-        torch.set_num_threads(config.runtime.num_threads)
-    started = time.perf_counter()
-    method_obj, stream = build_run(config, scenario, method, seed, benchmark, device, progress)
+    method_obj, stream = built
     tasks, modes = stream.tasks, evaluation_modes(scenario)
     records.atomic_write_text(stored, config_text)
     records.atomic_write_json(run_dir / "order.json", stream.order_record())
