@@ -171,9 +171,11 @@ def test_source_fingerprint_covers_source_files_only(tmp_path):
     (tree / "notes.txt").write_text("not source")
     assert records.fingerprint_tree(tree) == first  # caches and other files do not count
     edited = tree / "profiles" / "smoke.yaml"
-    edited.write_text(edited.read_text().replace("epochs: 2", "epochs: 3"))
+    original = edited.read_text()
+    assert "  epochs: " in original
+    edited.write_text(original.replace("  epochs: ", "  epochs: 1"))  # e.g. 3 -> 13
     assert records.fingerprint_tree(tree) != first
-    edited.write_text(edited.read_text().replace("epochs: 3", "epochs: 2"))
+    edited.write_text(original)
     assert records.fingerprint_tree(tree) == first
     (tree / "metrics.py").rename(tree / "metric.py")  # same bytes under another name
     assert records.fingerprint_tree(tree) != first
