@@ -198,7 +198,7 @@ class COMM(Method):
         prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
         prompt_init_std: float = 0.02
         matching_weight: float = 0.5  # key-query matching loss of the current pool
-        prompt_lr_scale: float = 1.0  # learning rate of keys and prompts = this x train.lr
+        prompt_lr_scale: float = 10.0  # learning rate of keys, prompts and head = this x train.lr
         shared_pool: bool = False  # ablation: one pool for all modalities (L2P-like)
         # text-anchored classifier
         modality_words: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODALITY_WORDS))

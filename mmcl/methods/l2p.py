@@ -4,6 +4,10 @@ The backbone stays frozen; a single :class:`~mmcl.models.prompts.PromptPool` ser
 Each image's frozen embedding is the query that picks its top-k prompts; the prompted embedding
 goes to a cosine head initialised at the class text embeddings. Training loss: cross-entropy over
 the current task's classes (L2P masks the other classes' logits) plus the key-query matching loss.
+Keys, prompts and the head train at one learning rate, ``prompt_lr_scale`` x ``train.lr`` (L2P:
+one Adam rate, 0.03, for all three): the engine's rate is set for fine-tuning backbone blocks, and
+at it a text-anchored head does not leave the zero-shot solution in a few epochs (measured in
+``docs/methods/comm.md``).
 It ignores the modality ID, which makes it the shared-pool contrast to COMM's modality pools.
 """
 from __future__ import annotations
@@ -49,7 +53,7 @@ class L2P(Method):
         prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
         prompt_init_std: float = 0.02
         matching_weight: float = 0.5  # weight of the key-query matching loss
-        prompt_lr_scale: float = 1.0  # learning rate of keys and prompts = this x train.lr
+        prompt_lr_scale: float = 10.0  # learning rate of keys, prompts and head = this x train.lr
         train_head: bool = True  # the cosine head starts at the class text embeddings
         ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
 
@@ -84,9 +88,10 @@ class L2P(Method):
 
 
 def prompt_parameter_groups(method, prompt_lr: float, extra: dict[str, float] | None = None) -> list[dict]:
-    """Trainable parameters in groups: prompt pools (keys, prompts) at ``prompt_lr``, submodules
-    named in ``extra`` (name prefix -> learning rate) at theirs, the rest at the engine's rate."""
-    rates = {("pool.", "pools."): prompt_lr, **{(prefix + ".",): lr for prefix, lr in (extra or {}).items()}}
+    """Trainable parameters in groups: prompt pools (keys, prompts) and the classifier head at
+    ``prompt_lr``, submodules named in ``extra`` (name prefix -> learning rate) at theirs, the rest
+    at the engine's rate."""
+    rates = {("pool.", "pools.", "head."): prompt_lr, **{(prefix + ".",): lr for prefix, lr in (extra or {}).items()}}
     groups: dict[tuple, list] = {prefixes: [] for prefixes in rates}
     others = []
     for name, parameter in method.named_parameters():
