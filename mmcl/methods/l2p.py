@@ -42,7 +42,9 @@ class L2P(Method):
     name = "l2p"
     compatible_scenarios = ("modality_incremental",)  # one modality per batch (see single_modality)
     description = "learning to prompt: one shared prompt pool, top-k key-query selection"
-    ablations = {"no-matching-loss": {"matching_weight": 0.0}}
+    # unmasked: cross-entropy over every seen class. L2P's mask keeps the frozen features of a new
+    # modality where zero-shot puts them; on the tiny stream that is in the image classes for depth.
+    ablations = {"no-matching-loss": {"matching_weight": 0.0}, "unmasked": {"ce_over": "seen"}}
 
     @dataclass(config={"extra": "forbid"})
     class Config:
