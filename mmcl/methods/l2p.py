@@ -42,8 +42,8 @@ class L2P(Method):
     name = "l2p"
     compatible_scenarios = ("modality_incremental",)  # one modality per batch (see single_modality)
     description = "learning to prompt: one shared prompt pool, top-k key-query selection"
-    # unmasked: cross-entropy over every seen class. L2P's mask keeps the frozen features of a new
-    # modality where zero-shot puts them; on the tiny stream that is in the image classes for depth.
+    # unmasked: cross-entropy over every seen class. Under L2P's mask nothing moves a new modality's
+    # samples out of the old classes' logits (tiny: 97 % of depth predictions land there).
     ablations = {"no-matching-loss": {"matching_weight": 0.0}, "unmasked": {"ce_over": "seen"}}
 
     @dataclass(config={"extra": "forbid"})
