@@ -35,10 +35,11 @@ UNTRAINED_OVERRIDES = {"comm": ["methods.comm.realign=false"]}
 NOT_LEARNED_ON_SMOKE = {
     ("lwf", "modality_incremental"): "audio 39 % vs zero-shot 33 %; without the distillation of the image "
                                      "classes' logits (distillation_weight=0) 83 %, as fine-tuning",
-    ("comm", "modality_incremental"): "prompts at the input of the frozen micro tower do not separate the "
-                                      "spectrograms, and the head moves little in 9 steps: audio 33 % / 28 % "
-                                      "(aware / agnostic) vs zero-shot 33 %",
-    ("l2p", "modality_incremental"): "as COMM: audio 39 % vs zero-shot 33 %",
+    ("comm", "modality_incremental"): "audio 39 % (aware and agnostic) vs zero-shot 33 %: the frozen micro tower maps "
+                                      "the spectrograms to nearly one embedding (cosine 0.991 between classes); a "
+                                      "linear probe separates them (94 %), 9 steps of prompts and head do not. On "
+                                      "tiny COMM passes (tests/test_tiny.py)",
+    ("l2p", "modality_incremental"): "as COMM: audio 33 % vs zero-shot 33 %",
 }
 
 

@@ -1,10 +1,12 @@
-"""Behaviour on the embedded tiny profile (about two minutes, most of it the one-off backbone
-pre-training): sequential fine-tuning forgets, joint training is the upper bound, and training
-learns the modalities the pre-trained backbone cannot read zero-shot."""
+"""Behaviour on the embedded tiny profile (a few minutes, the backbone pre-training once):
+sequential fine-tuning forgets, joint training is the upper bound, and training learns the
+modalities the pre-trained backbone cannot read zero-shot."""
 import pytest
 
 from mmcl import engine
 from mmcl.config import load_config
+
+from learning_check import UNTRAINED_OVERRIDES, learns
 
 pytestmark = pytest.mark.slow
 BASELINES = ["zero-shot", "finetune", "joint", "lwf", "ewc", "replay"]
@@ -44,3 +46,31 @@ def test_training_learns_what_zero_shot_cannot_read(tiny):
     for modality in ("audio", "depth"):
         # zero-shot is near chance (2.5 %) on both; joint training must lift each clearly above it
         assert joint["accuracy_by_modality"][modality] > zero["accuracy_by_modality"][modality] + 15, modality
+
+
+# The prompt methods do not learn the smoke stream's audio (see learning_check.NOT_LEARNED_ON_SMOKE);
+# on tiny they must pass the same check, and their untrained controls must fail it. Seed 0.
+# Published L2P masks the logits of other tasks' classes in training, so nothing in its loss moves a
+# new modality out of the old classes: 97 % of its depth predictions land there (measured: depth 2 %
+# vs zero-shot 2 %, audio 25 % vs 9 %, 0.09 of zero-shot's errors fixed); its unmasked variant
+# learns both (51 %, 30 %; 0.37).
+PROMPT_LEARNING_CASES = [
+    pytest.param("comm", None, True, id="comm-trained"),
+    pytest.param("comm", None, False, id="comm-untrained"),
+    pytest.param("l2p", None, True, id="l2p-trained", marks=pytest.mark.xfail(
+        strict=True, reason="L2P's train-time mask: depth 2 % vs zero-shot 2 %")),
+    pytest.param("l2p", "unmasked", True, id="l2p~unmasked-trained"),
+    pytest.param("l2p", None, False, id="l2p-untrained"),
+]
+
+
+@pytest.mark.parametrize("method, variant, trained", PROMPT_LEARNING_CASES)
+def test_prompt_methods_learn_what_zero_shot_cannot_read(tmp_path, method, variant, trained):
+    overrides = [f"runtime.output_dir={tmp_path / 'runs'}", "runtime.progress=false"]
+    if not trained:
+        overrides += ["train.epochs=0", *UNTRAINED_OVERRIDES.get(method, [])]
+    hparams = engine.variant_overrides(method, variant) if variant else None
+    metrics = engine.run(load_config("tiny", overrides), "modality_incremental", method, seed=0,
+                         variant=variant, hparams=hparams).metrics
+    verdict, checks = learns(metrics)
+    assert verdict is trained, checks

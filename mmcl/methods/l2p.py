@@ -4,6 +4,10 @@ The backbone stays frozen; a single :class:`~mmcl.models.prompts.PromptPool` ser
 Each image's frozen embedding is the query that picks its top-k prompts; the prompted embedding
 goes to a cosine head initialised at the class text embeddings. Training loss: cross-entropy over
 the current task's classes (L2P masks the other classes' logits) plus the key-query matching loss.
+Keys, prompts and the head train at one learning rate, ``prompt_lr_scale`` x ``train.lr`` (L2P:
+one Adam rate, 0.03, for all three): the engine's rate is set for fine-tuning backbone blocks, and
+at it a text-anchored head does not leave the zero-shot solution in a few epochs (measured in
+``docs/methods/comm.md``).
 It ignores the modality ID, which makes it the shared-pool contrast to COMM's modality pools.
 """
 from __future__ import annotations
@@ -60,7 +64,9 @@ class L2P(Method):
     name = "l2p"
     compatible_scenarios = ("modality_incremental",)  # one modality per batch (see single_modality)
     description = "learning to prompt: one shared prompt pool, top-k key-query selection"
-    ablations = {"no-matching-loss": {"matching_weight": 0.0}}
+    # unmasked: cross-entropy over every seen class. Under L2P's mask nothing moves a new modality's
+    # samples out of the old classes' logits (tiny: 97 % of depth predictions land there).
+    ablations = {"no-matching-loss": {"matching_weight": 0.0}, "unmasked": {"ce_over": "seen"}}
 
     @dataclass(config={"extra": "forbid"})
     class Config:
@@ -71,7 +77,7 @@ class L2P(Method):
         prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
         prompt_init_std: float = Field(0.02, ge=0)
         matching_weight: float = Field(0.5, ge=0)  # weight of the key-query matching loss
-        prompt_lr_scale: float = Field(1.0, ge=0)  # learning rate of keys and prompts = this x train.lr
+        prompt_lr_scale: float = Field(10.0, gt=0)  # learning rate of keys, prompts and head = this x train.lr
         train_head: bool = True  # the cosine head starts at the class text embeddings
         ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
 
@@ -110,9 +116,10 @@ class L2P(Method):
 
 
 def prompt_parameter_groups(method, prompt_lr: float, extra: dict[str, float] | None = None) -> list[dict]:
-    """Trainable parameters in groups: prompt pools (keys, prompts) at ``prompt_lr``, submodules
-    named in ``extra`` (name prefix -> learning rate) at theirs, the rest at the engine's rate."""
-    rates = {("pool.", "pools."): prompt_lr, **{(prefix + ".",): lr for prefix, lr in (extra or {}).items()}}
+    """Trainable parameters in groups: prompt pools (keys, prompts) and the classifier head at
+    ``prompt_lr``, submodules named in ``extra`` (name prefix -> learning rate) at theirs, the rest
+    at the engine's rate."""
+    rates = {("pool.", "pools.", "head."): prompt_lr, **{(prefix + ".",): lr for prefix, lr in (extra or {}).items()}}
     groups: dict[tuple, list] = {prefixes: [] for prefixes in rates}
     others = []
     for name, parameter in method.named_parameters():
