@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 
-from mmcl.config import SCENARIOS, ConfigError, available_profiles, load_config
+from mmcl.config import SCENARIOS, ConfigError, PreparedDataError, available_profiles, load_config
 
 
 def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             except NotebookFailed as error:
                 print(f"mmcl reproduce: {error}", file=sys.stderr)
                 return 1
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, PreparedDataError) as error:
         print(f"mmcl: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -27,6 +27,10 @@ class ConfigError(ValueError):
     """A profile, override or method hyper-parameter is invalid; the message names the key."""
 
 
+class PreparedDataError(ValueError):
+    """A prepared (real) dataset's file is unreadable; the message names the file and what to do."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -95,3 +95,16 @@ def test_task_without_test_samples_is_named_at_stream_build(tmp_path, capsys):
     assert error.startswith("mmcl: error: benchmark 'av-events': task ") and "has no test samples" in error
     assert "of the class_incremental stream" in error
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("damaged", ["train.pt", "meta.json"])
+def test_unreadable_prepared_file_is_one_line_naming_it(tmp_path, capsys, damaged):
+    prepared = tmp_path / "prepared"
+    write_prepared(prepared, load_config("smoke"), test_classes=range(6))
+    (prepared / damaged).write_bytes((prepared / damaged).read_bytes()[:40])  # truncated
+    run_cli(tmp_path, "class_incremental", "finetune", "benchmarks.av-events.source=processed",
+            f"benchmarks.av-events.path={prepared}")
+    error = last_line(capsys)
+    assert error.startswith("mmcl: error: benchmark 'av-events': ") and str(prepared / damaged) in error
+    assert error.endswith("re-run the preparation")
+    assert not (tmp_path / "runs").exists()

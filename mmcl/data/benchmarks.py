@@ -56,12 +56,10 @@ def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None
     if spec.source == "synthetic":
         train, test = _cached_synthetic(config, name, spec, progress)
     else:
-        import json
-
-        from mmcl.data.processed import load_processed
+        from mmcl.data.processed import _read_meta, load_processed
 
         train, test = load_processed(spec, name, config.data)
-        class_modalities = json.loads((processed_root(spec, name) / "meta.json").read_text()).get("class_modalities")
+        class_modalities = _read_meta(processed_root(spec, name) / "meta.json", name).get("class_modalities")
     if "text" in spec.modalities:
         if tokenizer is None:
             raise ValueError(f"benchmark {name!r} has a text modality: pass the model's tokenizer")

@@ -21,10 +21,21 @@ import logging
 
 import torch
 
-from mmcl.config import BenchmarkConfig, ConfigError, DataConfig
+from mmcl.config import BenchmarkConfig, ConfigError, DataConfig, PreparedDataError
 from mmcl.data.dataset import MultiModalDataset
 
 FORMAT_VERSION = 2
+
+
+def _read_meta(meta_path, name: str) -> dict:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as error:
+        raise PreparedDataError(f"benchmark {name!r}: {meta_path} is unreadable ({error}); re-run the preparation") \
+            from None
+    if not isinstance(meta, dict):
+        raise PreparedDataError(f"benchmark {name!r}: {meta_path} is not a JSON object; re-run the preparation")
+    return meta
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +111,7 @@ def load_processed(spec: BenchmarkConfig, name: str, data: DataConfig | None = N
             f"(notebooks/00_data_prep.ipynb or `python -m data_prep --help`); an interrupted "
             f"preparation leaves no meta.json and is resumed by running it again."
         )
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(meta_path, name)
     if not meta.get("complete"):
         raise ConfigError(f"benchmark {name!r}: {meta_path} says the preparation is incomplete")
     missing = [m for m in spec.modalities if m not in meta["modalities"]]
@@ -121,7 +132,8 @@ def load_processed(spec: BenchmarkConfig, name: str, data: DataConfig | None = N
         except FileNotFoundError:
             raise FileNotFoundError(f"benchmark {name!r}: {path} is missing; re-run the preparation") from None
         except Exception as error:
-            raise ValueError(f"benchmark {name!r}: {path} is unreadable ({error}); re-run the preparation") from error
+            raise PreparedDataError(f"benchmark {name!r}: {path} is unreadable ({type(error).__name__}: "
+                                    f"{str(error).splitlines()[0] if str(error) else ''}); re-run the preparation") from None
         n = len(stored["labels"])
         rows = stored.get("rows") or {}
         stored["inputs"] = {m: expand_rows(stored["inputs"][m], rows[m], n) if m in rows else stored["inputs"][m]
