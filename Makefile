@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
-# Two seeds keep the whole tiny pipeline within 15 minutes on 2 CPU cores, set-up included;
-# `mmcl reproduce --profile tiny --seeds 0 1 2` gives the three-seed tables (about 4 minutes more).
+# Two seeds by default (the README gives the measured time on 2 CPU cores);
+# `mmcl reproduce --profile tiny --seeds 0 1 2` gives the three-seed tables.
 reproduce: $(STAMP)
 	$(BIN)/mmcl reproduce --profile tiny --seeds 0 1
 
