@@ -504,11 +504,6 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
 def _checkpoint_problem(state, index: int) -> str | None:
     """Why a loaded checkpoint of task ``index`` cannot be resumed from, or None when it can."""
     if not isinstance(state, dict):

@@ -364,12 +364,6 @@ def code_version() -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": dirty, "source_fingerprint": source_fingerprint()}
 
 
-def git_commit() -> str | None:
-    """The commit of the package's checkout with a ``-dirty`` suffix for local changes, or None."""
-    commit, dirty = git_state()
-    return None if commit is None else commit + ("-dirty" if dirty else "")
-
-
 def manifest(device: torch.device) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
