@@ -99,17 +99,29 @@ def scenario_benchmark(config: Config, scenario: str, benchmark: str | None) -> 
 
 
 def variant_overrides(method: str, variant: str) -> dict:
-    """The hyper-parameter overrides of a named ablation variant (``Method.ablations``) of ``method``."""
-    ablations = method_class(method).ablations
+    """The hyper-parameter overrides of a named variant of ``method``: an ablation
+    (``Method.ablations``) or a fair comparison (``Method.comparisons``)."""
+    cls = method_class(method)
+    ablations = {**cls.ablations, **cls.comparisons}
     if variant not in ablations:
         known = ", ".join(sorted(ablations)) or "none"
         raise ConfigError(f"method {method!r} has no variant {variant!r} (its variants: {known})")
     return dict(ablations[variant])
 
 
+def merge_nested(base: dict, overrides: dict) -> dict:
+    """``base`` updated with ``overrides``, mappings merged key by key (``head: {freeze_old_rows: true}``
+    keeps the other ``head`` keys)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = merge_nested(merged[key], value) \
+            if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
 def with_method_overrides(config: Config, method: str, hparams: dict | None) -> Config:
     """``config`` with ``hparams`` merged into ``methods.<method>`` (a copy; ``config`` is unchanged)."""
-    method_hparams = {**config.methods, method: {**config.methods.get(method, {}), **(hparams or {})}}
+    method_hparams = {**config.methods, method: merge_nested(config.methods.get(method, {}), hparams or {})}
     return config.model_copy(update={"methods": method_hparams}, deep=True)
 
 
@@ -198,9 +210,14 @@ def train_step(method: Method, batch, task: Task, optimizer: torch.optim.Optimiz
         raise FloatingPointError(f"{method.name}: non-finite loss at task {task.index} ({parts})")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    heads = method.class_heads()
+    for head in heads:  # frozen head rows: no gradient, so no clipping share and no optimizer moments
+        head.mask_gradient()
     if config.train.grad_clip:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.train.grad_clip)
     optimizer.step()
+    for head in heads:  # ... and weight decay cannot move them either
+        head.restore_frozen_rows()
     method.after_optimizer_step(task)
     return loss.detach(), parts
 
@@ -390,6 +407,11 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         raise _other_configuration(location, "an unfinished")
     run_record = {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant, "seed": seed,
                   "profile": config.profile, "identity": location.identity, "difference": location.difference}
+    method_cls = method_class(method)
+    if variant in method_cls.comparisons:  # a fair comparison: a row of the main tables, with what it is
+        run_record |= {"role": "comparison", "variant_overrides": method_cls.comparisons[variant]}
+    elif variant:
+        run_record["role"] = "ablation"
 
     method_obj, stream = built
     tasks, modes = stream.tasks, evaluation_modes(scenario)
@@ -459,6 +481,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
 
     metrics = finalize(rows, zero_shot, modes, scenario, tasks)
     metrics["run"] = {**run_record, "hparams": method_obj.hparams_dict(), **records.code_version()}
+    metrics.update(method_obj.run_record())
     metrics["timing"] = {"run_seconds_this_session": time.perf_counter() - started,
                          "train_seconds": sum(r.get("train_seconds", 0.0) for r in rows),
                          "eval_seconds": sum(r["eval_seconds"] for r in rows)}

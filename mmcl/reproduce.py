@@ -61,12 +61,24 @@ def _run_all(config: Config, jobs: list[dict], output_dir: str | Path | None, wh
 
 def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
                benchmarks: Sequence[str] | None = None) -> list[dict]:
-    """The runs of a scenario sweep (keyword arguments of :func:`mmcl.engine.run`)."""
+    """The runs of a scenario sweep (keyword arguments of :func:`mmcl.engine.run`): every compatible
+    method with its defaults and, where the scenario is one of its ``comparison_scenarios``, each of
+    its fair-comparison variants (``Method.comparisons``), next to it."""
     from mmcl.engine import scenario_benchmark
 
+    from mmcl.methods import REGISTRY
+
     benchmarks = list(benchmarks or [scenario_benchmark(config, scenario, None)])
-    return [{"scenario": scenario, "benchmark": benchmark, "method": method, "seed": int(seed)}
-            for benchmark in benchmarks for method in compatible_methods(scenario, methods) for seed in seeds]
+    jobs = []
+    for benchmark in benchmarks:
+        for method in compatible_methods(scenario, methods):
+            cls = REGISTRY[method]
+            comparisons = cls.comparisons.items() if scenario in cls.comparison_scenarios else ()
+            for variant, overrides in [(None, None), *comparisons]:
+                for seed in seeds:
+                    job = {"scenario": scenario, "benchmark": benchmark, "method": method, "seed": int(seed)}
+                    jobs.append(job | ({"variant": variant, "hparams": overrides} if variant else {}))
+    return jobs
 
 
 def run_sweep(config: Config, scenario: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),

@@ -57,7 +57,7 @@ METHOD_ORDER = ("zero-shot", "finetune", "ewc", "lwf", "replay", "l2p", "moe-ada
 COLUMNS = ["profile", "scenario", "benchmark", "method", "variant", "label", "seed", "mode", "num_tasks",
            *SUMMARY_METRICS, "accuracy_by_modality", "accuracy_matrix", "zero_shot", "task_names",
            "modality_order", "train_seconds", "eval_seconds", "run_seconds", "peak_rss_mib", "cuda_peak_mib",
-           "identity", "difference", "source_fingerprint", "git_commit", "git_dirty", "run_dir"]
+           "identity", "difference", "source_fingerprint", "git_commit", "git_dirty", "run_dir", "role", "note"]
 
 
 def _value_text(value) -> str:
@@ -144,8 +144,33 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
             "source_fingerprint": run.get("source_fingerprint"), "git_commit": run.get("git_commit"),
             "git_dirty": run.get("git_dirty"), "run_dir": str(run_dir),
         }
+        row["role"], row["note"] = run.get("role"), run_note(row["label"], run, metrics)
         rows.append(row)
     return rows
+
+
+def run_note(label: str, run: dict, metrics: dict) -> str | None:
+    """What a table row is, where its label does not say it: a fair comparison's overrides, the
+    replay buffer as a share of the training data. None for other runs."""
+    if run.get("role") == "comparison" and run.get("variant_overrides"):
+        flat = _dotted(run["variant_overrides"])
+        return f"{label}: {run['method']} with " + ", ".join(f"{k}={_value_text(v)}" for k, v in flat.items())
+    buffer = metrics.get("buffer")
+    if buffer:
+        cap = f", capped at {buffer['buffer_size']}" if buffer.get("buffer_size") is not None else ""
+        return (f"{label}: buffer of {buffer['size']} exemplars ({buffer['per_class']} per class{cap}), "
+                f"{100 * buffer['share_of_training_data']:.1f} % of the training data")
+    return None
+
+
+def _dotted(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def load_runs(*paths: str | Path) -> pd.DataFrame:
@@ -166,7 +191,7 @@ def load_runs(*paths: str | Path) -> pd.DataFrame:
     """
     rows = [row for run_dir in find_run_dirs(*paths) for row in _rows_of_run(run_dir)]
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    for column in ("variant", "identity", "source_fingerprint", "git_commit", "git_dirty"):
+    for column in ("variant", "identity", "source_fingerprint", "git_commit", "git_dirty", "role", "note"):
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     require_single_identity(frame)
     return _ordered(frame, ["profile", "scenario", "benchmark", "mode", "label", "seed"])
@@ -301,15 +326,29 @@ def _ordered(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 def main_table(runs: pd.DataFrame, scenario: str, metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
     """Main results of one scenario: per benchmark, evaluation mode and method, mean ± std over seeds.
 
-    Ablation variants are left out (see :func:`ablation_table`). Columns: benchmark, mode, method,
-    seeds, ``<metric>_mean``, ``<metric>_std``.
+    Fair-comparison variants (``Method.comparisons``, run by the main sweeps) are rows of their own
+    next to their method; ablation variants are left out (see :func:`ablation_table`). Columns:
+    benchmark, mode, method, seeds, ``<metric>_mean``, ``<metric>_std``, ``run_versions`` and
+    ``notes`` (what a comparison row is, the replay buffer's share of the training data; written
+    under the table by :func:`write_table`).
     """
-    selected = runs[(runs["scenario"] == scenario) & runs["variant"].isna()]
+    selected = runs[(runs["scenario"] == scenario) & (runs["variant"].isna() | is_comparison(runs))]
     if selected.empty:
-        return summarize_over_seeds(selected, ["benchmark", "mode", "label"], metrics).rename(columns={"label": "method"})
+        table = summarize_over_seeds(selected, ["benchmark", "mode", "label"], metrics)
+        return table.assign(notes=[]).rename(columns={"label": "method"})
     single_profile(selected)
     table = summarize_over_seeds(selected, ["benchmark", "mode", "label"], metrics)
+    notes = selected.groupby(["benchmark", "mode", "label"], sort=False)["note"].agg(
+        lambda values: tuple(sorted({v for v in values if isinstance(v, str)})))
+    table["notes"] = [notes.get((b, m, label), ()) for b, m, label in zip(table["benchmark"], table["mode"], table["label"])]
     return _ordered(table, ["benchmark", "mode", "label"]).rename(columns={"label": "method"})
+
+
+def is_comparison(runs: pd.DataFrame) -> pd.Series:
+    """Rows of fair-comparison variants (recorded ``role``; absent in runs recorded before roles were)."""
+    if "role" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["role"].eq("comparison")
 
 
 def ablation_table(runs: pd.DataFrame, metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
@@ -326,6 +365,7 @@ def ablation_table(runs: pd.DataFrame, metrics: Sequence[str] = MAIN_METRICS) ->
     """
     columns = ["scenario", "benchmark", "mode", "method", "variant", "seeds",
                *[f"{m}_{s}" for m in metrics for s in ("mean", "std")], "delta_final_accuracy", "run_versions"]
+    runs = runs[~is_comparison(runs)]  # fair comparisons are rows of the main tables
     if runs[runs["variant"].notna()].empty:
         return pd.DataFrame(columns=columns)
     differences = runs["difference"] if "difference" in runs else [None] * len(runs)
@@ -368,7 +408,7 @@ def display_table(table: pd.DataFrame, decimals: int = 1, plus_minus: str = " ±
     Modes are shown by their titles; a ``mode`` column holding only ``standard`` is dropped, and
     so is ``run_versions`` (:func:`write_table` states the code version under the table).
     """
-    shown = table.drop(columns=["run_versions"], errors="ignore")
+    shown = table.drop(columns=["run_versions", "notes"], errors="ignore")
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
     for metric in metrics:
         shown[METRIC_HEADERS.get(metric, metric)] = [
@@ -443,6 +483,13 @@ def to_markdown(shown: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def table_notes(table: pd.DataFrame) -> list[str]:
+    """The rows' notes (see :func:`main_table`), each once, in the table's order."""
+    if "notes" not in table:
+        return []
+    return list(dict.fromkeys(note for notes in table["notes"] for note in notes))
+
+
 def code_footnotes(table: pd.DataFrame) -> list[str]:
     """The code version of a table's runs (from its ``run_versions`` column), as footnote lines:
     ``["Code: source a1b2c3d4e5f6 (commit 1234567, dirty)"]``; when the runs come from several
@@ -477,10 +524,10 @@ def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: st
     shown = display_table(table, decimals)
     if group_by not in shown.columns:
         group_by = None
-    footnotes = code_footnotes(table)
+    footnotes = table_notes(table) + code_footnotes(table)
     comment = (f"{title}\n" if title else "") + "mean ± sample std over seeds; generated by mmcl.results from run records"
     paths = {"csv": directory / f"{name}.csv", "tex": directory / f"{name}.tex", "md": directory / f"{name}.md"}
-    numbers = table.drop(columns=["run_versions"], errors="ignore")
+    numbers = table.drop(columns=["run_versions", "notes"], errors="ignore")
     if "run_versions" in table:
         numbers["code"] = ["; ".join(sorted({version for _, version in pairs})) for pairs in table["run_versions"]]
     numbers.to_csv(paths["csv"], index=False, float_format="%.4f")

@@ -8,8 +8,11 @@ import pytest
 import torch
 import yaml
 
-from mmcl import engine, records
+from mmcl import engine, records, reproduce
 from mmcl.config import ConfigError, load_config
+from mmcl.data.dataset import Batch, MultiModalDataset
+from mmcl.methods.base import CosineClassifier, HeadConfig, Method, Task, apply_head_rules, method_class
+from mmcl.methods.replay import ExemplarBuffer
 from mmcl.metrics import forward_transfer
 
 from learning_check import assert_learning_verdict, learning_cases
@@ -80,6 +83,12 @@ def test_run_folder_holds_the_whole_record(smoke_config):
         forward_transfer(matrix, metrics["zero_shot"]["modality_agnostic"]))
     lines = records.read_jsonl(folder / "tasks.jsonl")
     assert [line["task"] for line in lines] == [0, 1] and lines[0]["modalities"] == [order["modality_order"][0]]
+    # The replay buffer: 5 exemplars per class by default, its share of the training data.
+    buffer = metrics["buffer"]
+    classes = sorted(c for line in lines for c in line["classes"])
+    assert buffer["per_class"] == 5 and buffer["buffer_size"] is None
+    assert buffer["per_class_kept"] == {str(c): 5 for c in classes} and buffer["size"] == 5 * len(classes)
+    assert buffer["share_of_training_data"] == pytest.approx(buffer["size"] / buffer["training_samples"])
 
 
 def test_complete_runs_are_reused_and_force_reruns(smoke_config):
@@ -222,3 +231,143 @@ def test_atomic_writes_leave_no_partial_file_and_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --------------------------------------------------------------------- equal footing: head rules
+class _HeadOnly(Method):
+    """A method that is only a cosine head over 3 classes of 2-d features (for hand-computed steps)."""
+
+    name = "head-only"
+
+    def __init__(self, rules):
+        super().__init__(None, None, None)
+        self.head = CosineClassifier(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), scale=1.0)
+        self.rules = rules
+
+    def training_loss(self, batch, task):
+        space = torch.tensor([0, 1, 2])
+        return torch.nn.functional.cross_entropy(self.head(batch.inputs["image"], space), batch.labels)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_frozen_old_rows_get_no_gradient_and_no_update_from_weight_decay_or_momentum(optimizer):
+    config = load_config("smoke", [f"train.optimizer={optimizer}", "train.weight_decay=0.5", "train.lr=0.1",
+                                   "train.momentum=0.9", "train.grad_clip=1.0"])
+    method = _HeadOnly(HeadConfig(freeze_old_rows=True))
+    first, second = Task(0, [0, 1], ["image"], None, None), Task(1, [2], ["image"], None, None)
+    batch = Batch({"image": torch.tensor([[1.0, 0.2], [0.1, 1.0], [0.8, 0.9]])}, torch.tensor([0, 1, 2]),
+                  torch.zeros(3, dtype=torch.long))
+    apply_head_rules(method.head, method.rules, first)
+    assert method.head.frozen.tolist() == [False, False, True]  # the rows of later classes wait too
+    opt = engine.make_optimizer(method, config)
+    engine.train_step(method, batch, first, opt, config, torch.device("cpu"))
+    assert torch.equal(method.head.weight[2], torch.tensor([1.0, 1.0]))
+    assert not torch.equal(method.head.weight[0], torch.tensor([1.0, 0.0]))
+    # Task 1 with the momentum of task 0's optimizer kept (the engine makes a new one; the rule
+    # must hold even if a method kept its optimizer): rows 0 and 1 do not move at all.
+    apply_head_rules(method.head, method.rules, second)
+    old = method.head.weight[:2].detach().clone()
+    for _ in range(3):
+        engine.train_step(method, batch, second, opt, config, torch.device("cpu"))
+        assert torch.count_nonzero(method.head.weight.grad[:2]) == 0
+    assert torch.equal(method.head.weight[:2], old)
+    assert not torch.equal(method.head.weight[2], torch.tensor([1.0, 1.0]))
+    # Without the rule every row trains (today's default of the baselines).
+    apply_head_rules(method.head, HeadConfig(), second)
+    engine.train_step(method, batch, second, opt, config, torch.device("cpu"))
+    assert not torch.equal(method.head.weight[:2], old)
+
+
+def test_first_adamw_step_of_a_trainable_row_by_hand():
+    config = load_config("smoke", ["train.optimizer=adamw", "train.weight_decay=0.5", "train.lr=0.1",
+                                   "train.grad_clip=null"])
+    method = _HeadOnly(HeadConfig(freeze_old_rows=True))
+    task = Task(0, [2], ["image"], None, None)
+    batch = Batch({"image": torch.tensor([[0.8, 0.9]])}, torch.tensor([2]), torch.zeros(1, dtype=torch.long))
+    apply_head_rules(method.head, method.rules, task)
+    engine.train_step(method, batch, task, engine.make_optimizer(method, config), config, torch.device("cpu"))
+    gradient = method.head.weight.grad[2]
+    # AdamW, first step: p <- p (1 - lr wd) - lr g / (|g| + eps) = [1, 1] * 0.95 - 0.1 * sign(g)
+    expected = torch.tensor([1.0, 1.0]) * 0.95 - 0.1 * torch.sign(gradient)
+    assert torch.allclose(method.head.weight[2], expected, atol=1e-6)
+    assert torch.equal(method.head.weight[:2], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+
+
+def test_head_keys_are_validated_with_their_dotted_name(smoke_config):
+    with pytest.raises(ConfigError, match=r"^invalid method hyper-parameters: methods\.lwf\.head\.freeze_old_rowz: "
+                                          r"unknown key$"):
+        engine.run(smoke_config.model_copy(update={"methods": {"lwf": {"head": {"freeze_old_rowz": True}}}}),
+                   "class_incremental", "lwf", seed=0)
+    # The MoE adapters default to frozen old rows; setting another head key keeps that default.
+    hparams = method_class("moe-adapters").make_config({"head": {"train": False}})
+    assert hparams.head == HeadConfig(train=False, freeze_old_rows=True)
+    assert method_class("lwf").make_config(None).head == HeadConfig(train=True, freeze_old_rows=False)
+
+
+def test_comparison_variants_run_in_the_main_class_incremental_sweep_only():
+    config = load_config("smoke")
+    jobs = reproduce.sweep_jobs(config, "class_incremental")
+    variants = [(j["method"], j.get("variant")) for j in jobs if j.get("variant")]
+    assert variants == [("ewc", "frozen-head"), ("lwf", "frozen-head"),
+                        ("moe-adapters", "adapter-finetune"), ("moe-adapters", "adapter-lwf")]
+    lwf = next(j for j in jobs if j.get("variant") == "frozen-head" and j["method"] == "lwf")
+    assert lwf["hparams"] == {"head": {"freeze_old_rows": True}}
+    assert not any(j.get("variant") for j in reproduce.sweep_jobs(config, "domain_incremental"))
+    # adapter-lwf is adapter-finetune plus the method's distillation (LwF's loss), nothing else.
+    comparisons = method_class("moe-adapters").comparisons
+    finetune, lwf_adapter = comparisons["adapter-finetune"], comparisons["adapter-lwf"]
+    assert {k: v for k, v in finetune.items() if k != "kd_weight"} == lwf_adapter
+    assert method_class("moe-adapters").make_config(lwf_adapter).kd_weight > 0
+
+
+def test_a_comparison_run_records_its_role_and_merges_nested_overrides(smoke_config):
+    merged = engine.with_method_overrides(
+        smoke_config.model_copy(update={"methods": {"lwf": {"head": {"train": False}, "temperature": 3.0}}}),
+        "lwf", {"head": {"freeze_old_rows": True}})
+    assert merged.methods["lwf"] == {"head": {"train": False, "freeze_old_rows": True}, "temperature": 3.0}
+    overrides = engine.variant_overrides("lwf", "frozen-head")
+    result = engine.run(smoke_config.model_copy(update={"train": smoke_config.train.model_copy(update={"epochs": 1})}),
+                        "class_incremental", "lwf", seed=0, variant="frozen-head", hparams=overrides)
+    run = result.metrics["run"]
+    assert run["role"] == "comparison" and run["variant_overrides"] == {"head": {"freeze_old_rows": True}}
+    assert run["hparams"]["head"] == {"train": True, "freeze_old_rows": True}
+    assert result.run_dir.parts[-2].startswith("lwf~frozen-head@")  # its own folder (train.epochs=1 differs)
+
+
+# ------------------------------------------------------------------ equal footing: replay buffer
+def _dataset(labels, offset=0):
+    labels = torch.tensor(labels)
+    ids = torch.arange(len(labels), dtype=torch.float32) + offset
+    return MultiModalDataset({"image": ids[:, None]}, labels, torch.zeros(len(labels), dtype=torch.long),
+                             [str(c) for c in range(4)], ["d"])
+
+
+def _kept(buffer):
+    return {key: [int(item[0]["image"][0]) for item in group] for key, group in buffer.groups.items()}
+
+
+def test_replay_buffer_is_class_balanced_and_deterministic_by_seed():
+    first, second = _dataset([0, 1] * 6), _dataset([2] * 4 + [3] * 8, offset=100)
+    buffer = ExemplarBuffer(per_class=3)
+    buffer.add_task(first, 0, torch.Generator().manual_seed(7))
+    # Exact contents: class 0 holds the even ids, class 1 the odd ones; 3 of each, drawn by the
+    # task's generator in class order.
+    generator = torch.Generator().manual_seed(7)
+    expected_0 = [2 * int(i) for i in torch.randperm(6, generator=generator)[:3]]
+    expected_1 = [2 * int(i) + 1 for i in torch.randperm(6, generator=generator)[:3]]
+    assert _kept(buffer) == {(0, 0): expected_0, (1, 0): expected_1}
+    buffer.add_task(second, 1, torch.Generator().manual_seed(8))
+    kept = _kept(buffer)
+    assert buffer.counts() == {"0": 3, "1": 3, "2": 3, "3": 3} and len(buffer) == 12
+    assert all(100 <= i < 104 for i in kept[(2, 1)]) and all(104 <= i < 112 for i in kept[(3, 1)])
+    assert all(len(set(ids)) == len(ids) for ids in kept.values())
+    again = ExemplarBuffer(per_class=3)
+    again.add_task(first, 0, torch.Generator().manual_seed(7))
+    again.add_task(second, 1, torch.Generator().manual_seed(8))
+    assert _kept(again) == kept
+    # A total cap: 4 groups share 8 slots, 2 each, the earlier groups keep their first draws.
+    capped = ExemplarBuffer(per_class=3, capacity=8)
+    capped.add_task(first, 0, torch.Generator().manual_seed(7))
+    assert _kept(capped) == {(0, 0): expected_0, (1, 0): expected_1}
+    capped.add_task(second, 1, torch.Generator().manual_seed(8))
+    assert _kept(capped) == {key: ids[:2] for key, ids in kept.items()}

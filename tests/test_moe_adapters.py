@@ -8,9 +8,10 @@ import torch
 
 from mmcl import engine
 from mmcl.config import load_config
+from mmcl.methods.base import CosineClassifier
 from mmcl.methods.moe_adapters import (
-    GrowingCosineClassifier,
     fuse_embeddings,
+    head_rows,
     relation_loss,
     relaxed_alignment_loss,
     strict_alignment_loss,
@@ -77,7 +78,7 @@ def test_relation_loss_known_value_and_zero_for_same_features():
 def test_concat_fusion_with_tiled_text_rows_scores_the_mean_cosine():
     embeddings = {"video": torch.randn(3, 4), "audio": torch.randn(3, 4)}
     text = torch.randn(2, 4)
-    head = GrowingCosineClassifier(text, [[0, 1]], scale=1.0, tiles=2)
+    head = CosineClassifier(head_rows(text, tiles=2), scale=1.0)
     space = torch.tensor([0, 1])
     concat = head(fuse_embeddings(embeddings, "concat"), space)
     unit = torch.nn.functional.normalize
@@ -156,9 +157,12 @@ def test_relation_loss_is_zero_for_the_unchanged_model(two_tasks):
 
 def test_classifier_grows_without_changing_old_class_weights(two_tasks):
     method, tasks, after_first, first_grads, after_second, _ = two_tasks
-    old, new = "head.blocks.0", "head.blocks.1"
-    assert first_grads[old] is None and torch.equal(after_first[old], after_second[old])
-    assert not torch.equal(after_first[new], after_second[new])  # the new block trained
+    old, new = tasks[0].classes, tasks[1].classes
+    grads = first_grads["head.weight"]  # the shared head rule: old rows get no gradient ...
+    assert torch.count_nonzero(grads[old]) == 0 and torch.count_nonzero(grads[new]) > 0
+    # ... and do not move (weight decay is on in this fixture); the new rows trained.
+    assert torch.equal(after_first["head.weight"][old], after_second["head.weight"][old])
+    assert not torch.equal(after_first["head.weight"][new], after_second["head.weight"][new])
     weight = method.head.weight
     assert weight.shape[0] == len(tasks[0].classes) + len(tasks[1].classes)
     batch = next(tasks[0].test.batches(8))
@@ -170,18 +174,11 @@ def test_classifier_grows_without_changing_old_class_weights(two_tasks):
 def test_domain_incremental_head_keeps_training_because_every_class_recurs(smoke_config):
     method, stream = engine.build_run(smoke_config, "domain_incremental", "moe-adapters", seed=0,
                                       device=torch.device("cpu"))
-    assert len(method.head.blocks) == 1  # one block: every domain has every class
+    assert method.hparams.head.freeze_old_rows  # the method's default head rule
     for task in stream.tasks:
         method.context.seen_classes = sorted({c for t in stream.tasks[: task.index + 1] for c in t.classes})
         method.begin_task(task)
-        assert method.head.blocks[0].requires_grad, task.name
-        method.head.set_trainable(set())  # what end_task does, without scoring experts
-        assert not method.head.blocks[0].requires_grad
-        method.begin_task(task)
-        state = method.checkpoint_state()
-        method.head.set_trainable(set())
-        method.load_checkpoint_state(state)  # the mask travels with a checkpoint
-        assert method.head.blocks[0].requires_grad
+        assert method.head.weight.requires_grad and not method.head.frozen.any(), task.name
 
 
 def test_adapters_start_as_the_frozen_towers_and_freezing_survives_a_checkpoint(two_tasks):
@@ -196,7 +193,6 @@ def test_adapters_start_as_the_frozen_towers_and_freezing_survives_a_checkpoint(
     for layer, moe in fresh.adapters.moe_layers().items():
         assert torch.equal(moe.frozen, method.adapters.moe_layers()[layer].frozen)
         assert [e.down.requires_grad for e in moe.experts] == [not f for f in moe.frozen.tolist()]
-    assert not any(block.requires_grad for block in fresh.head.blocks)
 
 
 @pytest.mark.parametrize("method, scenario, trained", learning_cases(["moe-adapters"]))

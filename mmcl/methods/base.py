@@ -103,11 +103,22 @@ class RunContext:
 
 
 @pydantic.dataclasses.dataclass(config=pydantic.ConfigDict(extra="forbid"))
+class HeadConfig:
+    """Rules of the cosine class head (``methods.<method>.head.*``), the same options for every method.
+
+    A method's own defaults for these keys are its ``head_defaults`` (the MoE adapters freeze old rows).
+    """
+
+    train: bool = True  # the rows (initialised at the class text embeddings) train
+    freeze_old_rows: bool = False  # rows of classes absent from the current task get no update at all
+
+
+@pydantic.dataclasses.dataclass(config=pydantic.ConfigDict(extra="forbid"))
 class MethodConfig:
     """Hyper-parameters shared by methods that train a text-anchored classifier."""
 
     trainable_blocks: int = pydantic.Field(1, ge=0)  # last vision-tower blocks unfrozen (0: head only)
-    train_head: bool = True  # the cosine head starts at the class text embeddings
+    head: HeadConfig = pydantic.Field(default_factory=HeadConfig)  # the cosine head's rules
 
 
 def at_most(field: str, limit: str):
@@ -183,6 +194,12 @@ class Method(nn.Module):
     # Named ablation variants: variant name -> hyper-parameter overrides (run with
     # ``engine.run(..., variant=name, hparams=overrides)``; the ablations notebook runs them all).
     ablations: ClassVar[dict[str, dict]] = {}
+    # Named fair-comparison variants (same form as ``ablations``): the main sweeps run them next to
+    # the defaults, in the scenarios ``comparison_scenarios``, and the main tables show them.
+    comparisons: ClassVar[dict[str, dict]] = {}
+    comparison_scenarios: ClassVar[tuple[str, ...]] = ("class_incremental",)
+    # The method's defaults for ``head.*`` keys (merged under the configured ``head`` mapping).
+    head_defaults: ClassVar[dict] = {}
 
     def __init__(self, encoder: MultiModalEncoder, context: RunContext, hparams):
         super().__init__()
@@ -193,8 +210,11 @@ class Method(nn.Module):
     @classmethod
     def make_config(cls, values: dict | None) -> "MethodConfig":
         """Validate hyper-parameters (``config.methods[name]``) into the method's dataclass."""
+        values = dict(values or {})
+        if cls.head_defaults and isinstance(values.get("head", {}), dict):
+            values["head"] = {**cls.head_defaults, **values.get("head", {})}
         try:
-            return cls.Config(**(values or {}))
+            return cls.Config(**values)
         except pydantic.ValidationError as error:
             problems = []
             for item in error.errors():
@@ -219,6 +239,14 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, task: Task) -> None:
         """Called after every optimizer step (e.g. to re-apply gradient masks or momentum updates)."""
+
+    def class_heads(self) -> list["CosineClassifier"]:
+        """The cosine heads of the method; the engine enforces their frozen rows around every step."""
+        return [m for m in self.modules() if isinstance(m, CosineClassifier)]
+
+    def run_record(self) -> dict:
+        """Extra entries of the run's ``metrics.json`` (e.g. the replay buffer); none by default."""
+        return {}
 
     def end_task(self, task: Task) -> None:
         """Called after training task ``task``, before it is evaluated."""
@@ -255,16 +283,51 @@ class CosineClassifier(nn.Module):
 
     ``weight`` is ``[C, D]``; logits are ``scale * cos(feature, weight[c])``. Classes are scored
     only where asked (the label space), so "growing" the head is adding classes to the space.
+
+    Rows can be frozen (:meth:`freeze_rows`): the engine zeroes their gradient before every step
+    (so neither gradient clipping nor the optimizer's moments see them) and puts their values back
+    after it (so weight decay cannot move them either). The mask and the kept values are set at the
+    start of each task, so they are not part of the checkpoint.
     """
 
     def __init__(self, text_embeddings: torch.Tensor, scale: float, trainable: bool = True):
         super().__init__()
         self.weight = nn.Parameter(text_embeddings.clone().float(), requires_grad=trainable)
         self.scale = scale
+        self.register_buffer("frozen", torch.zeros(len(text_embeddings), dtype=torch.bool), persistent=False)
+        self.register_buffer("frozen_values", torch.zeros_like(self.weight.detach()), persistent=False)
 
     def forward(self, features: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
         weight = F.normalize(self.weight[label_space], dim=-1)
         return self.scale * F.normalize(features.float(), dim=-1) @ weight.T
+
+    @torch.no_grad()
+    def freeze_rows(self, rows: torch.Tensor) -> None:
+        """Freeze exactly the rows where the boolean mask ``rows [C]`` is true, at their current values."""
+        self.frozen.copy_(rows.to(self.frozen.device, torch.bool))
+        self.frozen_values.copy_(self.weight.detach())
+
+    @torch.no_grad()
+    def mask_gradient(self) -> None:
+        if self.weight.grad is not None and bool(self.frozen.any()):
+            self.weight.grad[self.frozen] = 0
+
+    @torch.no_grad()
+    def restore_frozen_rows(self) -> None:
+        if bool(self.frozen.any()):
+            self.weight[self.frozen] = self.frozen_values[self.frozen]
+
+
+def apply_head_rules(head: CosineClassifier, rules: HeadConfig, task: Task) -> None:
+    """The shared head rules at the start of ``task``: with ``freeze_old_rows`` only the rows of the
+    task's classes train (class-incremental: every old class is frozen; domain-incremental: none,
+    every class recurs); otherwise every row may train."""
+    rows = torch.ones(len(head.frozen), dtype=torch.bool)
+    if rules.freeze_old_rows:
+        rows[torch.tensor(task.classes, dtype=torch.long)] = False
+    else:
+        rows[:] = False
+    head.freeze_rows(rows)
 
 
 def fuse(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -292,7 +355,11 @@ class TextAnchoredMethod(Method):
         super().__init__(encoder, context, hparams)
         unfreeze_last_blocks(encoder, hparams.trainable_blocks)
         text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
-        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.train_head)
+        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.head.train)
+
+    def begin_task(self, task: Task) -> None:
+        """Applies the head rules; a subclass that overrides this calls ``super().begin_task(task)``."""
+        apply_head_rules(self.head, self.hparams.head, task)
 
     def features(self, batch: Batch) -> torch.Tensor:
         return fuse({m: self.encoder.encode(m, x) for m, x in batch.inputs.items()})

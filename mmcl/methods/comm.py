@@ -32,7 +32,16 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from mmcl.config import ConfigError
-from mmcl.methods.base import CosineClassifier, Method, Snapshot, at_most, register, targets_in
+from mmcl.methods.base import (
+    CosineClassifier,
+    HeadConfig,
+    Method,
+    Snapshot,
+    apply_head_rules,
+    at_most,
+    register,
+    targets_in,
+)
 from mmcl.methods.l2p import check_prompt_depth, prefix_tokens_even, prompt_parameter_groups, single_modality
 from mmcl.models.prompts import (
     PromptPool,
@@ -187,6 +196,8 @@ class COMM(Method):
         "no-blending-uniform": {"blending": "uniform"},
         "no-realignment": {"realign": False},
         "shared-pool": {"shared_pool": True},
+        # The method's own classifier templates, naming the modality a class is taught in.
+        "modality-templates": {"templates": "modality"},
     }
 
     @dataclass(config={"extra": "forbid"})
@@ -202,9 +213,11 @@ class COMM(Method):
         prompt_lr_scale: float = Field(10.0, gt=0)  # learning rate of keys, prompts and head = this x train.lr
         shared_pool: bool = False  # ablation: one pool for all modalities (L2P-like)
         # text-anchored classifier
+        # shared: the profile's model.classifier_templates, as every method; modality: modality_templates
+        templates: Literal["shared", "modality"] = "shared"
         modality_words: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODALITY_WORDS))
         modality_templates: list[str] = Field(default_factory=lambda: ["a {modality} of a {}."], min_length=1)
-        train_head: bool = True
+        head: HeadConfig = Field(default_factory=HeadConfig)  # the shared head rules (head.train, ...)
         ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
         # intra-modal self-regularisation (design choice in its exact form)
         self_reg_weight: float = Field(1.0, ge=0)  # lambda_self
@@ -244,7 +257,7 @@ class COMM(Method):
                                                      encoder.vision_width, encoder.embed_dim, h.top_k,
                                                      h.prompt_init_std) for name in pool_names})
         self.relevance = RelevanceFunction(encoder.embed_dim, len(self.modalities), h.relevance_hidden)
-        self.head = CosineClassifier(self.class_text_embeddings(), encoder.logit_scale, trainable=h.train_head)
+        self.head = CosineClassifier(self.class_text_embeddings(), encoder.logit_scale, trainable=h.head.train)
         self.align = nn.Linear(encoder.embed_dim, encoder.embed_dim, bias=False)
         nn.init.eye_(self.align.weight)
         self.align.requires_grad_(False)  # trained only by the re-alignment step
@@ -257,8 +270,11 @@ class COMM(Method):
         self.generator = torch.Generator()
 
     def class_text_embeddings(self) -> torch.Tensor:
-        """``[C, D]``: each class named with the word of the modality it is taught in."""
+        """``[C, D]``: the profile's templates (``templates: shared``), or each class named with the
+        word of the modality it is taught in (``templates: modality``)."""
         names = self.context.class_names
+        if self.hparams.templates == "shared":
+            return self.encoder.class_text_embeddings(names, self.context.config.model.classifier_templates)
         rows = torch.zeros(len(names), self.encoder.embed_dim, device=self.encoder.mean.device)
         for task in self.context.tasks:
             word = self.hparams.modality_words[task.modality]
@@ -316,6 +332,7 @@ class COMM(Method):
 
     # ------------------------------------------------------------------------------------- hooks
     def begin_task(self, task):
+        apply_head_rules(self.head, self.hparams.head, task)
         self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
         current = self.pool_name(task.modality)
         self.pool_revisited = bool(self.seen_mask[self.modalities.index(task.modality)]) or \
@@ -419,10 +436,12 @@ class COMM(Method):
                 loss = F.cross_entropy(self.head(self.align(inputs[picks]), space), targets[picks], weight=weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.head.mask_gradient()  # the head rules hold here too (realign_layer: head)
                 optimizer.step()
+                self.head.restore_frozen_rows()
         layer.requires_grad_(False)
         if h.realign_layer == "head":
-            self.head.weight.requires_grad_(h.train_head)
+            self.head.weight.requires_grad_(h.head.train)
 
     def predict(self, batch, label_space, modality_known=True):
         modality, inputs = single_modality(batch)

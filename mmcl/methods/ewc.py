@@ -18,6 +18,8 @@ from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_bat
 class EWC(TextAnchoredMethod):
     name = "ewc"
     description = "elastic weight consolidation (online)"
+    # The MoE adapters' head rule (rows of old classes frozen), for a fair class-incremental comparison.
+    comparisons = {"frozen-head": {"head": {"freeze_old_rows": True}}}
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):

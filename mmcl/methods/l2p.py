@@ -22,7 +22,7 @@ from pydantic.dataclasses import dataclass
 
 from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
-from mmcl.methods.base import CosineClassifier, Method, at_most, register, targets_in
+from mmcl.methods.base import CosineClassifier, HeadConfig, Method, apply_head_rules, at_most, register, targets_in
 from mmcl.models.prompts import (
     PromptPool,
     as_images,
@@ -78,7 +78,7 @@ class L2P(Method):
         prompt_init_std: float = Field(0.02, ge=0)
         matching_weight: float = Field(0.5, ge=0)  # weight of the key-query matching loss
         prompt_lr_scale: float = Field(10.0, gt=0)  # learning rate of keys, prompts and head = this x train.lr
-        train_head: bool = True  # the cosine head starts at the class text embeddings
+        head: HeadConfig = Field(default_factory=HeadConfig)  # the shared head rules (head.train, ...)
         ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
 
         _top_k_fits = at_most("top_k", "pool_size")
@@ -88,9 +88,12 @@ class L2P(Method):
         super().__init__(encoder, context, hparams)
         check_prompt_depth(self.name, hparams.prompt_depth, encoder)
         text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
-        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.train_head)
+        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.head.train)
         self.pool = PromptPool(hparams.pool_size, hparams.prompt_length, hparams.prompt_depth, encoder.vision_width,
                                encoder.embed_dim, hparams.top_k, hparams.prompt_init_std)
+
+    def begin_task(self, task):
+        apply_head_rules(self.head, self.hparams.head, task)
 
     def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prompted embeddings [B, D], key similarities of the chosen prompts [N, k])``."""

@@ -20,6 +20,8 @@ class LwF(TextAnchoredMethod):
     name = "lwf"
     description = "learning without forgetting (logit distillation on old classes)"
     ablations = {"no-distillation": {"distillation_weight": 0.0}}
+    # The MoE adapters' head rule (rows of old classes frozen), for a fair class-incremental comparison.
+    comparisons = {"frozen-head": {"head": {"freeze_old_rows": True}}}
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):
@@ -27,6 +29,7 @@ class LwF(TextAnchoredMethod):
         temperature: float = Field(2.0, gt=0)
 
     def begin_task(self, task):
+        super().begin_task(task)
         # Classes the previous model already knew: in domain-incremental streams, all of them.
         self.old_classes = sorted({c for earlier in self.context.tasks[: task.index] for c in earlier.classes})
         self.teacher = Snapshot(self) if self.old_classes else None

@@ -28,8 +28,10 @@ from pydantic.dataclasses import dataclass
 
 from mmcl.data.dataset import Batch
 from mmcl.methods.base import (
+    CosineClassifier,
     Method,
     MethodConfig,
+    apply_head_rules,
     Snapshot,
     at_most,
     fuse,
@@ -94,49 +96,11 @@ def fuse_embeddings(embeddings: dict[str, torch.Tensor], fusion: str) -> torch.T
 
 
 # ------------------------------------------------------------------------------- classifier
-class GrowingCosineClassifier(nn.Module):
-    """Cosine head that grows one block of class rows per task; only the blocks a task opens train.
-
-    ``blocks[g]`` is ``[C_g, D * tiles]``: the rows of the g-th group of new classes, initialised
-    at their text embeddings (tiled ``tiles`` times for concatenated modalities, so that at
-    initialisation the logit is the mean of per-modality cosines). Logits over a label space are
-    ``scale * cos(feature, row[c])``. :meth:`set_trainable` opens the blocks a task trains and
-    freezes every other one (its parameter stops requiring gradients, so neither gradients,
-    momentum nor weight decay can move it); the mask is a buffer, so a checkpoint restores it.
-    """
-
-    def __init__(self, text_embeddings: torch.Tensor, class_groups: list[list[int]], scale: float, tiles: int = 1):
-        super().__init__()
-        rows = F.normalize(text_embeddings.float(), dim=-1).repeat(1, tiles) / tiles**0.5
-        self.blocks = nn.ParameterList(nn.Parameter(rows[group].clone(), requires_grad=False) for group in class_groups)
-        position = torch.full((len(text_embeddings),), -1, dtype=torch.long)
-        position[torch.tensor([c for group in class_groups for c in group])] = torch.arange(
-            sum(len(group) for group in class_groups))
-        self.register_buffer("position", position, persistent=False)  # run label -> row of cat(blocks)
-        self.register_buffer("trainable", torch.zeros(len(class_groups), dtype=torch.bool))
-        self.scale = scale
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """All rows ``[C, D * tiles]`` in run-label order."""
-        return torch.cat(list(self.blocks))[self.position]
-
-    def forward(self, features: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
-        """``features [B, D * tiles]`` -> logits ``[B, len(label_space)]``."""
-        rows = torch.cat(list(self.blocks))[self.position[label_space]]
-        return self.scale * F.normalize(features.float(), dim=-1) @ F.normalize(rows, dim=-1).T
-
-    def set_trainable(self, groups: set[int]) -> None:
-        """Make exactly the blocks ``groups`` trainable; the others freeze (and drop any gradient)."""
-        self.trainable.copy_(torch.tensor([g in groups for g in range(len(self.blocks))], dtype=torch.bool))
-        self.apply_trainable()
-
-    def apply_trainable(self) -> None:
-        """Re-derive ``requires_grad`` from the mask (it is not part of a state dict)."""
-        for block, trainable in zip(self.blocks, self.trainable.tolist()):
-            block.requires_grad_(trainable)
-            if not trainable:
-                block.grad = None
+def head_rows(text_embeddings: torch.Tensor, tiles: int = 1) -> torch.Tensor:
+    """Initial class rows ``[C, D * tiles]``: the normalised text embeddings, tiled ``tiles`` times for
+    concatenated modalities (scaled so that at initialisation the logit is the mean of per-modality
+    cosines)."""
+    return F.normalize(text_embeddings.float(), dim=-1).repeat(1, tiles) / tiles**0.5
 
 
 # ------------------------------------------------------------------------------------ method
@@ -167,7 +131,6 @@ class MoEAdapters(Method):
         min_trainable_experts: int = Field(1, ge=0)  # (design choice) never freeze the last trainable experts
         # classifier
         fusion: Literal["mean", "concat"] = "mean"
-        freeze_old_classes: bool = True  # (design choice) rows of classes absent from a task do not train
         ce_label_space: Literal["seen", "task"] = "seen"  # (design choice) classes scored by L_ce
         # losses
         kd_weight: float = Field(1.0, ge=0)  # λ_kd: logit distillation on old classes
@@ -190,6 +153,9 @@ class MoEAdapters(Method):
                 raise ValueError(f"must divide attention_dim ({dim}), got {heads}")
             return heads
 
+    # (design choice) rows of classes absent from a task do not train: the shared head rule, on by default.
+    head_defaults: ClassVar[dict] = {"freeze_old_rows": True}
+
     ablations: ClassVar[dict[str, dict]] = {
         "no-kd": {"kd_weight": 0.0},
         "no-align": {"align_weight": 0.0},
@@ -199,10 +165,18 @@ class MoEAdapters(Method):
         "single-adapter": {"num_experts": 1, "top_k": 1, "expert_hidden": 64},  # same parameters as 4 x 16
         "no-expert-freezing": {"experts_frozen_per_task": 0},
         "no-cross-attention": {"cross_attention": False},
-        # Sequential fine-tuning of the same trainable parameters: one adapter of the experts' width
-        # (cross-attention kept), cross-entropy only, no router, no teacher, no expert to freeze.
+    }
+    # Fair comparisons, run by the main class-incremental sweep: baselines on the same trainable
+    # parameters (one adapter of the experts' width, cross-attention kept, so no router and no expert
+    # to freeze) and the same head rule, without alignment and relation preservation.
+    comparisons: ClassVar[dict[str, dict]] = {
+        # Sequential fine-tuning: cross-entropy only, no teacher.
         "adapter-finetune": {"num_experts": 1, "top_k": 1, "expert_hidden": 64, "kd_weight": 0.0,
                              "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
+        # LwF: cross-entropy + the method's L_kd, which is LwF's loss (old-class logits of the
+        # previous model, temperature-softened KL), at the method's weight and temperature.
+        "adapter-lwf": {"num_experts": 1, "top_k": 1, "expert_hidden": 64,
+                        "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
     }
 
     def __init__(self, encoder, context, hparams: Config):
@@ -216,16 +190,9 @@ class MoEAdapters(Method):
             null_slot=hparams.attention_null_slot, context_pooling=hparams.context_pooling,
             scale_init=hparams.adapter_scale_init)
         self.adapters = CrossModalMoEAdapters(encoder, modalities, settings)
-        # Blocks of new classes in order of first appearance; domain-incremental: one block, all classes.
-        self.class_groups, seen = [], set()
-        for task in context.tasks:
-            new = [c for c in task.classes if c not in seen]
-            if new:
-                self.class_groups.append(new)
-                seen.update(new)
         text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
         tiles = len(modalities) if hparams.fusion == "concat" else 1
-        self.head = GrowingCosineClassifier(text, self.class_groups, encoder.logit_scale, tiles)
+        self.head = CosineClassifier(head_rows(text, tiles), encoder.logit_scale, trainable=hparams.head.train)
         self.teacher_adapters = self.teacher_head = None
         self.old_classes: list[int] = []
         self.influence = {}
@@ -252,13 +219,8 @@ class MoEAdapters(Method):
         # The teacher holds copies of the small adapters and head only; the frozen towers are shared.
         self.teacher_adapters = Snapshot(self.adapters) if needs_teacher else None
         self.teacher_head = Snapshot(self.head) if needs_teacher else None
-        # Rows train while their classes have data: the task's own blocks (in a domain-incremental
-        # stream every class recurs, so the one block stays open); with freeze_old_classes off,
-        # every block seen so far.
-        self.head.set_trainable({
-            group for group, classes in enumerate(self.class_groups)
-            if set(classes) <= set(self.context.seen_classes)
-            and (set(classes) & set(task.classes) or not h.freeze_old_classes)})
+        # Rows train while their classes have data (the shared head rule, head.freeze_old_rows).
+        apply_head_rules(self.head, h.head, task)
         self.influence = {name: torch.zeros(moe.num_experts, device=moe.frozen.device)
                           for name, moe in self.adapters.moe_layers().items()}
 
@@ -295,7 +257,6 @@ class MoEAdapters(Method):
     @torch.no_grad()
     def end_task(self, task):
         h = self.hparams
-        self.head.set_trainable(set())  # the next task opens the blocks it trains
         if h.experts_frozen_per_task <= 0 or h.num_experts <= 1:
             return
         if h.influence == "routing_mass":  # gate mass of every expert over the task's training data
@@ -327,4 +288,3 @@ class MoEAdapters(Method):
         # requires_grad is not part of a state dict: re-derive it from the stored masks.
         for moe in self.adapters.moe_layers().values():
             moe.apply_freezing()
-        self.head.apply_trainable()

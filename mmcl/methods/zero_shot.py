@@ -1,7 +1,7 @@
 """Zero-shot: the frozen backbone and the class text embeddings, no training (the floor for FWT)."""
 from __future__ import annotations
 
-from mmcl.methods.base import MethodConfig, TextAnchoredMethod, register
+from mmcl.methods.base import HeadConfig, MethodConfig, TextAnchoredMethod, register
 
 
 @register
@@ -11,4 +11,4 @@ class ZeroShot(TextAnchoredMethod):
     description = "frozen backbone, text classifier from class-name templates"
 
     def __init__(self, encoder, context, hparams: MethodConfig):
-        super().__init__(encoder, context, MethodConfig(trainable_blocks=0, train_head=False))
+        super().__init__(encoder, context, MethodConfig(trainable_blocks=0, head=HeadConfig(train=False)))
