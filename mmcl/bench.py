@@ -33,7 +33,8 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
                  warmup: int = 3, seed: int = 0, variant: str | None = None) -> dict:
     """Samples/s and ms/step of training steps and of the frozen forward pass; peak memory.
 
-    ``variant``: a named ablation of the method (``Method.ablations``), e.g. the same trainable
+    ``variant``: a named ablation or comparison of the method (``Method.ablations``,
+    ``Method.comparisons``), e.g. the same trainable
     parameters without the method's extra machinery, to measure what that machinery costs.
     """
     if variant:

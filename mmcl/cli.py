@@ -72,6 +72,9 @@ def _list(what: str, profile: str) -> str:
             lines.append(f"  {name:14s} {cls.description}  [{', '.join(cls.compatible_scenarios)}]")
             if cls.ablations:
                 lines.append(f"  {'':14s} variants: {', '.join(cls.ablations)}")
+            if cls.comparisons:
+                lines.append(f"  {'':14s} comparisons ({', '.join(cls.comparison_scenarios)}): "
+                             f"{', '.join(cls.comparisons)}")
     if what in ("all", "scenarios"):
         lines.append("scenarios:")
         lines += [f"  {name}" for name in SCENARIOS]

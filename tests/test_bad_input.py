@@ -37,6 +37,10 @@ def last_line(capsys) -> str:
     ("class_incremental", "lwf", "methods.lwf.distillation_weight=-1", "methods.lwf.distillation_weight: Input should be greater than or equal to 0"),
     ("class_incremental", "ewc", "methods.ewc.ewc_lambda=-5", "methods.ewc.ewc_lambda: Input should be greater than or equal to 0"),
     ("class_incremental", "replay", "methods.replay.buffer_size=-1", "methods.replay.buffer_size: Input should be greater than or equal to 0"),
+    ("class_incremental", "replay", "methods.replay.per_class=-1", "methods.replay.per_class: Input should be greater than or equal to 0"),
+    ("class_incremental", "lwf", "methods.lwf.head.freeze_old_rows=maybe", "methods.lwf.head.freeze_old_rows: Input should be a valid boolean"),
+    ("class_incremental", "moe-adapters", "methods.moe-adapters.head.frozen=1", "methods.moe-adapters.head.frozen: unknown key"),
+    ("modality_incremental", "comm", "methods.comm.templates=own", "methods.comm.templates: Input should be 'shared' or 'modality'"),
     ("class_incremental", "finetune", "methods.finetune.trainable_blocks=-1", "methods.finetune.trainable_blocks: Input should be greater than or equal to 0"),
 ])
 def test_out_of_range_hyper_parameter_is_one_line_naming_the_key(tmp_path, capsys, scenario, method, override, expected):
@@ -57,7 +61,7 @@ def test_defaults_and_every_ablation_are_in_range():
     for name in ("finetune", "joint", "lwf", "ewc", "replay", "l2p", "comm", "moe-adapters", "zero-shot"):
         cls = method_class(name)
         cls.make_config({})
-        for overrides in cls.ablations.values():
+        for overrides in [*cls.ablations.values(), *cls.comparisons.values()]:
             cls.make_config(overrides)
     with pytest.raises(ConfigError, match=r"prompt_style: prefix-tuning needs an even top_k x prompt_length.*got 9"):
         method_class("l2p").make_config({"prompt_style": "prefix", "top_k": 3, "prompt_length": 3})

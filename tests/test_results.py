@@ -21,7 +21,8 @@ def write_run(root: Path, method: str, seed: int, matrix, scenario: str = "class
               benchmark: str = "av-events", variant: str | None = None, profile: str = "tiny",
               modalities: list[str] | None = None, modes: tuple[str, ...] = ("standard",),
               difference: dict | None = None, identity: str | None = None, fingerprint: str | None = FINGERPRINT,
-              commit: str | None = COMMIT, dirty: bool | None = True) -> Path:
+              commit: str | None = COMMIT, dirty: bool | None = True, run_extra: dict | None = None,
+              metrics_extra: dict | None = None) -> Path:
     """A run folder as the engine writes it (metrics.json, order.json), from an accuracy matrix.
 
     ``difference``: the configuration's difference from the profile (the folder gets its digest);
@@ -44,7 +45,9 @@ def write_run(root: Path, method: str, seed: int, matrix, scenario: str = "class
                "run": {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant,
                        "seed": seed, "profile": profile, "identity": identity, "difference": difference or {},
                        "hparams": {}, "source_fingerprint": fingerprint, "git_commit": commit, "git_dirty": dirty},
-               "timing": {"run_seconds_this_session": 1.0, "train_seconds": 0.5, "eval_seconds": 0.25}}
+               "timing": {"run_seconds_this_session": 1.0, "train_seconds": 0.5, "eval_seconds": 0.25},
+               **(metrics_extra or {})}
+    metrics["run"].update(run_extra or {})
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "order.json").write_text(json.dumps({"modality_order": modalities}))
     return run_dir
@@ -247,3 +250,24 @@ def test_runs_recorded_before_code_versions_load_with_none(tmp_path):
     assert row["identity"] is None and row["source_fingerprint"] is None and row["git_dirty"] is None
     table = results.main_table(results.load_runs(tmp_path), "class_incremental")
     assert results.code_footnotes(table) == ["Code: source unknown"]
+
+
+def test_comparisons_are_main_table_rows_and_the_notes_say_what_rows_are(runs_root, tmp_path):
+    overrides = {"head": {"freeze_old_rows": True}}
+    write_run(runs_root, "lwf", 0, [[100, 0], [44, 44]], variant="frozen-head",
+              run_extra={"role": "comparison", "variant_overrides": overrides})
+    buffer = {"per_class": 5, "buffer_size": None, "size": 40, "per_class_kept": {}, "training_samples": 800,
+              "share_of_training_data": 0.05}
+    write_run(runs_root, "replay", 0, [[100, 0], [50, 50]], metrics_extra={"buffer": buffer})
+    runs = results.load_runs(runs_root)
+    table = results.main_table(runs, "class_incremental")
+    assert list(table["method"]) == ["finetune", "lwf", "lwf~frozen-head", "replay"]
+    assert table.set_index("method")["final_accuracy_mean"]["lwf~frozen-head"] == pytest.approx(44.0)
+    notes = ["lwf~frozen-head: lwf with head.freeze_old_rows=true",
+             "replay: buffer of 40 exemplars (5 per class), 5.0 % of the training data"]
+    assert results.table_notes(table) == notes
+    paths = results.write_table(table, tmp_path / "tables", "main")
+    assert all(note in paths["md"].read_text() for note in notes)
+    assert "notes" not in results.display_table(table) and "notes" not in paths["csv"].read_text()
+    ablations = results.ablation_table(runs)  # comparisons are not ablations
+    assert sorted(set(ablations["variant"])) == ["full", "no-distillation"]
