@@ -143,7 +143,8 @@ def _legend_below(figure: plt.Figure, labels: list[str], kind: str = "line") -> 
 
 
 def _scenario_runs(runs: pd.DataFrame, scenario: str) -> pd.DataFrame:
-    selected = runs[(runs["scenario"] == scenario) & runs["variant"].isna()]
+    """The rows of the scenario's main table: defaults and fair comparisons, no ablation variant."""
+    selected = runs[(runs["scenario"] == scenario) & (runs["variant"].isna() | results.is_comparison(runs))]
     if selected.empty:
         raise ValueError(f"no runs of scenario {scenario!r}")
     return selected
@@ -351,7 +352,7 @@ def write_figures(runs: pd.DataFrame, directory: str | Path) -> dict[str, list[P
         if scenario == "modality_incremental":
             keep("modality_accuracy", plot_modality_accuracy(runs, scenario))
     # One ablation figure per method, each a single column wide.
-    for method in results.sort_methods(runs.loc[runs["variant"].notna(), "method"]):
+    for method in results.sort_methods(runs.loc[runs["variant"].notna() & ~results.is_comparison(runs), "method"]):
         keep(f"ablations_{method}", plot_ablations(runs[runs["method"] == method]))
     return written
 

@@ -54,7 +54,7 @@ def test_variants_run_to_their_own_folder_and_bench_with_their_overrides(tmp_pat
                  "--steps", "2", "--json"]) == 0
     assert '"variant": "adapter-finetune"' in capsys.readouterr().out
     assert main(["bench", "--method", "lwf", "--variant", "nope", "--profile", "smoke"]) == 2
-    assert "no variant 'nope' (its variants: no-distillation)" in capsys.readouterr().err
+    assert "no variant 'nope' (its variants: frozen-head, no-distillation)" in capsys.readouterr().err
 
 
 def test_readme_example_with_another_buffer_size_is_a_new_run_and_its_own_row(tmp_path, capsys):

@@ -139,7 +139,7 @@ def test_other_hyper_parameters_make_a_new_run_in_its_own_folder(smoke_config):
     assert not smaller.skipped
     assert re.fullmatch(r"replay@[0-9a-f]{8}", smaller.run_dir.parent.name)
     assert smaller.run_dir.parent.parent == default.run_dir.parent.parent
-    assert smaller.accuracy_matrix != default.accuracy_matrix  # 10 stored samples, not the profile's 24
+    assert smaller.accuracy_matrix != default.accuracy_matrix  # at most 10 stored samples, not 5 per class
     manifest = json.loads((smaller.run_dir / "manifest.json").read_text())
     for record in (smaller.metrics["run"], manifest["run"]):
         assert record["difference"] == {"methods.replay.buffer_size": 10}
@@ -151,7 +151,7 @@ def test_other_hyper_parameters_make_a_new_run_in_its_own_folder(smoke_config):
     # Keys that cannot change this run's numbers: runtime, another method's hyper-parameters, and
     # this method's hyper-parameter set to the value it has anyway.
     for overrides in (["runtime.keep_checkpoints=all", "runtime.num_threads=1", "runtime.progress=true"],
-                      ["methods.lwf.temperature=5.0"], ["methods.replay.buffer_size=24"]):
+                      ["methods.lwf.temperature=5.0"], ["methods.replay.per_class=5"]):
         reused = engine.run(load_config("smoke", [f"runtime.output_dir={smoke_config.runtime.output_dir}",
                                                   *overrides]), "class_incremental", "replay", seed=0)
         assert reused.skipped and reused.run_dir == default.run_dir, overrides
