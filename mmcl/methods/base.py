@@ -322,12 +322,9 @@ def apply_head_rules(head: CosineClassifier, rules: HeadConfig, task: Task) -> N
     """The shared head rules at the start of ``task``: with ``freeze_old_rows`` only the rows of the
     task's classes train (class-incremental: every old class is frozen; domain-incremental: none,
     every class recurs); otherwise every row may train."""
-    rows = torch.ones(len(head.frozen), dtype=torch.bool)
-    if rules.freeze_old_rows:
-        rows[torch.tensor(task.classes, dtype=torch.long)] = False
-    else:
-        rows[:] = False
-    head.freeze_rows(rows)
+    frozen = torch.full((len(head.frozen),), rules.freeze_old_rows, dtype=torch.bool)
+    frozen[torch.tensor(task.classes, dtype=torch.long)] = False
+    head.freeze_rows(frozen)
 
 
 def fuse(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
