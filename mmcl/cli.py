@@ -4,6 +4,7 @@
     mmcl list methods
     mmcl bench --method finetune --profile tiny
     mmcl reproduce --profile tiny
+    mmcl claims --profile tiny --update-docs
 """
 from __future__ import annotations
 
@@ -51,14 +52,24 @@ def _parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser("reproduce", help="run the notebook sequence with papermill (resumes)")
     reproduce.add_argument("--output-dir", help="runs and executed notebooks (default: runtime.output_dir)")
     reproduce.add_argument("--figures-dir", default="figures", help="tables and figures (default: figures)")
-    reproduce.add_argument("--seeds", type=int, nargs="+", help="default: each notebook's own (0 1 2)")
+    reproduce.add_argument("--seeds", type=int, nargs="+", help="default: the profile's runtime.seeds (tiny: 0 1 2)")
     reproduce.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 30_figures_and_tables")
     reproduce.add_argument("--rerun-notebooks", action="store_true",
                            help="execute every notebook even when its executed copy is up to date")
     reproduce.add_argument("--rerun-stale", action="store_true",
                            help="remove the complete runs made by other code (another source fingerprint) first, "
                                 "so the notebooks train them again")
+    reproduce.add_argument("--update-docs", action="store_true",
+                           help="also rewrite the claims blocks of docs/methods/*.md from figures/claims.csv")
     _add_profile_arguments(reproduce)
+
+    claims = commands.add_parser("claims", help="measure the papers' claims on the stored runs (figures/claims.{md,csv})")
+    claims.add_argument("--output-dir", help="where the runs are (default: runtime.output_dir of the profile)")
+    claims.add_argument("--figures-dir", default="figures", help="where claims.{md,csv} go (default: figures)")
+    claims.add_argument("--update-docs", action="store_true",
+                        help="rewrite the claims blocks of the method pages from the written claims.csv")
+    claims.add_argument("--docs-dir", help="the method pages (default: docs/methods of this checkout)")
+    _add_profile_arguments(claims)
     return parser
 
 
@@ -129,10 +140,26 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
                           seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks,
-                          rerun_stale=args.rerun_stale)
+                          rerun_stale=args.rerun_stale, update_docs=args.update_docs)
             except NotebookFailed as error:
                 print(f"mmcl reproduce: {error}", file=sys.stderr)
                 return 1
+        elif args.command == "claims":
+            from pathlib import Path
+
+            from mmcl import claims, results
+            from mmcl.reproduce import DOCS_DIR
+
+            config = load_config(args.profile, args.overrides)
+            runs = results.load_runs(Path(args.output_dir or config.runtime.output_dir) / config.profile)
+            paths = claims.write_claims(runs, args.figures_dir, results.appendix_benchmarks(config))
+            table = claims.read_claims(paths["csv"])
+            counts = table["verdict"].value_counts()
+            print(f"{len(table)} comparisons ({', '.join(f'{counts.get(v, 0)} {v}' for v in claims.VERDICTS)}): "
+                  f"{paths['md']}, {paths['csv']}")
+            if args.update_docs:
+                changed = claims.update_docs(paths["csv"], args.docs_dir or DOCS_DIR)
+                print("rewritten: " + (", ".join(map(str, changed)) or "nothing (already up to date)"))
     except (ConfigError, FileNotFoundError, PreparedDataError) as error:
         print(f"mmcl: error: {error}", file=sys.stderr)
         return 2

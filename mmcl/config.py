@@ -104,6 +104,9 @@ class RuntimeConfig(_Strict):
     keep_checkpoints: Literal["last", "all"] = "last"
     # Seconds to wait for another process that holds the run folder's lock (0: stop at once).
     wait_for_lock: float = Field(0.0, ge=0)
+    # Seeds of `mmcl reproduce` when --seeds is not given (every notebook, ablations included):
+    # the main tables and the claims' paired comparisons are over these.
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
 
 
 class BenchmarkConfig(_Strict):
@@ -130,6 +133,9 @@ class BenchmarkConfig(_Strict):
 
 class ScenarioConfig(_Strict):
     benchmark: str
+    # Benchmarks the scenario's notebook also runs, reported in appendix tables
+    # (figures/appendix_<scenario>.md), never in the main tables or the claims (stress tests).
+    appendix: list[str] = []
 
 
 class Config(_Strict):
@@ -157,6 +163,12 @@ class Config(_Strict):
                     f"scenarios.{name}.benchmark: {scenario.benchmark!r} is not among "
                     f"benchmarks {sorted(self.benchmarks)}"
                 )
+            for position, name_ in enumerate(scenario.appendix):
+                if name_ not in self.benchmarks or name_ == scenario.benchmark:
+                    raise ValueError(
+                        f"scenarios.{name}.appendix.{position}: {name_!r} is "
+                        + ("the main benchmark" if name_ == scenario.benchmark
+                           else f"not among benchmarks {sorted(self.benchmarks)}"))
         return self
 
     def fingerprint(self, *sections: str) -> str:

@@ -178,6 +178,7 @@ class RelevanceFunction(nn.Module):
 @register
 class COMM(Method):
     name = "comm"
+    family = "paper"
     compatible_scenarios = ("modality_incremental",)
     uses_modality_id = True
     description = "COMM (reconstructed): modality prompt pools, relevance blending, self-regularisation, re-alignment"

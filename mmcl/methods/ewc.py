@@ -17,6 +17,7 @@ from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_bat
 @register
 class EWC(TextAnchoredMethod):
     name = "ewc"
+    family = "classic"
     description = "elastic weight consolidation (online)"
 
     @dataclass(config={"extra": "forbid"})

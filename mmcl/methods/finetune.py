@@ -7,6 +7,7 @@ from mmcl.methods.base import TextAnchoredMethod, register
 @register
 class Finetune(TextAnchoredMethod):
     name = "finetune"
+    family = "classic"
     description = "sequential fine-tuning (lower bound)"
 
     def training_loss(self, batch, task):

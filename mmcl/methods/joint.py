@@ -7,6 +7,7 @@ from mmcl.methods.base import TextAnchoredMethod, register
 @register
 class Joint(TextAnchoredMethod):
     name = "joint"
+    family = "reference"
     trains_on_all_seen_data = True
     description = "joint training on all seen data (upper bound)"
 

@@ -62,6 +62,7 @@ def check_prompt_depth(method: str, depth: int, encoder) -> None:
 @register
 class L2P(Method):
     name = "l2p"
+    family = "prompt"
     compatible_scenarios = ("modality_incremental",)  # one modality per batch (see single_modality)
     description = "learning to prompt: one shared prompt pool, top-k key-query selection"
     # unmasked: cross-entropy over every seen class. Under L2P's mask nothing moves a new modality's

@@ -18,6 +18,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 @register
 class LwF(TextAnchoredMethod):
     name = "lwf"
+    family = "classic"
     description = "learning without forgetting (logit distillation on old classes)"
     ablations = {"no-distillation": {"distillation_weight": 0.0}}
 

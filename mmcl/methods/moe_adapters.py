@@ -143,6 +143,7 @@ class GrowingCosineClassifier(nn.Module):
 @register
 class MoEAdapters(Method):
     name = "moe-adapters"
+    family = "paper"
     compatible_scenarios = ("class_incremental", "domain_incremental")
     description = "cross-modality MoE adapters + alignment + relation preservation (Paper B, no buffer)"
 

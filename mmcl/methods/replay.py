@@ -59,6 +59,7 @@ class ReservoirBuffer:
 @register
 class Replay(TextAnchoredMethod):
     name = "replay"
+    family = "rehearsal"
     description = "experience replay, reservoir buffer"
     ablations = {"buffer-quarter": {"buffer_size": 50}}
 
