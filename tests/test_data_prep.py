@@ -134,9 +134,9 @@ def make_samsemo(root: Path, train: int = 2, test: int = 1) -> Path:
     for language in ("EN", "DE"):
         lists = {"train": [], "valid": [], "test": []}
         for k, emotion in enumerate(EMOTIONS):
-            for j in range(train + test):
+            for j in range(train + test + 1):
                 utterance = f"{language.lower()}{k}m_{j}"
-                split = "train" if j < train else "test"
+                split = "train" if j < train else "test" if j < train + test else "valid"
                 lists[split].append(utterance)
                 rows.append(f"{utterance}\tmovie {k}\t{language}\t{language} words about {emotion} {j}\t{emotion.upper()}")
                 folder = (staging if language == "EN" else root / "data") / language / utterance
@@ -230,7 +230,7 @@ def test_ave_prepare_skips_corrupt_file_and_trains(tmp_path, smoke_config):
     raw = make_ave(tmp_path / "raw")
     # One of 12 training files is unreadable (8 %): above the default limit of 5 %, allowed here.
     summary = data_prep.prepare("ave", raw, tmp_path / "ave", smoke_config, max_skipped_fraction=0.1)
-    assert summary.counts == {"train": 11, "test": 6}  # 12 listed, one truncated mp4
+    assert summary.counts == {"train": 11, "val": 6, "test": 6}  # 12 listed, one truncated mp4; valSet.txt
     assert summary.skipped == 1 and "vid0x0.mp4" in summary.failures[0]["file"]
     assert "vid0x0.mp4" in str(summary) and "skipped (unreadable files): 1" in str(summary)
     meta = json.loads((tmp_path / "ave" / "meta.json").read_text())
@@ -297,7 +297,7 @@ def test_preparation_resumes_and_never_looks_complete_when_interrupted(tmp_path,
         load_processed(config.benchmarks["av-events"], "av-events")
 
     summary = run_preparation(data_prep.adapter("ave"), raw, out, smoke_config, shard_size=2)
-    assert summary.resumed_shards == 2 and summary.counts == {"train": 6, "test": 3}
+    assert summary.resumed_shards == 2 and summary.counts == {"train": 6, "val": 3, "test": 3}
     train, test = load_processed(config.benchmarks["av-events"], "av-events")
     assert len(train) == 6 and len(test) == 3
 
@@ -307,7 +307,7 @@ def test_uestc_video_files_frame_folders_and_inertial_csv(tmp_path, smoke_config
 
     raw = make_uestc(tmp_path / "raw")
     summary = data_prep.prepare("uestc-mmea-cl", raw, tmp_path / "uestc", smoke_config)
-    assert summary.skipped == 0 and summary.counts == {"train": 12, "test": 6}  # val.txt not used by default
+    assert summary.skipped == 0 and summary.counts == {"train": 12, "val": 6, "test": 6}  # val.txt: the val split
     assert summary.class_names[0] == "activity 1" and len(summary.class_names) == 6
     stored = torch.load(tmp_path / "uestc" / "train.pt", weights_only=False)
     assert set(stored["inputs"]) == {"video", "acc", "gyro"}
@@ -323,7 +323,8 @@ def test_command_line_prepares_and_reports(tmp_path, capsys):
     raw = make_uestc(tmp_path / "raw", classes=2)
     out = tmp_path / "cli"
     code = cli_main(["uestc-mmea-cl", "--raw", str(raw), "--out", str(out), "--profile", SMOKE, "--quiet",
-                     "--option", "train_splits=[train.txt,val.txt]", "--shard-size", "3"])
+                     "--option", "train_splits=[train.txt,val.txt]", "--option", "val_splits=[]",
+                     "--shard-size", "3"])
     assert code == 0 and (out / "meta.json").is_file()
     printed = capsys.readouterr().out
     assert "samples: train 6, test 2" in printed and "skipped (unreadable files): 0" in printed
@@ -336,7 +337,7 @@ def test_samsemo_local_hub_copy_languages_as_domains(tmp_path, smoke_config):
     options = {"repository": str(raw), "languages": ["EN", "DE"]}
     data_prep.fetch("samsemo", raw, options)  # a local copy: nothing to download
     summary = data_prep.prepare("samsemo", raw, tmp_path / "samsemo", smoke_config, options=options)
-    assert summary.skipped == 0 and summary.counts == {"train": 16, "test": 8}
+    assert summary.skipped == 0 and summary.counts == {"train": 16, "val": 8, "test": 8}
     assert summary.class_names == EMOTIONS and summary.domain_names == ["EN", "DE"]
     stored = torch.load(tmp_path / "samsemo" / "train.pt", weights_only=False)
     assert stored["texts"]["text"][0].startswith("EN words about")

@@ -17,6 +17,7 @@ from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_bat
 @register
 class EWC(TextAnchoredMethod):
     name = "ewc"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "ewc_lambda": [100.0, 1000.0, 10000.0]}
     description = "elastic weight consolidation (online)"
 
     @dataclass(config={"extra": "forbid"})

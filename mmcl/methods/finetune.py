@@ -7,6 +7,7 @@ from mmcl.methods.base import TextAnchoredMethod, register
 @register
 class Finetune(TextAnchoredMethod):
     name = "finetune"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]}
     description = "sequential fine-tuning (lower bound)"
 
     def training_loss(self, batch, task):

@@ -18,6 +18,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 @register
 class LwF(TextAnchoredMethod):
     name = "lwf"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "distillation_weight": [0.5, 1.0, 2.0]}
     description = "learning without forgetting (logit distillation on old classes)"
     ablations = {"no-distillation": {"distillation_weight": 0.0}}
 

@@ -59,6 +59,7 @@ class ReservoirBuffer:
 @register
 class Replay(TextAnchoredMethod):
     name = "replay"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]}
     description = "experience replay, reservoir buffer"
     ablations = {"buffer-quarter": {"buffer_size": 50}}
 
