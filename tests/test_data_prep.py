@@ -244,6 +244,10 @@ def test_ave_prepare_skips_corrupt_file_and_trains(tmp_path, smoke_config):
     assert again.reused and again.skipped == 1
 
     config = smoke_with(tmp_path, "av-events", tmp_path / "ave")
+    from mmcl.data.benchmarks import load_benchmark
+
+    benchmark = load_benchmark(config, "av-events")  # valSet.txt is the validation split, train stays whole
+    assert len(benchmark.train) == 11 and len(benchmark.val) == 6 and len(benchmark.test) == 6
     result = run(config, "class_incremental", "finetune", seed=0)
     matrix = result.accuracy_matrix["standard"]
     assert len(matrix) == 2 and all(0.0 <= a <= 100.0 for row in matrix for a in row)
@@ -371,7 +375,10 @@ def test_modality_stream_image_from_local_datasets_and_esc50(tmp_path, smoke_con
     config = smoke_with(tmp_path, "modality-stream", tmp_path / "stream")
     benchmark = load_benchmark(config, "modality-stream")
     train = benchmark.train
-    assert train.inputs["image"].shape == (15, 3, 32, 32)  # dense for the engine
+    # No validation list: round(0.2 x n), at least one, of each class's 2-3 training samples is carved.
+    assert not (tmp_path / "stream" / "val.pt").exists() and len(benchmark.val) == 6
+    assert sorted(benchmark.val.labels.tolist()) == list(range(6))
+    assert train.inputs["image"].shape == (9, 3, 32, 32)  # dense for the engine
     image_rows = torch.tensor([m == "image" for m in meta["class_modalities"]])[train.labels]
     assert train.inputs["image"][~image_rows].sum() == 0 and train.inputs["audio"][image_rows].sum() == 0
     assert train.inputs["image"][image_rows].float().mean() > 0

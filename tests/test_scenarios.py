@@ -9,7 +9,7 @@ from mmcl.data.scenarios import build_stream, class_order, modality_order
 
 @pytest.fixture(scope="module")
 def config():
-    return load_config("smoke")  # smoke sizes: 12 train and 6 test samples per class and domain
+    return load_config("smoke")  # smoke sizes: 12 train (10 after 2 go to validation) and 6 test per class and domain
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,8 @@ def test_class_incremental_split_is_an_exact_partition(av):
     for task in stream.tasks:
         assert set(task.train.labels.tolist()) == set(task.classes)
         assert set(task.test.labels.tolist()) == set(task.classes)
-        assert len(task.train) == 12 * 3 and len(task.test) == 6 * 3
+        assert set(task.val.labels.tolist()) == set(task.classes)
+        assert len(task.train) == 10 * 3 and len(task.val) == 2 * 3 and len(task.test) == 6 * 3
         assert task.modalities == ["video", "audio"] and task.train.modalities == ("video", "audio")
 
 
