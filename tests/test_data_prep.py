@@ -451,7 +451,7 @@ def test_skipping_stops_above_the_allowed_fraction_and_resumes_once_the_file_is_
 
     write_mp4(raw / "AVE" / "vid0x0.mp4", shade=0, tone=300)  # the user re-downloads the bad file
     assert cli_main(args) == 0
-    assert "samples: train 6, test 2" in capsys.readouterr().out  # the shard with the failure was redone
+    assert "samples: train 6, val 2, test 2" in capsys.readouterr().out  # the shard with the failure was redone
 
     raw = make_ave(tmp_path / "raw2", classes=2, train=3, test=1)
     assert cli_main([*args[:2], str(raw), "--out", str(tmp_path / "allowed"), *args[5:],

@@ -42,9 +42,9 @@ def test_validation_is_carved_per_class_and_domain_by_the_benchmark_seed():
 def test_streams_carry_validation_and_an_empty_one_is_an_error():
     config = load_config("smoke")
     av = load_benchmark(config, "av-events")
-    assert len(av.train) == 6 * 10 and len(av.val) == 6 * 2 and len(av.test) == 6 * 6
+    assert len(av.train) == 6 * 12 and len(av.val) == 6 * 3 and len(av.test) == 6 * 6
     stream = build_stream("class_incremental", av, seed=1)
-    assert [t["val_size"] for t in stream.order_record()["tasks"]] == [6, 6]
+    assert [t["val_size"] for t in stream.order_record()["tasks"]] == [9, 9]
     # the run seed orders classes; which samples validate is the benchmark's: the same for every seed
     other = build_stream("class_incremental", av, seed=2)
     assert sorted(map(float, torch.cat([t.val.inputs["audio"].float().sum((1, 2, 3)) for t in stream.tasks]))) == \
@@ -186,14 +186,14 @@ def test_tune_on_smoke_records_every_trial_and_writes_defaults(tmp_path, monkeyp
     scores = [t["val_score"] for t in record["trials"]]
     assert record["chosen"] == record["trials"][scores.index(max(scores))]["values"]
     assert set(record["code_version"]) >= {"git_commit", "source_fingerprint"}
-    for trial in record["trials"]:  # normal runs, evaluated on validation data (6 samples per task)
+    for trial in record["trials"]:  # normal runs, evaluated on validation data (9 samples per task)
         run_dir = Path(trial["run_dir"])
         assert run_dir.parent.parent == path.parent
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["modes"]["standard"]["final_accuracy"] == trial["val_score"]
         assert metrics["run"]["hparams"]["lr_scale"] == trial["values"]["lr_scale"]
         rows = [json.loads(line) for line in (run_dir / "tasks.jsonl").read_text().splitlines()]
-        assert rows[-1]["evaluation"]["standard"]["count"] == [6, 6]
+        assert rows[-1]["evaluation"]["standard"]["count"] == [9, 9]
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["eval_split"] == "val"
     tuned = yaml.safe_load((tmp_path / "tuned" / "smoke.yaml").read_text())
     assert tuned["class_incremental"]["finetune"]["values"] == record["chosen"]
