@@ -1,8 +1,9 @@
-"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``reproduce``.
+"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``tune``, ``reproduce``.
 
     mmcl run --scenario class_incremental --method lwf --seed 0 --profile tiny --set train.epochs=5
     mmcl list methods
     mmcl bench --method finetune --profile tiny
+    mmcl tune --method lwf --scenario class_incremental --profile tiny --write-defaults
     mmcl reproduce --profile tiny
     mmcl claims --profile tiny --update-docs
 """
@@ -48,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_profile_arguments(bench)
+
+    tune = commands.add_parser("tune", help="choose a method's hyper-parameters on validation data (same budget for all)")
+    tune.add_argument("--method", help="a registered method (or --all)")
+    tune.add_argument("--scenario", choices=SCENARIOS, help="default with --all: every scenario of the profile")
+    tune.add_argument("--all", action="store_true", help="every trainable method on every compatible scenario")
+    tune.add_argument("--benchmark", help="default: the scenario's benchmark in the profile")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--trials", type=int, help="default: tuning.trials of the profile (the same for every method)")
+    tune.add_argument("--output-dir", help="default: runtime.output_dir of the profile")
+    tune.add_argument("--write-defaults", action="store_true",
+                      help="write the chosen values into mmcl/profiles/tuned/<profile>.yaml")
+    _add_profile_arguments(tune)
 
     reproduce = commands.add_parser("reproduce", help="run the notebook sequence with papermill (resumes)")
     reproduce.add_argument("--output-dir", help="runs and executed notebooks (default: runtime.output_dir)")
@@ -97,6 +110,36 @@ def _list(what: str, profile: str) -> str:
     return "\n".join(lines)
 
 
+def _tune(args) -> int:
+    from mmcl.methods import REGISTRY
+    from mmcl.methods.base import method_class
+    from mmcl.tuning import tune, write_defaults
+
+    config = load_config(args.profile, args.overrides)
+    if args.all == bool(args.method):
+        raise ConfigError("mmcl tune: give --method M --scenario S, or --all")
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials: must be at least 1, got {args.trials}")
+    if args.all:
+        scenarios = [args.scenario] if args.scenario else list(config.scenarios)
+        jobs = [(name, s) for name in sorted(REGISTRY) for s in scenarios if s in REGISTRY[name].compatible_scenarios]
+    else:
+        if not args.scenario:
+            raise ConfigError("mmcl tune: --scenario is required with --method")
+        jobs = [(args.method, args.scenario)]
+    for name, scenario in jobs:
+        if not method_class(name).trains:
+            print(f"skipped {name}: it trains nothing, so there is nothing to tune")
+            continue
+        record = tune(config, scenario, name, seed=args.seed, benchmark=args.benchmark, trials=args.trials,
+                      output_dir=args.output_dir)
+        print(f"{name} · {scenario} · {record['benchmark']}: chose {record['chosen']} "
+              f"(validation {record['chosen_score']:.2f} over {record['budget']} trials); record {record['record']}")
+        if args.write_defaults:
+            print(f"  defaults written to {write_defaults(record)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -134,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.profile, args.overrides)
             result = bench_method(config, args.method, args.scenario, steps=args.steps, variant=args.variant)
             print(json.dumps(result, indent=2) if args.json else format_bench(result))
+        elif args.command == "tune":
+            return _tune(args)
         elif args.command == "reproduce":
             from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
 

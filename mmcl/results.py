@@ -104,14 +104,15 @@ def sort_methods(labels: Iterable[str]) -> list[str]:
 
 
 def find_run_dirs(*paths: str | Path) -> list[Path]:
-    """Complete run folders (those holding ``metrics.json``) at or below each path, sorted."""
+    """Complete run folders (those holding ``metrics.json``) at or below each path, sorted; the
+    validation runs of ``mmcl tune`` (in a ``tuning`` folder below the path) are left out."""
     found: set[Path] = set()
     for path in paths:
         path = Path(path)
         if (path / "metrics.json").is_file():
             found.add(path)
         elif path.is_dir():
-            found.update(p.parent for p in path.rglob("metrics.json"))
+            found.update(p.parent for p in path.rglob("metrics.json") if "tuning" not in p.relative_to(path).parts)
     return sorted(found)
 
 

@@ -18,6 +18,7 @@ from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_bat
 class EWC(TextAnchoredMethod):
     name = "ewc"
     family = "classic"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "ewc_lambda": [100.0, 1000.0, 10000.0]}
     description = "elastic weight consolidation (online)"
 
     @dataclass(config={"extra": "forbid"})

@@ -144,6 +144,7 @@ class GrowingCosineClassifier(nn.Module):
 class MoEAdapters(Method):
     name = "moe-adapters"
     family = "paper"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "kd_weight": [0.5, 1.0]}
     compatible_scenarios = ("class_incremental", "domain_incremental")
     description = "cross-modality MoE adapters + alignment + relation preservation (Paper B, no buffer)"
 

@@ -60,6 +60,7 @@ class ReservoirBuffer:
 class Replay(TextAnchoredMethod):
     name = "replay"
     family = "rehearsal"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]}
     description = "experience replay, reservoir buffer"
     ablations = {"buffer-quarter": {"buffer_size": 50}}
 
