@@ -44,11 +44,12 @@ class AVE(DatasetAdapter):
       AVE/                 <VideoID>.mp4   (4,143 clips, 10 s, with audio)
       Annotations.txt      Category&VideoID&Quality&StartTime&EndTime  (header line first)
       trainSet.txt         same line format: the training split
-      valSet.txt           same line format (used only with option train_splits=[train, val])
+      valSet.txt           same line format: the validation split (tuning only)
       testSet.txt          same line format: the test split"""
     default_options: ClassVar[dict] = {
         "video_dir": "AVE",
-        "train_splits": ["trainSet.txt"],  # add "valSet.txt" to train on train+val
+        "train_splits": ["trainSet.txt"],
+        "val_splits": ["valSet.txt"],  # the validation split written as val.pt ([]: carved from train)
         "test_splits": ["testSet.txt"],
         "crop_to_event": False,  # True: sample frames/audio only inside the annotated event segment
     }
@@ -56,7 +57,8 @@ class AVE(DatasetAdapter):
     def list_items(self, raw_dir: Path) -> Plan:
         video_dir = self.require(raw_dir / self.options["video_dir"], raw_dir, "video folder")
         split_rows = {}
-        for split, files in (("train", self.options["train_splits"]), ("test", self.options["test_splits"])):
+        for split, files in (("train", self.options["train_splits"]), ("val", self.options["val_splits"]),
+                             ("test", self.options["test_splits"])):
             split_rows[split] = [row for name in files
                                  for row in read_annotation_lines(self.require(raw_dir / name, raw_dir, "split list"))]
         class_names = sorted({row["category"] for rows in split_rows.values() for row in rows})

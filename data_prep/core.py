@@ -13,7 +13,7 @@ raw numpy signals. Everything else happens here, once for all datasets:
 4. **shard**: samples are processed in shards of ``shard_size``; each finished shard is saved
    atomically under ``<out>/.work/`` and recorded in ``progress.json``, so an interrupted run
    resumes at the first unfinished shard.
-5. **assemble**: shards are concatenated into ``train.pt`` / ``test.pt`` (atomic), and
+5. **assemble**: shards are concatenated into ``train.pt`` / ``val.pt`` (where the adapter lists a validation split) / ``test.pt`` (atomic), and
    ``meta.json`` with ``complete: true`` is written **last**; a folder without it is never read as
    a prepared dataset by :func:`mmcl.data.processed.load_processed`.
 
@@ -49,7 +49,7 @@ from mmcl.records import atomic_torch_save, atomic_write_json
 
 log = logging.getLogger("data_prep")
 OnError = Literal["skip", "fail"]
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # "val": the publisher's validation list, where there is one
 
 
 class PrepError(RuntimeError):
@@ -73,7 +73,7 @@ class Item:
     """One raw sample: where its files are and what it is."""
 
     key: str  # unique and stable (relative path or id): names the sample in reports
-    split: str  # "train" | "test"
+    split: str  # "train" | "val" | "test"
     label: int
     files: dict[str, str]  # role -> path, e.g. {"video": ".../x.mp4"}
     domain: int = 0
@@ -430,11 +430,13 @@ def run_preparation(adapter: DatasetAdapter, raw_dir: Path, out_dir: Path, confi
             state["done"].pop(name, None)
         atomic_write_json(progress_path, state)
         raise
-    counts = {split: len(assembled[split]["labels"]) for split in SPLITS}
-    if counts["train"] == 0 or counts["test"] == 0:
-        raise PrepError(f"{adapter.name}: no readable {'train' if counts['train'] == 0 else 'test'} samples "
+    counts = {split: len(assembled[split]["labels"]) for split in SPLITS if split != "val" or by_split["val"]}
+    empty = next((split for split in counts if counts[split] == 0), None)
+    if empty:
+        raise PrepError(f"{adapter.name}: no readable {empty} samples "
                         f"({len(failures)} files failed to decode); see the messages above")
-    for split in SPLITS:
+    (out_dir / "val.pt").unlink(missing_ok=True)  # none without a validation list: the loader carves one
+    for split in counts:
         atomic_torch_save(assembled[split], out_dir / f"{split}.pt")
     summary = PrepSummary(adapter.name, str(out_dir), counts, len(failures), failures, plan.class_names,
                           plan.domain_names, modalities, time.perf_counter() - started,

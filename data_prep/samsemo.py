@@ -45,7 +45,8 @@ class SAMSEMO(DatasetAdapter):
         "repository": "SamsungNLP/SAMSEMO",  # hub id, or a local folder holding a copy of it
         "revision": None,
         "languages": ["EN", "DE", "ES", "PL", "KO"],
-        "train_splits": ["train"],  # add "valid" to train on train+valid
+        "train_splits": ["train"],
+        "val_splits": ["valid"],  # the validation split written as val.pt ([]: carved from train)
         "test_splits": ["test"],
         "metadata": "samsemo.tsv",
         "id_column": "utterance_id",
@@ -85,7 +86,8 @@ class SAMSEMO(DatasetAdapter):
         languages = [language.upper() for language in self.options["languages"]]
         split_ids: dict[tuple[str, str], list[str]] = {}
         for language in languages:
-            for split, names in (("train", self.options["train_splits"]), ("test", self.options["test_splits"])):
+            for split, names in (("train", self.options["train_splits"]), ("val", self.options["val_splits"]),
+                                 ("test", self.options["test_splits"])):
                 ids = split_ids.setdefault((split, language), [])
                 for name in names:
                     path = self.require(raw_dir / "splits" / f"{name}_split_{language}.txt", raw_dir, "split list")

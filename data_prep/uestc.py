@@ -44,7 +44,8 @@ class UESTCMMEACL(DatasetAdapter):
     default_options: ClassVar[dict] = {
         "video_dir": "video",
         "sensor_dir": "sensor",
-        "train_splits": ["train.txt"],  # add "val.txt" to train on train+val
+        "train_splits": ["train.txt"],
+        "val_splits": ["val.txt"],  # the validation split written as val.pt ([]: carved from train)
         "test_splits": ["test.txt"],
         "video_extensions": [".mp4", ".avi", ".MP4"],
         "sensor_extensions": [".csv", ".txt"],
@@ -59,7 +60,8 @@ class UESTCMMEACL(DatasetAdapter):
         video_dir = self.require(raw_dir / self.options["video_dir"], raw_dir, "video folder")
         sensor_dir = self.require(raw_dir / self.options["sensor_dir"], raw_dir, "sensor folder")
         entries = []
-        for split, files in (("train", self.options["train_splits"]), ("test", self.options["test_splits"])):
+        for split, files in (("train", self.options["train_splits"]), ("val", self.options["val_splits"]),
+                             ("test", self.options["test_splits"])):
             for name in files:
                 path = self.require(raw_dir / name, raw_dir, "split list")
                 for number, line in enumerate(path.read_text().splitlines(), 1):

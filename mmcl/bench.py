@@ -43,7 +43,7 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
     method_obj, stream = build_run(config, scenario, method, seed, device=device)
-    tasks = stream.tasks
+    tasks = method_obj.context.tasks  # training views, as the engine passes them
     for task in tasks[: min(1, len(tasks) - 1) + 1]:  # begin the second task (or the only one)
         method_obj.context.seen_classes = sorted({c for t in tasks[: task.index + 1] for c in t.classes})
         method_obj.begin_task(task)

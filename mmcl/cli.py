@@ -1,9 +1,11 @@
-"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``reproduce``.
+"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``tune``, ``reproduce``.
 
     mmcl run --scenario class_incremental --method lwf --seed 0 --profile tiny --set train.epochs=5
     mmcl list methods
     mmcl bench --method finetune --profile tiny
+    mmcl tune --method lwf --scenario class_incremental --profile tiny --write-defaults
     mmcl reproduce --profile tiny
+    mmcl claims --profile tiny --update-docs
 """
 from __future__ import annotations
 
@@ -48,17 +50,39 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_profile_arguments(bench)
 
+    tune = commands.add_parser("tune", help="choose a method's hyper-parameters on validation data (same budget for all)")
+    tune.add_argument("--method", help="a registered method (or --all)")
+    tune.add_argument("--scenario", choices=SCENARIOS, help="default with --all: every scenario of the profile")
+    tune.add_argument("--all", action="store_true", help="every trainable method on every compatible scenario")
+    tune.add_argument("--benchmark", help="default: the scenario's benchmark in the profile")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--trials", type=int, help="default: tuning.trials of the profile (the same for every method)")
+    tune.add_argument("--output-dir", help="default: runtime.output_dir of the profile")
+    tune.add_argument("--write-defaults", action="store_true",
+                      help="write the chosen values into mmcl/profiles/tuned/<profile>.yaml")
+    _add_profile_arguments(tune)
+
     reproduce = commands.add_parser("reproduce", help="run the notebook sequence with papermill (resumes)")
     reproduce.add_argument("--output-dir", help="runs and executed notebooks (default: runtime.output_dir)")
     reproduce.add_argument("--figures-dir", default="figures", help="tables and figures (default: figures)")
-    reproduce.add_argument("--seeds", type=int, nargs="+", help="default: each notebook's own (0 1 2)")
+    reproduce.add_argument("--seeds", type=int, nargs="+", help="default: the profile's runtime.seeds (tiny: 0 1 2)")
     reproduce.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these notebooks, e.g. 30_figures_and_tables")
     reproduce.add_argument("--rerun-notebooks", action="store_true",
                            help="execute every notebook even when its executed copy is up to date")
     reproduce.add_argument("--rerun-stale", action="store_true",
                            help="remove the complete runs made by other code (another source fingerprint) first, "
                                 "so the notebooks train them again")
+    reproduce.add_argument("--update-docs", action="store_true",
+                           help="also rewrite the claims blocks of docs/methods/*.md from figures/claims.csv")
     _add_profile_arguments(reproduce)
+
+    claims = commands.add_parser("claims", help="measure the papers' claims on the stored runs (figures/claims.{md,csv})")
+    claims.add_argument("--output-dir", help="where the runs are (default: runtime.output_dir of the profile)")
+    claims.add_argument("--figures-dir", default="figures", help="where claims.{md,csv} go (default: figures)")
+    claims.add_argument("--update-docs", action="store_true",
+                        help="rewrite the claims blocks of the method pages from the written claims.csv")
+    claims.add_argument("--docs-dir", help="the method pages (default: docs/methods of this checkout)")
+    _add_profile_arguments(claims)
     return parser
 
 
@@ -87,6 +111,36 @@ def _list(what: str, profile: str) -> str:
         lines.append("profiles:")
         lines += [f"  {name}" for name in available_profiles()]
     return "\n".join(lines)
+
+
+def _tune(args) -> int:
+    from mmcl.methods import REGISTRY
+    from mmcl.methods.base import method_class
+    from mmcl.tuning import tune, write_defaults
+
+    config = load_config(args.profile, args.overrides)
+    if args.all == bool(args.method):
+        raise ConfigError("mmcl tune: give --method M --scenario S, or --all")
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials: must be at least 1, got {args.trials}")
+    if args.all:
+        scenarios = [args.scenario] if args.scenario else list(config.scenarios)
+        jobs = [(name, s) for name in sorted(REGISTRY) for s in scenarios if s in REGISTRY[name].compatible_scenarios]
+    else:
+        if not args.scenario:
+            raise ConfigError("mmcl tune: --scenario is required with --method")
+        jobs = [(args.method, args.scenario)]
+    for name, scenario in jobs:
+        if not method_class(name).trains:
+            print(f"skipped {name}: it trains nothing, so there is nothing to tune")
+            continue
+        record = tune(config, scenario, name, seed=args.seed, benchmark=args.benchmark, trials=args.trials,
+                      output_dir=args.output_dir)
+        print(f"{name} · {scenario} · {record['benchmark']}: chose {record['chosen']} "
+              f"(validation {record['chosen_score']:.2f} over {record['budget']} trials); record {record['record']}")
+        if args.write_defaults:
+            print(f"  defaults written to {write_defaults(record)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,16 +180,34 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.profile, args.overrides)
             result = bench_method(config, args.method, args.scenario, steps=args.steps, variant=args.variant)
             print(json.dumps(result, indent=2) if args.json else format_bench(result))
+        elif args.command == "tune":
+            return _tune(args)
         elif args.command == "reproduce":
             from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
 
             try:
                 reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
                           seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks,
-                          rerun_stale=args.rerun_stale)
+                          rerun_stale=args.rerun_stale, update_docs=args.update_docs)
             except NotebookFailed as error:
                 print(f"mmcl reproduce: {error}", file=sys.stderr)
                 return 1
+        elif args.command == "claims":
+            from pathlib import Path
+
+            from mmcl import claims, results
+            from mmcl.reproduce import DOCS_DIR
+
+            config = load_config(args.profile, args.overrides)
+            runs = results.load_runs(Path(args.output_dir or config.runtime.output_dir) / config.profile)
+            paths = claims.write_claims(runs, args.figures_dir, results.appendix_benchmarks(config))
+            table = claims.read_claims(paths["csv"])
+            counts = table["verdict"].value_counts()
+            print(f"{len(table)} comparisons ({', '.join(f'{counts.get(v, 0)} {v}' for v in claims.VERDICTS)}): "
+                  f"{paths['md']}, {paths['csv']}")
+            if args.update_docs:
+                changed = claims.update_docs(paths["csv"], args.docs_dir or DOCS_DIR)
+                print("rewritten: " + (", ".join(map(str, changed)) or "nothing (already up to date)"))
     except (ConfigError, FileNotFoundError, PreparedDataError) as error:
         print(f"mmcl: error: {error}", file=sys.stderr)
         return 2

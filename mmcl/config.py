@@ -80,6 +80,10 @@ class DataConfig(_Strict):
     train_per_class: int = Field(30, ge=1)
     test_per_class: int = Field(15, ge=1)
     benchmark_seed: int = 1234
+    # Share of each (class, domain) group's training samples held out as the validation split
+    # (embedded benchmarks, and prepared ones without a publisher's validation list), drawn by
+    # benchmark_seed, never by the run seed.
+    val_fraction: float = Field(0.2, gt=0, lt=1)
     cache_dir: str | None = None  # default: $MMCL_CACHE or ~/.cache/mmcl
 
 
@@ -92,6 +96,8 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0)
     grad_clip: float | None = 1.0
+    # The split every evaluation reads: "test" for reported runs, "val" for tuning (mmcl tune).
+    eval_split: Literal["test", "val"] = "test"
 
 
 class RuntimeConfig(_Strict):
@@ -104,6 +110,9 @@ class RuntimeConfig(_Strict):
     keep_checkpoints: Literal["last", "all"] = "last"
     # Seconds to wait for another process that holds the run folder's lock (0: stop at once).
     wait_for_lock: float = Field(0.0, ge=0)
+    # Seeds of `mmcl reproduce` when --seeds is not given (every notebook, ablations included):
+    # the main tables and the claims' paired comparisons are over these.
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
 
 
 class BenchmarkConfig(_Strict):
@@ -128,8 +137,17 @@ class BenchmarkConfig(_Strict):
         return value
 
 
+class TuningConfig(_Strict):
+    """``mmcl tune``: the same number of validation trials for every method."""
+
+    trials: int = Field(4, ge=1)
+
+
 class ScenarioConfig(_Strict):
     benchmark: str
+    # Benchmarks the scenario's notebook also runs, reported in appendix tables
+    # (figures/appendix_<scenario>.md), never in the main tables or the claims (stress tests).
+    appendix: list[str] = []
 
 
 class Config(_Strict):
@@ -139,6 +157,7 @@ class Config(_Strict):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    tuning: TuningConfig = TuningConfig()
     benchmarks: dict[str, BenchmarkConfig]
     scenarios: dict[str, ScenarioConfig]
     # Per-method hyper-parameter overrides, validated against each method's dataclass when built.
@@ -157,6 +176,12 @@ class Config(_Strict):
                     f"scenarios.{name}.benchmark: {scenario.benchmark!r} is not among "
                     f"benchmarks {sorted(self.benchmarks)}"
                 )
+            for position, name_ in enumerate(scenario.appendix):
+                if name_ not in self.benchmarks or name_ == scenario.benchmark:
+                    raise ValueError(
+                        f"scenarios.{name}.appendix.{position}: {name_!r} is "
+                        + ("the main benchmark" if name_ == scenario.benchmark
+                           else f"not among benchmarks {sorted(self.benchmarks)}"))
         return self
 
     def fingerprint(self, *sections: str) -> str:

@@ -125,6 +125,14 @@ def with_method_overrides(config: Config, method: str, hparams: dict | None) -> 
     return config.model_copy(update={"methods": method_hparams}, deep=True)
 
 
+def resolved_method_values(config: Config, scenario: str, method: str) -> dict:
+    """A method's hyper-parameter values: its defaults < the tuned values of the profile
+    (:func:`mmcl.tuning.tuned_values`, per scenario) < the profile's and ``--set`` overrides."""
+    from mmcl.tuning import tuned_values
+
+    return {**tuned_values(config.profile, scenario, method), **config.methods.get(method, {})}
+
+
 def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: str | None = None,
               device: torch.device | None = None, progress: bool = False) -> tuple[Method, Stream]:
     """The backbone, the task stream and the method of one run (used by the engine and ``bench``)."""
@@ -132,12 +140,13 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
     if scenario not in method_cls.compatible_scenarios:
         raise ConfigError(f"method {method!r} is not compatible with scenario {scenario!r} "
                           f"(it declares {list(method_cls.compatible_scenarios)})")
-    hparams = method_cls.make_config(config.methods.get(method))
+    hparams = method_cls.make_config(resolved_method_values(config, scenario, method))
     device = device or resolve_device(config.runtime.device)
     benchmark = scenario_benchmark(config, scenario, benchmark)
     encoder = build_encoder(config, device, progress=progress)
     stream = build_stream(scenario, load_benchmark(config, benchmark, encoder.tokenizer, progress=progress), seed)
-    context = RunContext(config, scenario, stream.class_names, device, stream.tasks)
+    # The method sees training views: no task's test or validation data (the engine keeps those).
+    context = RunContext(config, scenario, stream.class_names, device, [t.training_view() for t in stream.tasks])
     seed_everything(seed)
     return method_cls(encoder, context, hparams).to(device), stream
 
@@ -145,15 +154,17 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
 @torch.no_grad()
 def evaluate_task(method: Method, task: Task, label_space: list[int], modality_known: bool, config: Config,
                   device: torch.device) -> tuple[int, int]:
-    """(correct, total) of ``method`` on ``task``'s test data over ``label_space``."""
+    """(correct, total) of ``method`` on ``task``'s evaluation data (``train.eval_split``: test, or
+    validation when tuning) over ``label_space``."""
     space = torch.tensor(sorted(label_space), dtype=torch.long, device=device)
+    data = task.val if config.train.eval_split == "val" else task.test
     correct = 0
     with autocast_for(config, device):
-        for batch in task.test.batches(config.train.eval_batch_size):
+        for batch in data.batches(config.train.eval_batch_size):
             batch = batch.to(device)
             logits = method.predict(batch, space, modality_known=modality_known)
             correct += int((space[logits.argmax(dim=-1)] == batch.labels).sum())
-    return correct, len(task.test)
+    return correct, len(data)
 
 
 def evaluate_stream(method: Method, tasks: list[Task], after: int, modes: list[str], config: Config,
@@ -195,9 +206,14 @@ def make_optimizer(method: Method, config: Config) -> torch.optim.Optimizer:
     if not groups:
         raise RuntimeError(f"method {method.name!r} trains but has no trainable parameters")
     train = config.train
+    # The shared ``lr_scale`` hyper-parameter multiplies every rate: train.lr and the rates a
+    # method sets on its own groups (which keep their ratios to each other).
+    scale = getattr(method.hparams, "lr_scale", 1.0)
+    groups = [{**g, "lr": g["lr"] * scale} if "lr" in g else g for g in groups]
+    lr = train.lr * scale
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
-    return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
 def train_step(method: Method, batch, task: Task, optimizer: torch.optim.Optimizer, config: Config,
@@ -252,7 +268,8 @@ def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], co
             "samples_per_second": samples / seconds if seconds > 0 else None}
 
 
-def run_identity(config: Config, method: str, benchmark: str, hparams: dict | None = None) -> dict:
+def run_identity(config: Config, method: str, benchmark: str, hparams: dict | None = None,
+                 scenario: str | None = None) -> dict:
     """The identity of a run of ``method`` on ``benchmark`` with ``config`` (whose ``seed`` is the
     run's seed): what can change the run's numbers, as a JSON-able mapping.
 
@@ -261,11 +278,13 @@ def run_identity(config: Config, method: str, benchmark: str, hparams: dict | No
     prepared data lie, not what they hold), ``scenarios`` (it only names each scenario's default
     benchmark, which the run's folder already holds), every benchmark but this run's (without its
     ``description``) and every method but this one. The method's entry holds its *resolved*
-    hyper-parameters (``hparams``, or the dataclass built from ``config.methods``), so setting a
-    hyper-parameter to its default value is no difference.
+    hyper-parameters (``hparams``, or the dataclass built from :func:`resolved_method_values` of
+    ``scenario``: defaults < tuned values < ``config.methods``), so setting a hyper-parameter to
+    its default value is no difference, and tuned defaults are part of the identity. ``tuning``
+    (the trial budget of ``mmcl tune``) is left out; ``train.eval_split`` is in.
     """
     identity = config.model_dump(mode="json")
-    for section in ("runtime", "scenarios"):
+    for section in ("runtime", "scenarios", "tuning"):
         identity.pop(section, None)
     identity["data"].pop("cache_dir", None)
     entry = identity["benchmarks"].get(benchmark)
@@ -274,7 +293,8 @@ def run_identity(config: Config, method: str, benchmark: str, hparams: dict | No
         entry.pop("description", None)
     identity["benchmarks"] = {benchmark: entry}
     if hparams is None:
-        hparams = asdict(method_class(method).make_config(config.methods.get(method)))
+        values = resolved_method_values(config, scenario, method) if scenario else config.methods.get(method)
+        hparams = asdict(method_class(method).make_config(values))
     identity["methods"] = {method: json.loads(json.dumps(hparams, default=str))}
     return identity
 
@@ -289,6 +309,7 @@ class RunLocation:
     benchmark: str
     identity: str  # records.identity_digest of the run's identity
     difference: dict  # dotted key -> value where the identity differs from the profile's defaults
+    scenario: str | None = None
 
 
 def locate_run(config: Config, scenario: str, method: str, seed: int | None = None, benchmark: str | None = None,
@@ -306,12 +327,14 @@ def locate_run(config: Config, scenario: str, method: str, seed: int | None = No
         raise ValueError("hyper-parameter overrides need a variant name, so the run gets its own folder")
     config = with_method_overrides(config, method, hparams).model_copy(update={"seed": seed})
     benchmark = scenario_benchmark(config, scenario, benchmark)
-    identity = run_identity(config, method, benchmark)  # also fails fast on a bad method name or key
+    identity = run_identity(config, method, benchmark, scenario=scenario)  # fails fast on a bad method or key
     default = with_method_overrides(profile_defaults(config), method, hparams).model_copy(update={"seed": seed})
-    difference = records.identity_difference(identity, run_identity(default, method, benchmark))
-    run_dir = records.run_directory(output_dir or config.runtime.output_dir, config.profile, scenario, benchmark,
+    difference = records.identity_difference(identity, run_identity(default, method, benchmark, scenario=scenario))
+    # Validation runs (mmcl tune) live apart, in <out>/<profile>/tuning/...: never read as reported runs.
+    tree = f"{config.profile}/tuning" if config.train.eval_split == "val" else config.profile
+    run_dir = records.run_directory(output_dir or config.runtime.output_dir, tree, scenario, benchmark,
                                     records.run_name(method, variant, difference), seed)
-    return RunLocation(run_dir, config, method, benchmark, records.identity_digest(identity), difference)
+    return RunLocation(run_dir, config, method, benchmark, records.identity_digest(identity), difference, scenario)
 
 
 def stored_identity(run_dir: Path) -> tuple[str | None, dict | None]:
@@ -344,7 +367,7 @@ def is_reusable(location: RunLocation) -> bool:
 
 def _other_configuration(location: RunLocation, state: str) -> ConfigError:
     _, mapping = stored_identity(location.run_dir)
-    current = run_identity(location.config, location.method, location.benchmark)
+    current = run_identity(location.config, location.method, location.benchmark, scenario=location.scenario)
     keys = list(records.identity_difference(current, mapping)) if mapping is not None else []
     differs = f" (it differs in {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})" if keys else ""
     return ConfigError(f"{location.run_dir} holds {state} run with a different configuration{differs}: the profile "
@@ -454,7 +477,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
     bar = tqdm(range(len(rows), len(tasks)), desc=f"{method} · {scenario} · seed {seed}", disable=not progress,
                unit="task", initial=len(rows), total=len(tasks))
     for index in bar:
-        task = tasks[index]
+        task = method_obj.context.tasks[index]  # the training view; ``tasks`` keeps the evaluation data
         seed_everything(seed, index)
         method_obj.context.seen_classes = sorted({c for t in tasks[: index + 1] for c in t.classes})
         if device.type == "cuda":
@@ -462,7 +485,8 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         method_obj.begin_task(task)
         stats = {"steps": 0, "samples": 0, "train_seconds": 0.0}
         if method_obj.trains and config.train.epochs > 0:
-            stats = train_task(method_obj, task, training_data(method_obj, tasks, index), config, seed, device, progress)
+            stats = train_task(method_obj, task, training_data(method_obj, method_obj.context.tasks, index), config,
+                               seed, device, progress)
         method_obj.end_task(task)
         evaluated = time.perf_counter()
         results = evaluate_stream(method_obj, tasks, index, modes, config, device)

@@ -28,6 +28,8 @@ NOTEBOOKS = ("00_data_prep", "10_class_incremental", "11_domain_incremental", "1
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # An installed wheel ships the notebooks inside the package (mmcl/notebooks, see pyproject.toml);
 # a source checkout (editable install, PYTHONPATH) has them in its top-level notebooks/ folder.
+# The method pages whose claims blocks `mmcl reproduce --update-docs` rewrites (a source checkout).
+DOCS_DIR = _PACKAGE_DIR.parent / "docs" / "methods"
 NOTEBOOK_DIR = next((d for d in (_PACKAGE_DIR / "notebooks", _PACKAGE_DIR.parent / "notebooks") if d.is_dir()),
                     _PACKAGE_DIR.parent / "notebooks")
 
@@ -61,14 +63,16 @@ def _run_all(config: Config, jobs: list[dict], output_dir: str | Path | None, wh
 
 def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
                benchmarks: Sequence[str] | None = None) -> list[dict]:
-    """The runs of a scenario sweep (keyword arguments of :func:`mmcl.engine.run`): every compatible
-    method with its defaults and, where the scenario is one of its ``comparison_scenarios``, each of
-    its fair-comparison variants (``Method.comparisons``), next to it."""
+    """The runs of a scenario sweep (keyword arguments of :func:`mmcl.engine.run`); with
+    ``benchmarks=None`` the profile's benchmark for the scenario and its appendix benchmarks. Every
+    compatible method runs with its defaults and, where the scenario is one of its
+    ``comparison_scenarios``, with each of its fair-comparison variants (``Method.comparisons``)."""
     from mmcl.engine import scenario_benchmark
-
     from mmcl.methods import REGISTRY
 
-    benchmarks = list(benchmarks or [scenario_benchmark(config, scenario, None)])
+    if not benchmarks:
+        appendix = config.scenarios[scenario].appendix if scenario in config.scenarios else []
+        benchmarks = [scenario_benchmark(config, scenario, None), *appendix]
     jobs = []
     for benchmark in benchmarks:
         for method in compatible_methods(scenario, methods):
@@ -278,13 +282,16 @@ def up_to_date(name: str, executed: Path, parameters: dict, notebook_dir: Path =
 
 
 def notebook_parameters(name: str, profile: str, overrides: list[str], output_dir: Path, figures_dir: Path,
-                        seeds: list[int] | None) -> dict:
-    """The papermill parameters of notebook ``name`` (only those its parameters cell declares)."""
+                        seeds: list[int] | None, update_docs: bool = False) -> dict:
+    """The papermill parameters of notebook ``name`` (only those its parameters cell declares).
+    ``update_docs``: the figures notebook also rewrites the claims blocks of docs/methods."""
     parameters: dict = {"profile": profile, "overrides": overrides, "output_dir": str(output_dir)}
     if seeds is not None and name not in ("00_data_prep", "30_figures_and_tables"):
         parameters["seeds"] = list(seeds)
     if name == "30_figures_and_tables":
         parameters = {"profile": profile, "output_dir": str(output_dir), "figures_dir": str(figures_dir)}
+        if update_docs:
+            parameters["docs_dir"] = str(DOCS_DIR)
     if name == "00_data_prep":
         parameters.pop("output_dir")
     return parameters
@@ -338,7 +345,7 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
               figures_dir: str | Path = "figures", seeds: Sequence[int] | None = None,
               notebooks: Sequence[str] = NOTEBOOKS, notebook_dir: Path = NOTEBOOK_DIR,
               kernel: str = "python3", extra_parameters: dict[str, dict] | None = None,
-              rerun: bool = False, rerun_stale: bool = False) -> dict[str, float]:
+              rerun: bool = False, rerun_stale: bool = False, update_docs: bool = False) -> dict[str, float]:
     """Execute the notebook sequence with papermill; return seconds per notebook.
 
     Executed notebooks are written to ``<output_dir>/<profile>/notebooks/``; tables and figures
@@ -347,7 +354,9 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     {"methods": ["lwf"]}}``). A notebook whose executed copy is :func:`up_to_date` is skipped
     (0 seconds) unless ``rerun``. Complete runs of the profile made by other code are listed
     first and, with ``rerun_stale``, removed so the notebooks train them again (see
-    :func:`report_stale_runs`). Raises :class:`NotebookFailed` naming the notebook and cell.
+    :func:`report_stale_runs`). ``seeds=None``: the profile's ``runtime.seeds``. ``update_docs``:
+    the figures notebook rewrites the claims blocks of :data:`DOCS_DIR`. Raises
+    :class:`NotebookFailed` naming the notebook and cell.
     """
     overrides = [*overrides, "runtime.progress=false"]
     config = load_config(profile, overrides)  # fail here, not in the first notebook, on a bad override
@@ -363,7 +372,7 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     started = time.perf_counter()
     for number, name in enumerate(notebooks, 1):
         parameters = notebook_parameters(name, profile, list(overrides), output_dir, figures_dir,
-                                         None if seeds is None else list(seeds))
+                                         list(config.runtime.seeds if seeds is None else seeds), update_docs)
         parameters.update((extra_parameters or {}).get(name, {}))
         target = executed / f"{name}.ipynb"
         # Removed stale runs must leave the tables too, even when no notebook makes them again.

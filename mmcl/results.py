@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -104,14 +104,15 @@ def sort_methods(labels: Iterable[str]) -> list[str]:
 
 
 def find_run_dirs(*paths: str | Path) -> list[Path]:
-    """Complete run folders (those holding ``metrics.json``) at or below each path, sorted."""
+    """Complete run folders (those holding ``metrics.json``) at or below each path, sorted; the
+    validation runs of ``mmcl tune`` (in a ``tuning`` folder below the path) are left out."""
     found: set[Path] = set()
     for path in paths:
         path = Path(path)
         if (path / "metrics.json").is_file():
             found.add(path)
         elif path.is_dir():
-            found.update(p.parent for p in path.rglob("metrics.json"))
+            found.update(p.parent for p in path.rglob("metrics.json") if "tuning" not in p.relative_to(path).parts)
     return sorted(found)
 
 
@@ -472,7 +473,7 @@ def to_latex(shown: pd.DataFrame, group_by: str | None = None, comment: str = ""
 
 def to_markdown(shown: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of a display table (numbers right-aligned)."""
-    text_columns = {"Scenario", "Benchmark", "Mode", "Method", "Variant"}
+    text_columns = {"Scenario", "Benchmark", "Mode", "Method", "Variant", "Claim", "Rival", "Claimed", "Verdict"}
 
     def cell(value) -> str:
         return str(value).replace("|", r"\|")
@@ -538,16 +539,34 @@ def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: st
     return paths
 
 
-def write_tables(runs: pd.DataFrame, directory: str | Path) -> dict[str, dict[str, Path]]:
+def appendix_benchmarks(config) -> dict[str, list[str]]:
+    """Scenario -> its appendix benchmarks (``scenarios.<name>.appendix`` of a profile)."""
+    return {name: list(scenario.appendix) for name, scenario in config.scenarios.items() if scenario.appendix}
+
+
+def write_tables(runs: pd.DataFrame, directory: str | Path,
+                 appendix: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, Path]]:
     """Every table of the paper from ``runs``: ``main_<scenario>`` per scenario present, and
-    ``ablations`` when variants were run. Returns table name -> format -> path."""
+    ``ablations`` when variants were run. Benchmarks of ``appendix`` (scenario -> names, see
+    :func:`appendix_benchmarks`) are left out of those and reported in ``appendix_<scenario>``.
+    Returns table name -> format -> path."""
+    appendix = appendix or {}
+    is_appendix = pd.Series([b in appendix.get(s, ()) for s, b in zip(runs["scenario"], runs["benchmark"])],
+                            index=runs.index, dtype=bool)
+    main_runs, appendix_runs = runs[~is_appendix], runs[is_appendix]
     written = {}
-    for scenario in [s for s in SCENARIO_TITLES if s in set(runs["scenario"])]:
-        table = main_table(runs, scenario)
+    for scenario in [s for s in SCENARIO_TITLES if s in set(main_runs["scenario"])]:
+        table = main_table(main_runs, scenario)
         if not table.empty:
             written[f"main_{scenario}"] = write_table(table, directory, f"main_{scenario}",
                                                       f"{SCENARIO_TITLES[scenario]} learning: main results")
-    ablations = ablation_table(runs)
+    for scenario in [s for s in SCENARIO_TITLES if s in set(appendix_runs["scenario"])]:
+        table = main_table(appendix_runs, scenario)
+        if not table.empty:
+            written[f"appendix_{scenario}"] = write_table(
+                table, directory, f"appendix_{scenario}",
+                f"{SCENARIO_TITLES[scenario]} learning: appendix benchmarks (stress tests, not in the main table or the claims)")
+    ablations = ablation_table(main_runs)
     if not ablations.empty:
         written["ablations"] = write_table(ablations, directory, "ablations", "Ablations", group_by="Method")
     return written

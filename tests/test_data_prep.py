@@ -134,9 +134,9 @@ def make_samsemo(root: Path, train: int = 2, test: int = 1) -> Path:
     for language in ("EN", "DE"):
         lists = {"train": [], "valid": [], "test": []}
         for k, emotion in enumerate(EMOTIONS):
-            for j in range(train + test):
+            for j in range(train + test + 1):
                 utterance = f"{language.lower()}{k}m_{j}"
-                split = "train" if j < train else "test"
+                split = "train" if j < train else "test" if j < train + test else "valid"
                 lists[split].append(utterance)
                 rows.append(f"{utterance}\tmovie {k}\t{language}\t{language} words about {emotion} {j}\t{emotion.upper()}")
                 folder = (staging if language == "EN" else root / "data") / language / utterance
@@ -230,7 +230,7 @@ def test_ave_prepare_skips_corrupt_file_and_trains(tmp_path, smoke_config):
     raw = make_ave(tmp_path / "raw")
     # One of 12 training files is unreadable (8 %): above the default limit of 5 %, allowed here.
     summary = data_prep.prepare("ave", raw, tmp_path / "ave", smoke_config, max_skipped_fraction=0.1)
-    assert summary.counts == {"train": 11, "test": 6}  # 12 listed, one truncated mp4
+    assert summary.counts == {"train": 11, "val": 6, "test": 6}  # 12 listed, one truncated mp4; valSet.txt
     assert summary.skipped == 1 and "vid0x0.mp4" in summary.failures[0]["file"]
     assert "vid0x0.mp4" in str(summary) and "skipped (unreadable files): 1" in str(summary)
     meta = json.loads((tmp_path / "ave" / "meta.json").read_text())
@@ -244,6 +244,10 @@ def test_ave_prepare_skips_corrupt_file_and_trains(tmp_path, smoke_config):
     assert again.reused and again.skipped == 1
 
     config = smoke_with(tmp_path, "av-events", tmp_path / "ave")
+    from mmcl.data.benchmarks import load_benchmark
+
+    benchmark = load_benchmark(config, "av-events")  # valSet.txt is the validation split, train stays whole
+    assert len(benchmark.train) == 11 and len(benchmark.val) == 6 and len(benchmark.test) == 6
     result = run(config, "class_incremental", "finetune", seed=0)
     matrix = result.accuracy_matrix["standard"]
     assert len(matrix) == 2 and all(0.0 <= a <= 100.0 for row in matrix for a in row)
@@ -297,7 +301,7 @@ def test_preparation_resumes_and_never_looks_complete_when_interrupted(tmp_path,
         load_processed(config.benchmarks["av-events"], "av-events")
 
     summary = run_preparation(data_prep.adapter("ave"), raw, out, smoke_config, shard_size=2)
-    assert summary.resumed_shards == 2 and summary.counts == {"train": 6, "test": 3}
+    assert summary.resumed_shards == 2 and summary.counts == {"train": 6, "val": 3, "test": 3}
     train, test = load_processed(config.benchmarks["av-events"], "av-events")
     assert len(train) == 6 and len(test) == 3
 
@@ -307,7 +311,7 @@ def test_uestc_video_files_frame_folders_and_inertial_csv(tmp_path, smoke_config
 
     raw = make_uestc(tmp_path / "raw")
     summary = data_prep.prepare("uestc-mmea-cl", raw, tmp_path / "uestc", smoke_config)
-    assert summary.skipped == 0 and summary.counts == {"train": 12, "test": 6}  # val.txt not used by default
+    assert summary.skipped == 0 and summary.counts == {"train": 12, "val": 6, "test": 6}  # val.txt: the val split
     assert summary.class_names[0] == "activity 1" and len(summary.class_names) == 6
     stored = torch.load(tmp_path / "uestc" / "train.pt", weights_only=False)
     assert set(stored["inputs"]) == {"video", "acc", "gyro"}
@@ -323,7 +327,8 @@ def test_command_line_prepares_and_reports(tmp_path, capsys):
     raw = make_uestc(tmp_path / "raw", classes=2)
     out = tmp_path / "cli"
     code = cli_main(["uestc-mmea-cl", "--raw", str(raw), "--out", str(out), "--profile", SMOKE, "--quiet",
-                     "--option", "train_splits=[train.txt,val.txt]", "--shard-size", "3"])
+                     "--option", "train_splits=[train.txt,val.txt]", "--option", "val_splits=[]",
+                     "--shard-size", "3"])
     assert code == 0 and (out / "meta.json").is_file()
     printed = capsys.readouterr().out
     assert "samples: train 6, test 2" in printed and "skipped (unreadable files): 0" in printed
@@ -336,7 +341,7 @@ def test_samsemo_local_hub_copy_languages_as_domains(tmp_path, smoke_config):
     options = {"repository": str(raw), "languages": ["EN", "DE"]}
     data_prep.fetch("samsemo", raw, options)  # a local copy: nothing to download
     summary = data_prep.prepare("samsemo", raw, tmp_path / "samsemo", smoke_config, options=options)
-    assert summary.skipped == 0 and summary.counts == {"train": 16, "test": 8}
+    assert summary.skipped == 0 and summary.counts == {"train": 16, "val": 8, "test": 8}
     assert summary.class_names == EMOTIONS and summary.domain_names == ["EN", "DE"]
     stored = torch.load(tmp_path / "samsemo" / "train.pt", weights_only=False)
     assert stored["texts"]["text"][0].startswith("EN words about")
@@ -370,7 +375,10 @@ def test_modality_stream_image_from_local_datasets_and_esc50(tmp_path, smoke_con
     config = smoke_with(tmp_path, "modality-stream", tmp_path / "stream")
     benchmark = load_benchmark(config, "modality-stream")
     train = benchmark.train
-    assert train.inputs["image"].shape == (15, 3, 32, 32)  # dense for the engine
+    # No validation list: round(0.2 x n), at least one, of each class's 2-3 training samples is carved.
+    assert not (tmp_path / "stream" / "val.pt").exists() and len(benchmark.val) == 6
+    assert sorted(benchmark.val.labels.tolist()) == list(range(6))
+    assert train.inputs["image"].shape == (9, 3, 32, 32)  # dense for the engine
     image_rows = torch.tensor([m == "image" for m in meta["class_modalities"]])[train.labels]
     assert train.inputs["image"][~image_rows].sum() == 0 and train.inputs["audio"][image_rows].sum() == 0
     assert train.inputs["image"][image_rows].float().mean() > 0
@@ -443,7 +451,7 @@ def test_skipping_stops_above_the_allowed_fraction_and_resumes_once_the_file_is_
 
     write_mp4(raw / "AVE" / "vid0x0.mp4", shade=0, tone=300)  # the user re-downloads the bad file
     assert cli_main(args) == 0
-    assert "samples: train 6, test 2" in capsys.readouterr().out  # the shard with the failure was redone
+    assert "samples: train 6, val 2, test 2" in capsys.readouterr().out  # the shard with the failure was redone
 
     raw = make_ave(tmp_path / "raw2", classes=2, train=3, test=1)
     assert cli_main([*args[:2], str(raw), "--out", str(tmp_path / "allowed"), *args[5:],

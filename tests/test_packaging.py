@@ -25,7 +25,7 @@ def test_wheel_holds_modules_profiles_model_configs_and_notebooks(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
 
     expected = {f"mmcl/notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}
-    expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "mmcl" / "profiles").glob("*.yaml")}
+    expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "mmcl" / "profiles").rglob("*.yaml")}  # tuned/ too
     expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "mmcl" / "models" / "configs").glob("*.json")}
     expected |= {p.relative_to(ROOT).as_posix() for folder in ("mmcl", "data_prep")
                  for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}

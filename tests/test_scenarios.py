@@ -9,7 +9,7 @@ from mmcl.data.scenarios import build_stream, class_order, modality_order
 
 @pytest.fixture(scope="module")
 def config():
-    return load_config("smoke")  # smoke sizes: 12 train and 6 test samples per class and domain
+    return load_config("smoke")  # smoke sizes: 15 train (12 after 3 go to validation) and 6 test per class and domain
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,8 @@ def test_class_incremental_split_is_an_exact_partition(av):
     for task in stream.tasks:
         assert set(task.train.labels.tolist()) == set(task.classes)
         assert set(task.test.labels.tolist()) == set(task.classes)
-        assert len(task.train) == 12 * 3 and len(task.test) == 6 * 3
+        assert set(task.val.labels.tolist()) == set(task.classes)
+        assert len(task.train) == 12 * 3 and len(task.val) == 3 * 3 and len(task.test) == 6 * 3
         assert task.modalities == ["video", "audio"] and task.train.modalities == ("video", "audio")
 
 
@@ -56,7 +57,7 @@ def test_domain_incremental_has_all_classes_one_domain_per_task(config):
     for index, task in enumerate(stream.tasks):
         assert task.classes == [0, 1, 2, 3]
         assert set(task.train.domains.tolist()) == {index} and set(task.test.domains.tolist()) == {index}
-        assert len(task.train) == 12 * 4
+        assert len(task.train) == 12 * 4 and set(task.val.domains.tolist()) == {index} and len(task.val) == 3 * 4
 
 
 def test_modality_incremental_one_modality_per_task(config):

@@ -33,6 +33,8 @@ class Benchmark:
     # For data where each class exists in one modality only (a real modality stream made of one
     # dataset per modality): the modality of each class. None when every class has every modality.
     class_modalities: list[str] | None = None
+    # Validation split carved from the training data (or the publisher's list): for tuning only.
+    val: MultiModalDataset | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -52,20 +54,40 @@ def benchmark_spec(config: Config, name: str) -> BenchmarkConfig:
 def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None, progress: bool = False) -> Benchmark:
     """Train/test data of benchmark ``name``; text modalities tokenised with ``tokenizer``."""
     spec = benchmark_spec(config, name)
-    class_modalities = None
+    class_modalities = val = None
     if spec.source == "synthetic":
         train, test = _cached_synthetic(config, name, spec, progress)
     else:
-        from mmcl.data.processed import _read_meta, load_processed
+        from mmcl.data.processed import _read_meta, load_processed, load_processed_val
 
         train, test = load_processed(spec, name, config.data)
+        val = load_processed_val(spec, name)
         class_modalities = _read_meta(processed_root(spec, name) / "meta.json", name).get("class_modalities")
+    if val is None:  # no publisher's validation list: a share of the training data
+        train, val = carve_validation(train, config.data.val_fraction, config.data.benchmark_seed)
     if "text" in spec.modalities:
         if tokenizer is None:
             raise ValueError(f"benchmark {name!r} has a text modality: pass the model's tokenizer")
-        for split in (train, test):
+        for split in (train, val, test):
             split.inputs["text"] = pipeline.text_to_tensor(split.texts["text"], tokenizer)
-    return Benchmark(name, spec, train, test, class_modalities)
+    return Benchmark(name, spec, train, test, class_modalities, val)
+
+
+def carve_validation(train: MultiModalDataset, fraction: float, seed: int
+                     ) -> tuple[MultiModalDataset, MultiModalDataset]:
+    """(train without validation, validation): ``round(fraction * n)`` samples (at least one, and
+    never all) of every (class, domain) group of ``n >= 2`` samples, drawn by ``seed`` alone."""
+    generator = torch.Generator().manual_seed(seed)
+    held = torch.zeros(len(train), dtype=torch.bool)
+    span = int(train.domains.max()) + 1 if len(train) else 1
+    groups = train.labels.long() * span + train.domains.long()
+    for group in torch.unique(groups).tolist():  # sorted: the draw does not depend on sample order elsewhere
+        members = torch.nonzero(groups == group).flatten()
+        if len(members) < 2:
+            continue
+        count = min(max(1, round(fraction * len(members))), len(members) - 1)
+        held[members[torch.randperm(len(members), generator=generator)[:count]]] = True
+    return train.subset(torch.nonzero(~held).flatten()), train.subset(torch.nonzero(held).flatten())
 
 
 def _cached_synthetic(config: Config, name: str, spec: BenchmarkConfig, progress: bool):

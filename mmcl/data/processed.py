@@ -1,13 +1,14 @@
 """Reader for real datasets prepared by ``data_prep/`` into the engine's format.
 
-A prepared benchmark is a folder with ``meta.json`` and ``train.pt`` / ``test.pt``.
+A prepared benchmark is a folder with ``meta.json`` and ``train.pt`` / ``test.pt``, and
+``val.pt`` where the dataset publishes a validation list (else validation is carved from train).
 
 ``meta.json``: ``format_version``, ``dataset``, ``class_names``, ``domain_names``, ``modalities``,
 ``class_modalities`` (modality of each class, modality streams only, else null), ``settings``
 (the data sizes it was prepared at), ``summary`` (counts, skipped files) and ``complete: true``.
 It is written last, so a folder without it was interrupted and is never read as complete.
 
-``train.pt`` / ``test.pt``: a dict with ``inputs`` (modality -> uint8 tensor as made by
+``train.pt`` / ``test.pt`` / ``val.pt``: a dict with ``inputs`` (modality -> uint8 tensor as made by
 :mod:`mmcl.data.modalities`), ``labels`` and ``domains`` (``[N]`` long), ``texts`` (modality ->
 list of N strings, for text modalities), ``keys`` (N sample ids, optional) and ``rows``
 (optional, modality -> long indices): a modality listed in ``rows`` is stored only for the
@@ -101,7 +102,7 @@ def check_prepared_settings(meta: dict, data: DataConfig, modalities: list[str],
 def load_processed(spec: BenchmarkConfig, name: str, data: DataConfig | None = None
                    ) -> tuple[MultiModalDataset, MultiModalDataset]:
     """Train and test data of a prepared benchmark; ``data``: the profile's sizes, checked against the preparation's."""
-    from mmcl.data.benchmarks import _from_stored, processed_root
+    from mmcl.data.benchmarks import processed_root
 
     root = processed_root(spec, name)
     meta_path = root / "meta.json"
@@ -122,29 +123,43 @@ def load_processed(spec: BenchmarkConfig, name: str, data: DataConfig | None = N
                           f"{len(meta['class_names'])} classes, the profile says {spec.num_classes}")
     if data is not None:
         check_prepared_settings(meta, data, list(spec.modalities), name)
+    return _load_split(spec, name, meta, "train"), _load_split(spec, name, meta, "test")
+
+
+def load_processed_val(spec: BenchmarkConfig, name: str) -> MultiModalDataset | None:
+    """The publisher's validation split (``val.pt``, written by data_prep where the dataset has a
+    validation list), or None when the preparation wrote none (it is then carved from train)."""
+    from mmcl.data.benchmarks import processed_root
+
+    root = processed_root(spec, name)
+    if not (root / "val.pt").is_file():
+        return None
+    return _load_split(spec, name, _read_meta(root / "meta.json", name), "val")
+
+
+def _load_split(spec: BenchmarkConfig, name: str, meta: dict, split: str) -> MultiModalDataset:
+    from mmcl.data.benchmarks import _from_stored, processed_root
+
     mapping = _domain_mapping(spec, meta["domain_names"], name)
     domain_names = list(spec.domains) if mapping is not None else meta["domain_names"]
-    splits = []
-    for split in ("train", "test"):
-        path = root / f"{split}.pt"
-        try:
-            stored = torch.load(path, weights_only=False)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"benchmark {name!r}: {path} is missing; re-run the preparation") from None
-        except Exception as error:
-            raise PreparedDataError(f"benchmark {name!r}: {path} is unreadable ({type(error).__name__}: "
-                                    f"{str(error).splitlines()[0] if str(error) else ''}); re-run the preparation") from None
-        n = len(stored["labels"])
-        rows = stored.get("rows") or {}
-        stored["inputs"] = {m: expand_rows(stored["inputs"][m], rows[m], n) if m in rows else stored["inputs"][m]
-                            for m in spec.modalities if m != "text"}
-        stored.setdefault("texts", {})
-        if mapping is not None:
-            domains = mapping[stored["domains"]]
-            keep = torch.nonzero(domains >= 0).flatten()
-            stored["inputs"] = {m: t[keep] for m, t in stored["inputs"].items()}
-            stored["labels"], stored["domains"] = stored["labels"][keep], domains[keep]
-            stored["texts"] = {m: [v[i] for i in keep.tolist()] for m, v in stored["texts"].items()}
-        stored["class_names"], stored["domain_names"] = meta["class_names"], domain_names
-        splits.append(_from_stored(stored))
-    return splits[0], splits[1]
+    path = processed_root(spec, name) / f"{split}.pt"
+    try:
+        stored = torch.load(path, weights_only=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"benchmark {name!r}: {path} is missing; re-run the preparation") from None
+    except Exception as error:
+        raise PreparedDataError(f"benchmark {name!r}: {path} is unreadable ({type(error).__name__}: "
+                                f"{str(error).splitlines()[0] if str(error) else ''}); re-run the preparation") from None
+    n = len(stored["labels"])
+    rows = stored.get("rows") or {}
+    stored["inputs"] = {m: expand_rows(stored["inputs"][m], rows[m], n) if m in rows else stored["inputs"][m]
+                        for m in spec.modalities if m != "text"}
+    stored.setdefault("texts", {})
+    if mapping is not None:
+        domains = mapping[stored["domains"]]
+        keep = torch.nonzero(domains >= 0).flatten()
+        stored["inputs"] = {m: t[keep] for m, t in stored["inputs"].items()}
+        stored["labels"], stored["domains"] = stored["labels"][keep], domains[keep]
+        stored["texts"] = {m: [v[i] for i in keep.tolist()] for m, v in stored["texts"].items()}
+    stored["class_names"], stored["domain_names"] = meta["class_names"], domain_names
+    return _from_stored(stored)

@@ -38,7 +38,7 @@ class Stream:
                 "class_names": self.class_names, "modality_order": self.modality_order,
                 "domain_order": self.domain_order,
                 "tasks": [{"index": t.index, "name": t.name, "classes": t.classes, "modalities": t.modalities,
-                           "domain": t.domain, "train_size": len(t.train), "test_size": len(t.test)}
+                           "domain": t.domain, "train_size": len(t.train), "val_size": len(t.val), "test_size": len(t.test)}
                           for t in self.tasks]}
 
 
@@ -70,6 +70,9 @@ def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
     mapping[torch.tensor(order)] = torch.arange(len(order))
     names = [benchmark.class_names[i] for i in order]
     train, test = benchmark.train.relabel(mapping, names), benchmark.test.relabel(mapping, names)
+    if benchmark.val is None:
+        raise ConfigError(f"benchmark {benchmark.name!r} has no validation split")
+    val = benchmark.val.relabel(mapping, names)
     labels = list(range(len(order)))
     tasks: list[Task] = []
     modalities_in_order = domains_in_order = None
@@ -83,7 +86,7 @@ def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
     if scenario == "class_incremental":
         for index, classes in enumerate(_split_evenly(labels, spec.num_tasks, f"benchmarks.{benchmark.name}.num_tasks")):
             tasks.append(Task(index, classes, list(spec.modalities), select(train, classes), select(test, classes),
-                              name=f"classes {classes[0]}-{classes[-1]}"))
+                              name=f"classes {classes[0]}-{classes[-1]}", val=select(val, classes)))
     elif scenario == "domain_incremental":
         if len(spec.domains) < 2:
             raise ConfigError(f"benchmarks.{benchmark.name}.domains: a domain-incremental stream needs at least "
@@ -91,7 +94,7 @@ def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
         domains_in_order = list(spec.domains)
         for index, domain in enumerate(domains_in_order):
             tasks.append(Task(index, labels, list(spec.modalities), select(train, labels, index),
-                              select(test, labels, index), domain=domain, name=domain))
+                              select(test, labels, index), domain=domain, name=domain, val=select(val, labels, index)))
     else:
         if len(spec.modalities) < 2:
             raise ConfigError(f"benchmarks.{benchmark.name}.modalities: a modality-incremental stream needs at "
@@ -110,10 +113,12 @@ def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
             groups = _split_evenly(labels, len(modalities_in_order), f"benchmarks.{benchmark.name}.num_classes")
         for index, (modality, classes) in enumerate(zip(modalities_in_order, groups)):
             tasks.append(Task(index, classes, [modality], select(train, classes, modalities=[modality]),
-                              select(test, classes, modalities=[modality]), name=modality))
+                              select(test, classes, modalities=[modality]), name=modality,
+                              val=select(val, classes, modalities=[modality])))
     for task in tasks:  # an empty split would train on nothing or divide by zero when evaluated
-        for split, data in (("train", task.train), ("test", task.test)):
+        for split, data in (("train", task.train), ("val", task.val), ("test", task.test)):
             if len(data) == 0:
+                fix = "data.val_fraction or data.train_per_class" if split == "val" else f"data.{split}_per_class"
                 raise ConfigError(f"benchmark {benchmark.name!r}: task {task.index} ({task.name}) of the {scenario} "
-                                  f"stream has no {split} samples; check the prepared data or data.{split}_per_class")
+                                  f"stream has no {split} samples; check the prepared data or {fix}")
     return Stream(scenario, benchmark.name, tasks, names, order, modalities_in_order, domains_in_order)

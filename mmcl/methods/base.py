@@ -27,6 +27,7 @@ module tree with :class:`Snapshot`, so checkpoints stay small.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Iterator
 
@@ -51,6 +52,10 @@ def register(cls: type["Method"]) -> type["Method"]:
     unknown = set(cls.compatible_scenarios) - set(SCENARIOS)
     if unknown:
         raise TypeError(f"{cls.__name__}.compatible_scenarios names unknown scenarios {unknown}")
+    from mmcl.config import TuningConfig
+    from mmcl.tuning import check_grid
+
+    check_grid(cls, TuningConfig().trials)
     REGISTRY[cls.name] = cls
     return cls
 
@@ -65,15 +70,24 @@ def method_class(name: str) -> type["Method"]:
 
 @dataclass
 class Task:
-    """One step of a scenario's stream. ``classes`` are run label ids (positions in the class order)."""
+    """One step of a scenario's stream. ``classes`` are run label ids (positions in the class order).
+
+    The engine keeps the whole task (``val`` and ``test`` are evaluation data); a method sees
+    :meth:`training_view` only: its ``test`` and ``val`` are None.
+    """
 
     index: int
     classes: list[int]
     modalities: list[str]
     train: MultiModalDataset
-    test: MultiModalDataset
+    test: MultiModalDataset | None
     domain: str | None = None
     name: str = ""
+    val: MultiModalDataset | None = None  # validation data (carved from training data): tuning only
+
+    def training_view(self) -> "Task":
+        """This task without its evaluation data: what the method contract exposes."""
+        return dataclasses.replace(self, test=None, val=None)
 
     @property
     def modality(self) -> str:
@@ -85,7 +99,8 @@ class Task:
 
 @dataclass
 class RunContext:
-    """What a method may know about the run: the scenario, the classes, the device, the config."""
+    """What a method may know about the run: the scenario, the classes, the device, the config, and
+    the stream's tasks as training views (:meth:`Task.training_view`: no test or validation data)."""
 
     config: Config
     scenario: str
@@ -119,6 +134,7 @@ class MethodConfig:
 
     trainable_blocks: int = pydantic.Field(1, ge=0)  # last vision-tower blocks unfrozen (0: head only)
     head: HeadConfig = pydantic.Field(default_factory=HeadConfig)  # the cosine head's rules
+    lr_scale: float = pydantic.Field(1.0, gt=0)  # multiplies train.lr and every rate of the method's groups
 
 
 def at_most(field: str, limit: str):
@@ -191,6 +207,9 @@ class Method(nn.Module):
     trains_on_all_seen_data: ClassVar[bool] = False  # joint training: the engine passes the union
     uses_modality_id: ClassVar[bool] = False  # evaluated twice in modality-incremental streams
     description: ClassVar[str] = ""
+    # What kind of method it is, for tables and the claims' rivals: classic, rehearsal, prompt,
+    # adapter, paper (a reproduced paper's method) or reference (a bound: zero-shot, joint).
+    family: ClassVar[str] = ""
     # Named ablation variants: variant name -> hyper-parameter overrides (run with
     # ``engine.run(..., variant=name, hparams=overrides)``; the ablations notebook runs them all).
     ablations: ClassVar[dict[str, dict]] = {}
@@ -200,6 +219,9 @@ class Method(nn.Module):
     comparison_scenarios: ClassVar[tuple[str, ...]] = ("class_incremental",)
     # The method's defaults for ``head.*`` keys (merged under the configured ``head`` mapping).
     head_defaults: ClassVar[dict] = {}
+    # Hyper-parameter -> values searched by ``mmcl tune`` on validation data (at least the default
+    # budget of ``tuning.trials`` points; every method gets the same number of trials).
+    tuning_grid: ClassVar[dict[str, list]] = {}
 
     def __init__(self, encoder: MultiModalEncoder, context: RunContext, hparams):
         super().__init__()

@@ -187,6 +187,8 @@ class RelevanceFunction(nn.Module):
 @register
 class COMM(Method):
     name = "comm"
+    family = "paper"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "relevance_lr_scale": [10.0, 100.0]}
     compatible_scenarios = ("modality_incremental",)
     uses_modality_id = True
     description = "COMM (reconstructed): modality prompt pools, relevance blending, self-regularisation, re-alignment"
@@ -210,6 +212,7 @@ class COMM(Method):
         prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
         prompt_init_std: float = Field(0.02, ge=0)
         matching_weight: float = Field(0.5, ge=0)  # key-query matching loss of the current pool
+        lr_scale: float = Field(1.0, gt=0)  # shared by every method: multiplies every learning rate below
         prompt_lr_scale: float = Field(10.0, gt=0)  # learning rate of keys, prompts and head = this x train.lr
         shared_pool: bool = False  # ablation: one pool for all modalities (L2P-like)
         # text-anchored classifier

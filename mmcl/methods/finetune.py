@@ -7,6 +7,8 @@ from mmcl.methods.base import TextAnchoredMethod, register
 @register
 class Finetune(TextAnchoredMethod):
     name = "finetune"
+    family = "classic"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]}
     description = "sequential fine-tuning (lower bound)"
 
     def training_loss(self, batch, task):

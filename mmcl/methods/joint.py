@@ -7,6 +7,8 @@ from mmcl.methods.base import TextAnchoredMethod, register
 @register
 class Joint(TextAnchoredMethod):
     name = "joint"
+    family = "reference"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]}
     trains_on_all_seen_data = True
     description = "joint training on all seen data (upper bound)"
 

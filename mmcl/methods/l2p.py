@@ -62,6 +62,8 @@ def check_prompt_depth(method: str, depth: int, encoder) -> None:
 @register
 class L2P(Method):
     name = "l2p"
+    family = "prompt"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.1, 0.5]}
     compatible_scenarios = ("modality_incremental",)  # one modality per batch (see single_modality)
     description = "learning to prompt: one shared prompt pool, top-k key-query selection"
     # unmasked: cross-entropy over every seen class. Under L2P's mask nothing moves a new modality's
@@ -77,6 +79,7 @@ class L2P(Method):
         prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
         prompt_init_std: float = Field(0.02, ge=0)
         matching_weight: float = Field(0.5, ge=0)  # weight of the key-query matching loss
+        lr_scale: float = Field(1.0, gt=0)  # shared by every method: multiplies every learning rate below
         prompt_lr_scale: float = Field(10.0, gt=0)  # learning rate of keys, prompts and head = this x train.lr
         head: HeadConfig = Field(default_factory=HeadConfig)  # the shared head rules (head.train, ...)
         ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy

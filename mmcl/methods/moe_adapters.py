@@ -107,6 +107,8 @@ def head_rows(text_embeddings: torch.Tensor, tiles: int = 1) -> torch.Tensor:
 @register
 class MoEAdapters(Method):
     name = "moe-adapters"
+    family = "paper"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "kd_weight": [0.5, 1.0]}
     compatible_scenarios = ("class_incremental", "domain_incremental")
     description = "cross-modality MoE adapters + alignment + relation preservation (Paper B, no buffer)"
 

@@ -83,6 +83,8 @@ class ExemplarBuffer:
 @register
 class Replay(TextAnchoredMethod):
     name = "replay"
+    family = "rehearsal"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]}
     description = "experience replay, class-balanced exemplars (5 per class by default)"
     ablations = {"one-per-class": {"per_class": 1}, "twenty-per-class": {"per_class": 20}}
 

@@ -7,6 +7,7 @@ from mmcl.methods.base import HeadConfig, MethodConfig, TextAnchoredMethod, regi
 @register
 class ZeroShot(TextAnchoredMethod):
     name = "zero-shot"
+    family = "reference"
     trains = False
     description = "frozen backbone, text classifier from class-name templates"
 

@@ -1,0 +1,165 @@
+"""``mmcl tune``: the same validation budget for every method, and the defaults it chooses.
+
+Every method declares a small grid of its hyper-parameters (``Method.tuning_grid``; the shared
+``lr_scale`` multiplies ``train.lr`` and every rate a method sets on its own parameter groups).
+A tuning of method M on scenario S runs ``tuning.trials`` grid points (the same number for every
+method: a larger grid is subsampled at evenly spaced positions of its point list, a smaller one
+is an error), each a normal engine run with ``train.eval_split=val`` (records, locks and resume
+apply) under ``<runs>/<profile>/tuning/<scenario>/<benchmark>/``, and chooses the point with the
+best final average validation accuracy of the scenario's primary evaluation mode (the first
+such point on a tie). The tuning record (grid, budget, every trial's values and score, the
+chosen values, the code version) is written beside those runs as ``<method>.json``.
+
+``--write-defaults`` copies the chosen values into ``mmcl/profiles/tuned/<profile>.yaml``
+(per scenario and method, with where they came from). The engine resolves a method's
+hyper-parameters as: the method's defaults < the tuned values < the profile's ``methods`` and
+``--set`` overrides (:func:`mmcl.engine.resolved_method_values`); the resolved values are part of
+every run's identity, so runs made before a tuning are not reused after it.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mmcl import records
+from mmcl.config import Config, ConfigError
+
+TUNED_DIR = Path(__file__).resolve().parent / "profiles" / "tuned"
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values, the first key varying slowest."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def trial_points(method_cls, trials: int) -> list[dict]:
+    """The ``trials`` grid points tuned for ``method_cls``: all of them when the grid has exactly
+    that many, else ``trials`` evenly spaced positions of the point list (first and last included)."""
+    points = grid_points(method_cls.tuning_grid)
+    if len(points) < trials:
+        raise ConfigError(f"tuning.trials: method {method_cls.name!r} declares {len(points)} grid points "
+                          f"({method_cls.tuning_grid}), fewer than the budget of {trials} trials")
+    picks = np.linspace(0, len(points) - 1, trials).round().astype(int) if trials > 1 else np.array([0])
+    return [points[i] for i in picks]
+
+
+def check_grid(method_cls, minimum: int) -> None:
+    """:class:`TypeError` unless a trainable method's grid names its hyper-parameters, holds valid
+    values and has at least ``minimum`` points (called at registration with the default budget)."""
+    grid = method_cls.tuning_grid
+    if not method_cls.trains:
+        if grid:
+            raise TypeError(f"{method_cls.__name__} trains nothing but declares a tuning grid")
+        return
+    names = {f.name for f in fields(method_cls.Config)}
+    unknown = [key for key in grid if key not in names]
+    empty = [key for key, values in grid.items() if not isinstance(values, (list, tuple)) or not values]
+    if unknown or empty:
+        raise TypeError(f"{method_cls.__name__}.tuning_grid: unknown hyper-parameters {unknown} or empty value "
+                        f"lists {empty}")
+    points = grid_points(grid)
+    if len(points) < minimum:
+        raise TypeError(f"{method_cls.__name__}.tuning_grid has {len(points)} points, fewer than the default "
+                        f"budget of {minimum} trials")
+    for point in points:
+        try:
+            method_cls.Config(**point)
+        except Exception as error:  # noqa: BLE001 - pydantic's ValidationError, reported as the grid's fault
+            raise TypeError(f"{method_cls.__name__}.tuning_grid point {point} is invalid: {error}") from None
+
+
+# ------------------------------------------------------------------------------ tuned defaults
+def tuned_file(profile: str) -> Path:
+    return TUNED_DIR / f"{profile}.yaml"
+
+
+def read_tuned(profile: str) -> dict:
+    """The tuned defaults of ``profile``: scenario -> method -> {"values", "source"} ({} when none)."""
+    path = tuned_file(profile)
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping scenario -> method -> values")
+    for scenario, methods in data.items():
+        for method, entry in (methods or {}).items() if isinstance(methods, dict) else [(None, None)]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict):
+                raise ConfigError(f"{path}: {scenario}.{method}.values: expected a mapping of hyper-parameters")
+    return data
+
+
+def tuned_values(profile: str, scenario: str | None, method: str) -> dict:
+    """The tuned hyper-parameter values of ``method`` in ``scenario`` for ``profile`` ({} when none)."""
+    if scenario is None:
+        return {}
+    entry = (read_tuned(profile).get(scenario) or {}).get(method)
+    return dict(entry["values"]) if entry else {}
+
+
+def write_defaults(record: dict, path: Path | None = None) -> Path:
+    """Write the chosen values of a tuning ``record`` into the tuned defaults of its profile."""
+    path = Path(path) if path else tuned_file(record["profile"])
+    data = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    data.setdefault(record["scenario"], {})[record["method"]] = {
+        "values": record["chosen"],
+        "source": {"benchmark": record["benchmark"], "seed": record["seed"], "trials": record["budget"],
+                   "record": record["record"], "date": record["date"],
+                   "code_version": record["code_version"]}}
+    header = ("# Tuned hyper-parameters (written by `mmcl tune --write-defaults`; do not edit by hand).\n"
+              "# Resolution: method defaults < these values < the profile's `methods` and --set overrides.\n")
+    records.atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=True))
+    return path
+
+
+# ------------------------------------------------------------------------------------- tuning
+def tuning_root(config: Config, output_dir: str | Path | None = None) -> Path:
+    """``<runs>/<profile>/tuning``: where validation runs and tuning records live."""
+    return Path(output_dir or config.runtime.output_dir) / config.profile / "tuning"
+
+
+def record_path(config: Config, scenario: str, benchmark: str, method: str,
+                output_dir: str | Path | None = None) -> Path:
+    return tuning_root(config, output_dir) / scenario / benchmark / f"{method}.json"
+
+
+def tune(config: Config, scenario: str, method: str, seed: int = 0, benchmark: str | None = None,
+         trials: int | None = None, output_dir: str | Path | None = None) -> dict:
+    """Tune ``method`` on ``scenario``'s validation data; returns (and writes) the tuning record."""
+    from mmcl.engine import evaluation_modes, run, scenario_benchmark, with_method_overrides
+    from mmcl.methods.base import method_class
+
+    method_cls = method_class(method)
+    if not method_cls.trains:
+        raise ConfigError(f"method {method!r} trains nothing: there is nothing to tune")
+    if scenario not in method_cls.compatible_scenarios:
+        raise ConfigError(f"method {method!r} is not compatible with scenario {scenario!r}")
+    budget = trials or config.tuning.trials
+    points = trial_points(method_cls, budget)
+    benchmark = scenario_benchmark(config, scenario, benchmark)
+    validation = config.model_copy(update={"train": config.train.model_copy(update={"eval_split": "val"})})
+    mode = evaluation_modes(scenario)[0]
+    rows = []
+    for point in points:
+        result = run(with_method_overrides(validation, method, point), scenario, method, seed=seed,
+                     benchmark=benchmark, output_dir=output_dir)
+        rows.append({"values": point, "val_score": result.metrics["modes"][mode]["final_accuracy"],
+                     "run_dir": str(result.run_dir), "identity": result.metrics["run"].get("identity")})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["val_score"], -i))  # the first of equal scores
+    path = record_path(config, scenario, benchmark, method, output_dir)
+    record = {"profile": config.profile, "scenario": scenario, "benchmark": benchmark, "method": method,
+              "seed": seed, "grid": method_cls.tuning_grid, "budget": budget,
+              "selection": f"final average validation accuracy ({mode})",
+              "trials": rows, "chosen": rows[best]["values"], "chosen_score": rows[best]["val_score"],
+              "record": str(path), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "code_version": records.code_version()}
+    records.atomic_write_json(path, record)
+    return record
