@@ -382,7 +382,7 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
 
     The run's identity (:func:`run_identity`: its configuration without ``runtime`` and what
     cannot change its numbers, plus the seed) picks its folder (:func:`locate_run`): the profile's
-    defaults go to ``<method>/seed<k>``, anything else (``--set methods.replay.buffer_size=10``)
+    defaults go to ``<method>/seed<k>``, anything else (``--set methods.replay.per_class=2``)
     to ``<method>@<digest of the difference>/seed<k>``. A complete run there is returned as is
     when its recorded identity equals this one (unless ``force``); an interrupted one resumes
     after its last readable checkpoint. The run folder's lock is held while the run writes it: if

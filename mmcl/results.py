@@ -8,7 +8,7 @@ The frame has one row per (run, evaluation mode): class- and domain-incremental 
 mode (``standard``), modality-incremental runs two (``modality_aware``, ``modality_agnostic``).
 A run of an ablation variant has ``variant`` set and is labelled ``<method>~<variant>``. A run
 whose configuration differs from the profile's defaults (its ``difference``, see
-:func:`mmcl.engine.run_identity`) shows the difference in its label, ``replay (buffer_size=10)``,
+:func:`mmcl.engine.run_identity`) shows the difference in its label, ``replay (per_class=2)``,
 so it is its own row in every table; runs of different identity are never averaged.
 
 Every table carries the code version of its runs (source fingerprint and git commit, see
@@ -66,14 +66,14 @@ def _value_text(value) -> str:
 
 def difference_text(method: str, difference: dict | None) -> str:
     """``difference`` (dotted key -> value) as shown in a label: the method's own hyper-parameters
-    by their short name (``buffer_size=10``), other keys dotted (``train.epochs=1``); "" for none."""
+    by their short name (``per_class=2``), other keys dotted (``train.epochs=1``); "" for none."""
     own = f"methods.{method}."
     return ", ".join(f"{key.removeprefix(own)}={_value_text(value)}" for key, value in (difference or {}).items())
 
 
 def method_label(method: str, variant: str | None = None, difference: dict | None = None) -> str:
     """The name a run is shown under: ``method``, ``method~variant`` for an ablation variant, and
-    the difference from the profile in parentheses, ``replay (buffer_size=10)``, when there is one."""
+    the difference from the profile in parentheses, ``replay (per_class=2)``, when there is one."""
     label = f"{method}~{variant}" if variant else method
     text = difference_text(method, difference)
     return f"{label} ({text})" if text else label

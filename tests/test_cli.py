@@ -57,20 +57,20 @@ def test_variants_run_to_their_own_folder_and_bench_with_their_overrides(tmp_pat
     assert "no variant 'nope' (its variants: frozen-head, no-distillation)" in capsys.readouterr().err
 
 
-def test_readme_example_with_another_buffer_size_is_a_new_run_and_its_own_row(tmp_path, capsys):
+def test_readme_example_with_another_buffer_budget_is_a_new_run_and_its_own_row(tmp_path, capsys):
     base = ["run", "--scenario", "class_incremental", "--method", "replay", "--seed", "0", "--profile", "smoke",
             "--output-dir", str(tmp_path)]
     assert main(base) == 0
-    assert main([*base, "--set", "methods.replay.buffer_size=10"]) == 0
+    assert main([*base, "--set", "methods.replay.per_class=2"]) == 0
     out = capsys.readouterr().out
     assert "reused" not in out and out.count("finished:") == 2
     folders = re.findall(r"finished: (\S+)", out)
     assert folders[0].endswith("/replay/seed0") and re.search(r"/replay@[0-9a-f]{8}/seed0$", folders[1])
-    assert main([*base, "--set", "methods.replay.buffer_size=10"]) == 0
+    assert main([*base, "--set", "methods.replay.per_class=2"]) == 0
     assert f"reused complete run: {folders[1]}" in capsys.readouterr().out
 
     table = results.main_table(results.load_runs(tmp_path), "class_incremental")
-    assert list(table["method"]) == ["replay", "replay (buffer_size=10)"]
+    assert list(table["method"]) == ["replay", "replay (per_class=2)"]
     assert table["seeds"].tolist() == [1, 1]
     finals = [json.loads((Path(folder) / "metrics.json").read_text())["modes"]["standard"]["final_accuracy"]
               for folder in folders]

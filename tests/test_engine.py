@@ -134,24 +134,24 @@ def test_other_hyper_parameters_make_a_new_run_in_its_own_folder(smoke_config):
     default = engine.run(smoke_config, "class_incremental", "replay", seed=0)
     assert default.run_dir.parent.name == "replay" and default.metrics["run"]["difference"] == {}
     smaller_config = load_config("smoke", [f"runtime.output_dir={smoke_config.runtime.output_dir}",
-                                           "methods.replay.buffer_size=10"])
+                                           "methods.replay.per_class=2"])
     smaller = engine.run(smaller_config, "class_incremental", "replay", seed=0)
     assert not smaller.skipped
     assert re.fullmatch(r"replay@[0-9a-f]{8}", smaller.run_dir.parent.name)
     assert smaller.run_dir.parent.parent == default.run_dir.parent.parent
-    assert smaller.accuracy_matrix != default.accuracy_matrix  # at most 10 stored samples, not 5 per class
+    assert smaller.accuracy_matrix != default.accuracy_matrix  # 2 stored samples per class, not 5
     manifest = json.loads((smaller.run_dir / "manifest.json").read_text())
     for record in (smaller.metrics["run"], manifest["run"]):
-        assert record["difference"] == {"methods.replay.buffer_size": 10}
+        assert record["difference"] == {"methods.replay.per_class": 2}
         assert record["identity"] != default.metrics["run"]["identity"]
-    assert manifest["run"]["hparams"]["buffer_size"] == 10
+    assert manifest["run"]["hparams"]["per_class"] == 2
 
     again = engine.run(smaller_config, "class_incremental", "replay", seed=0)
     assert again.skipped and again.run_dir == smaller.run_dir and again.metrics == smaller.metrics
     # Keys that cannot change this run's numbers: runtime, another method's hyper-parameters, and
     # this method's hyper-parameter set to the value it has anyway.
     for overrides in (["runtime.keep_checkpoints=all", "runtime.num_threads=1", "runtime.progress=true"],
-                      ["methods.lwf.temperature=5.0"], ["methods.replay.per_class=5"]):
+                      ["methods.lwf.temperature=5.0"], ["methods.replay.per_class=5", "methods.replay.buffer_size=null"]):
         reused = engine.run(load_config("smoke", [f"runtime.output_dir={smoke_config.runtime.output_dir}",
                                                   *overrides]), "class_incremental", "replay", seed=0)
         assert reused.skipped and reused.run_dir == default.run_dir, overrides
