@@ -1,9 +1,10 @@
-"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``reproduce``.
+"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``calibrate``, ``reproduce``.
 
     mmcl run --scenario class_incremental --method lwf --seed 0 --profile tiny --set train.epochs=5
     mmcl list methods
     mmcl bench --method finetune --profile tiny
     mmcl reproduce --profile tiny
+    mmcl calibrate --profile tiny --seeds 0 1 --document docs/benchmark.md
 """
 from __future__ import annotations
 
@@ -47,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_profile_arguments(bench)
+
+    calibrate = commands.add_parser("calibrate", help="check the embedded benchmark's calibration targets "
+                                                      "(zero-shot, joint, replay, finetune on each main benchmark)")
+    calibrate.add_argument("--seeds", type=int, nargs="+", default=[0])
+    calibrate.add_argument("--output-dir", default="runs/calibration", help="runs (default: runs/calibration)")
+    calibrate.add_argument("--table-dir", default="figures", help="calibration tables (default: figures)")
+    calibrate.add_argument("--document", help="a Markdown file whose calibration block gets the tables, "
+                                              "e.g. docs/benchmark.md")
+    _add_profile_arguments(calibrate)
 
     reproduce = commands.add_parser("reproduce", help="run the notebook sequence with papermill (resumes)")
     reproduce.add_argument("--output-dir", help="runs and executed notebooks (default: runtime.output_dir)")
@@ -123,6 +133,19 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.profile, args.overrides)
             result = bench_method(config, args.method, args.scenario, steps=args.steps, variant=args.variant)
             print(json.dumps(result, indent=2) if args.json else format_bench(result))
+        elif args.command == "calibrate":
+            from mmcl.calibrate import calibrate
+
+            config = load_config(args.profile, args.overrides)
+            command = " ".join(["mmcl calibrate", f"--profile {args.profile}", "--seeds", *map(str, args.seeds),
+                                *[f"--set {o}" for o in args.overrides]])
+            targets = calibrate(config, args.seeds, args.output_dir, args.table_dir, args.document, command,
+                                progress=config.runtime.progress)
+            from mmcl.results import display_table, to_markdown
+
+            print(to_markdown(display_table(targets)))
+            failed = (targets["pass"] != "pass").sum()
+            print(f"{len(targets) - failed} of {len(targets)} targets pass")
         elif args.command == "reproduce":
             from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
 
