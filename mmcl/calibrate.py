@@ -68,6 +68,7 @@ def calibration_runs(config: Config, seeds: Sequence[int], output_dir: str | Pat
                      pairs: Sequence[tuple[str, str]] | None = None, progress: bool = False) -> pd.DataFrame:
     """Run (or reuse) the calibration runs; one row per (benchmark, seed, run) with the numbers."""
     from mmcl.engine import run
+    from mmcl.results import code_version_text
 
     rows = []
     for scenario, benchmark in pairs or main_pairs(config):
@@ -81,9 +82,12 @@ def calibration_runs(config: Config, seeds: Sequence[int], output_dir: str | Pat
                              progress=progress)
                 mode = _first_mode(result.metrics)
                 summary = result.metrics["modes"][mode]
+                record = result.metrics["run"]
+                version = code_version_text(record.get("source_fingerprint"), record.get("git_commit"),
+                                            record.get("git_dirty"))
                 rows.append({"scenario": scenario, "benchmark": benchmark, "seed": seed, "method": method,
                              "final": summary["final_accuracy"], "forgetting": summary["forgetting"],
-                             "chance": chance, "run_dir": str(result.run_dir), **extra,
+                             "chance": chance, "run_dir": str(result.run_dir), "version": version, **extra,
                              "zero_shot_tasks": _zero_shot_tasks(result.metrics, mode) if method == "zero-shot" else None,
                              "task_names": result.metrics.get("task_names")})
             go("zero-shot", modality="all")
@@ -96,18 +100,17 @@ def calibration_runs(config: Config, seeds: Sequence[int], output_dir: str | Pat
     return pd.DataFrame(rows)
 
 
-def _versions(run_dirs: Sequence[str]) -> tuple:
-    from mmcl.results import _run_versions, load_runs
+def _versions(runs: pd.DataFrame) -> tuple:
+    """(run folder, code version) of each run, the ``run_versions`` of :func:`mmcl.results.write_table`."""
+    return tuple(sorted(set(zip(runs["run_dir"], runs["version"]))))
 
-    return _run_versions(load_runs(*sorted(set(run_dirs))).drop_duplicates("run_dir"))
 
-
-def _check(rows: list, scenario, benchmark, check, target, values, passed, run_dirs):
+def _check(rows: list, scenario, benchmark, check, target, values, passed, runs):
     values = [v for v in values if v is not None and not math.isnan(v)]
     rows.append({"scenario": scenario, "benchmark": benchmark, "check": check, "target": target,
                  "seeds": len(values), "measured_mean": float(np.mean(values)) if values else math.nan,
                  "measured_std": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
-                 "pass": "pass" if passed else "FAIL", "run_versions": _versions(run_dirs)})
+                 "pass": "pass" if passed else "FAIL", "run_versions": _versions(runs)})
 
 
 def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -120,19 +123,18 @@ def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
         joint, replay, finetune = by["joint"], by["replay"], by["finetune"]
         low, high = JOINT_RANGE
         _check(rows, scenario, benchmark, "joint final accuracy", f"{low:g}-{high:g}", joint["final"].tolist(),
-               all(low <= v <= high for v in joint["final"]), joint["run_dir"].tolist())
+               all(low <= v <= high for v in joint["final"]), joint)
         gaps = (joint.set_index("seed")["final"] - replay.set_index("seed")["final"]).tolist()
         _check(rows, scenario, benchmark, f"joint - replay ({REPLAY_PER_CLASS}/class) final", f">= {REPLAY_GAP:g}",
-               gaps, all(g >= REPLAY_GAP for g in gaps), joint["run_dir"].tolist() + replay["run_dir"].tolist())
+               gaps, all(g >= REPLAY_GAP for g in gaps), pd.concat([joint, replay]))
         _check(rows, scenario, benchmark, "finetune forgetting", f">= {FORGETTING_MIN:g}",
-               finetune["forgetting"].tolist(), all(v >= FORGETTING_MIN for v in finetune["forgetting"]),
-               finetune["run_dir"].tolist())
+               finetune["forgetting"].tolist(), all(v >= FORGETTING_MIN for v in finetune["forgetting"]), finetune)
         worst = [max(t) for t in zero["zero_shot_tasks"]]
         _check(rows, scenario, benchmark, "zero-shot, best-read task", f"< {ZERO_SHOT_MAX:g}", worst,
-               all(v < ZERO_SHOT_MAX for v in worst), zero["run_dir"].tolist())
+               all(v < ZERO_SHOT_MAX for v in worst), zero)
         chance = float(zero["chance"].iloc[0])
         _check(rows, scenario, benchmark, "zero-shot final, above chance", f"> {chance:.1f} (chance)",
-               zero["final"].tolist(), all(v > chance for v in zero["final"]), zero["run_dir"].tolist())
+               zero["final"].tolist(), all(v > chance for v in zero["final"]), zero)
     return pd.DataFrame(rows)
 
 
@@ -146,10 +148,10 @@ def zero_shot_table(runs: pd.DataFrame) -> pd.DataFrame:
         if scenario == "modality_incremental":
             for index, name in enumerate(group["task_names"].iloc[0]):
                 values = [tasks[index] for tasks in group["zero_shot_tasks"]]
-                rows.append((scenario, benchmark, name, values, chance, group["run_dir"].tolist()))
+                rows.append((scenario, benchmark, name, values, chance, group))
         else:
             for modality, part in group.groupby("modality", sort=False):
-                rows.append((scenario, benchmark, modality, part["final"].tolist(), chance, part["run_dir"].tolist()))
+                rows.append((scenario, benchmark, modality, part["final"].tolist(), chance, part))
     return pd.DataFrame([{"scenario": s, "benchmark": b, "modality": m, "seeds": len(v),
                           "zero_shot_mean": float(np.mean(v)), "zero_shot_std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan,
                           "chance": round(c, 1), "run_versions": _versions(d)} for s, b, m, v, c, d in rows])

@@ -522,8 +522,8 @@ def synthesize_inertial(concept: Concept, n: int, sample_rate: int, duration: fl
     else:
         raise ValueError(f"unknown inertial sensor {sensor!r}")
     frequency = np.minimum(frequency * domain.speed * rng.uniform(0.97, 1.03, size=(n, 1, 1))
-                           * np.exp(rng.normal(0, 0.15 * j, size=(n, 1, 1))), sample_rate * 0.45)
-    axes = axes[None] + rng.normal(0, 0.35 * j, size=(n, 3))
+                           * np.exp(rng.normal(0, 0.1 * j, size=(n, 1, 1))), sample_rate * 0.45)
+    axes = axes[None] + rng.normal(0, 0.25 * j, size=(n, 3))
     axes = (axes / np.linalg.norm(axes, axis=1, keepdims=True))[:, :, None]
     phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
     wave = np.sin(2 * np.pi * frequency * t[None, None] + phase)
@@ -536,7 +536,7 @@ def synthesize_inertial(concept: Concept, n: int, sample_rate: int, duration: fl
         signal = signal + amplitude * rng.uniform(0.2, 0.5, size=(n, 1, 1)) * other * other_axes
     gain = (SPEAKER_GAIN[domain.slot] if domain.style == "speaker" else 1.0) * np.exp(rng.normal(0, 0.2 * q, size=(n, 1, 1)))
     signal = _gaps(signal * gain, difficulty.occlusion, rng) + offset[None, :, None]
-    noise_level = 0.15 + 0.1 * domain.slot + 0.6 * q
+    noise_level = 0.15 + 0.1 * domain.slot + 0.35 * q
     return (signal + rng.normal(0, noise_level, size=signal.shape)).astype(np.float32)
 
 
