@@ -129,6 +129,8 @@ class BenchmarkConfig(_Strict):
     # background and recording conditions; class cues unchanged) or "conflicting" (hue rotation,
     # pitch and speed shifts that move classes onto each other's cues: a stress test).
     domain_style: Literal["speaker", "conflicting"] = "speaker"
+    # Calibration knobs for this benchmark alone (embedded generator); default: data.generator.
+    generator: GeneratorConfig | None = None
     path: str | None = None  # processed datasets: folder written by data_prep
     description: str = ""
 

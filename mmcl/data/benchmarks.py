@@ -125,7 +125,8 @@ def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = F
                 for modality in spec.modalities:
                     rng = synthetic.chunk_rng(data.benchmark_seed, concept, domain_index, split, modality)
                     style = synthetic.DomainStyle(domain_index, spec.domain_style)
-                    parts[modality].append(_generate_modality(modality, concept, per_class, style, domain, rng, config))
+                    parts[modality].append(_generate_modality(modality, concept, per_class, style, domain, rng, config,
+                                                              difficulty_of(config, spec)))
                 labels += [class_index] * per_class
                 domains += [domain_index] * per_class
                 bar.update()
@@ -142,16 +143,15 @@ def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = F
     return splits[0], splits[1]
 
 
-def difficulty_of(config: Config) -> synthetic.Difficulty:
-    """The generator's calibration knobs from the profile's ``data.generator`` section."""
-    return synthetic.Difficulty(**config.data.generator.model_dump())
+def difficulty_of(config: Config, spec: BenchmarkConfig) -> synthetic.Difficulty:
+    """The generator's calibration knobs: the benchmark's own ``generator`` section, else ``data.generator``."""
+    return synthetic.Difficulty(**(spec.generator or config.data.generator).model_dump())
 
 
 def _generate_modality(modality: str, concept: synthetic.Concept, n: int, style: synthetic.DomainStyle, domain: str,
-                       rng, config: Config):
+                       rng, config: Config, hard: synthetic.Difficulty):
     data = config.data
     size = data.image_size
-    hard = difficulty_of(config)
     if modality == "image":
         return pipeline.images_to_tensor(synthetic.render_images(concept, n, size, style, rng, hard), size)
     if modality == "video":

@@ -13,9 +13,10 @@ A *concept* is a (shape, colour, texture) triple. Its meaning is shared by every
 Of the 256 concepts, 64 are reserved for continual learning: 32 (colour, shape) pairs, each with
 two textures, pair-mates adjacent in the class order. The other 192 are the *pre-training
 concepts* on which the tiny CLIP of the ``tiny``/``smoke`` profiles is trained. Pre-training
-captions name colours and shapes but never a texture, so a continual class name ("red striped
-circle") is a combination no caption names, and the text tower cannot tell a class from its
-pair-mate: zero-shot transfer finds the (colour, shape) pair, not the class.
+captions name colours and shapes, or a texture alone, never a texture with a colour or a shape,
+so a continual class name ("red striped circle") is a combination no caption names, and what
+tells a class from its pair-mate was never captioned with either: zero-shot transfer finds the
+(colour, shape) pair far more easily than the class.
 
 :class:`Difficulty` sets the intra-class variation and nuisance (``data.generator`` in a profile):
 per-sample jitter of the defining cues (neighbouring classes' cue distributions overlap), sensor
@@ -560,15 +561,16 @@ def write_captions(concept: Concept, n: int, language: str, rng: np.random.Gener
 
 
 def pretraining_captions(concept: Concept, n: int, rng: np.random.Generator) -> list[str]:
-    """English captions for pre-training. They name a concept's colour and shape, never its texture:
-    the pair-mates of a continual (colour, shape) pair share every captioned attribute, and no
-    caption names a continual class's whole combination."""
-    colour, shape = COLOURS[concept.colour], SHAPES[concept.shape]
+    """English captions for pre-training. A caption names the colour and/or the shape of a concept,
+    or its texture alone, never a texture together with a colour or a shape: every attribute is
+    captioned, but no caption names a continual class's combination, and the pair-mates of a
+    continual (colour, shape) pair share every caption that names their colour or shape."""
+    colour, texture, shape = COLOURS[concept.colour], TEXTURES[concept.texture], SHAPES[concept.shape]
     forms = (
         f"a photo of a {colour} {shape}.", f"a {colour} {shape}.", f"a photo of a {shape}.",
-        f"a {colour} object.", f"something {colour}.",
+        f"a {colour} object.", f"something {colour}.", f"a {texture} pattern.", f"something {texture}.",
     )
-    weights = np.array([4, 3, 2, 1, 1], dtype=np.float64)
+    weights = np.array([4, 3, 2, 1, 1, 2, 1], dtype=np.float64)
     picks = rng.choice(len(forms), size=n, p=weights / weights.sum())
     return [forms[i] for i in picks]
 
