@@ -145,10 +145,14 @@ def zero_shot_table(runs: pd.DataFrame) -> pd.DataFrame:
     zero = runs[runs["method"] == "zero-shot"]
     for (scenario, benchmark), group in zero.groupby(["scenario", "benchmark"], sort=False):
         chance = float(group["chance"].iloc[0])
-        if scenario == "modality_incremental":
-            for index, name in enumerate(group["task_names"].iloc[0]):
-                values = [tasks[index] for tasks in group["zero_shot_tasks"]]
-                rows.append((scenario, benchmark, name, values, chance, group))
+        if scenario == "modality_incremental":  # the modality order, so each task's name, depends on the seed
+            by_name: dict[str, list[float]] = {}
+            fused = group[group["modality"] == "all"]
+            for names, tasks in zip(fused["task_names"], fused["zero_shot_tasks"]):
+                for name, value in zip(names, tasks):
+                    by_name.setdefault(name, []).append(value)
+            for name, values in by_name.items():
+                rows.append((scenario, benchmark, name, values, chance, fused))
         else:
             for modality, part in group.groupby("modality", sort=False):
                 rows.append((scenario, benchmark, modality, part["final"].tolist(), chance, part))

@@ -52,3 +52,11 @@ def test_paste_into_replaces_only_the_marked_block(tmp_path):
     (tmp_path / "plain.md").write_text("no block")
     with pytest.raises(ConfigError, match="plain.md"):
         paste_into(tmp_path / "plain.md", "x")
+
+
+def test_zero_shot_of_a_modality_stream_follows_each_seed_s_modality_order():
+    runs = _runs([80.0, 81.0], [70.0, 70.0], [40.0, 40.0], [[50.0, 30.0], [60.0, 20.0]])
+    runs["scenario"] = "modality_incremental"
+    runs.loc[runs["seed"] == 1, "task_names"] = pd.Series([["t2", "t1"]] * 5, index=runs.index[runs["seed"] == 1])
+    table = zero_shot_table(runs).set_index("modality")["zero_shot_mean"].to_dict()
+    assert table == {"t1": 35.0, "t2": 45.0}  # t1: 50 (seed 0) and 20 (seed 1); t2: 30 and 60
