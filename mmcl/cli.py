@@ -1,4 +1,4 @@
-"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``tune``, ``reproduce``.
+"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``tune``, ``calibrate``, ``reproduce``, ``claims``.
 
     mmcl run --scenario class_incremental --method lwf --seed 0 --profile tiny --set train.epochs=5
     mmcl list methods
@@ -6,6 +6,7 @@
     mmcl tune --method lwf --scenario class_incremental --profile tiny --write-defaults
     mmcl reproduce --profile tiny
     mmcl claims --profile tiny --update-docs
+    mmcl calibrate --profile tiny --seeds 0 1 --document docs/benchmark.md
 """
 from __future__ import annotations
 
@@ -61,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--write-defaults", action="store_true",
                       help="write the chosen values into mmcl/profiles/tuned/<profile>.yaml")
     _add_profile_arguments(tune)
+
+    calibrate = commands.add_parser("calibrate", help="check the embedded benchmark's calibration targets "
+                                                      "(zero-shot, joint, replay, finetune on each main benchmark)")
+    calibrate.add_argument("--seeds", type=int, nargs="+", default=[0])
+    calibrate.add_argument("--output-dir", default="runs/calibration", help="runs (default: runs/calibration)")
+    calibrate.add_argument("--table-dir", default="figures", help="calibration tables (default: figures)")
+    calibrate.add_argument("--document", help="a Markdown file whose calibration block gets the tables, "
+                                              "e.g. docs/benchmark.md")
+    _add_profile_arguments(calibrate)
 
     reproduce = commands.add_parser("reproduce", help="run the notebook sequence with papermill (resumes)")
     reproduce.add_argument("--output-dir", help="runs and executed notebooks (default: runtime.output_dir)")
@@ -182,6 +192,19 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2) if args.json else format_bench(result))
         elif args.command == "tune":
             return _tune(args)
+        elif args.command == "calibrate":
+            from mmcl.calibrate import calibrate
+
+            config = load_config(args.profile, args.overrides)
+            command = " ".join(["mmcl calibrate", f"--profile {args.profile}", "--seeds", *map(str, args.seeds),
+                                *[f"--set {o}" for o in args.overrides]])
+            targets = calibrate(config, args.seeds, args.output_dir, args.table_dir, args.document, command,
+                                progress=config.runtime.progress)
+            from mmcl.results import display_table, to_markdown
+
+            print(to_markdown(display_table(targets)))
+            failed = (targets["pass"] != "pass").sum()
+            print(f"{len(targets) - failed} of {len(targets)} targets pass")
         elif args.command == "reproduce":
             from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
 

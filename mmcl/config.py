@@ -70,6 +70,16 @@ class InertialConfig(_Strict):
     hop_length: int = Field(4, gt=0)
 
 
+class GeneratorConfig(_Strict):
+    """Calibration knobs of the embedded generator (see ``mmcl.data.synthetic.Difficulty`` and
+    docs/benchmark.md); all zero gives clean class cues."""
+
+    cue_jitter: float = Field(0.0, ge=0)
+    nuisance: float = Field(0.0, ge=0)
+    distractors: int = Field(0, ge=0)
+    occlusion: float = Field(0.0, ge=0, le=1)
+
+
 class DataConfig(_Strict):
     image_size: int = Field(32, ge=8)
     video_frames: int = Field(4, ge=1)
@@ -84,6 +94,7 @@ class DataConfig(_Strict):
     # (embedded benchmarks, and prepared ones without a publisher's validation list), drawn by
     # benchmark_seed, never by the run seed.
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    generator: GeneratorConfig = GeneratorConfig()
     cache_dir: str | None = None  # default: $MMCL_CACHE or ~/.cache/mmcl
 
 
@@ -123,6 +134,12 @@ class BenchmarkConfig(_Strict):
     num_classes: int = Field(ge=2)
     num_tasks: int = Field(1, ge=1)
     domains: list[str] = ["default"]
+    # How a domain changes the data (embedded generator): "speaker" (SAMSEMO-like: language, speaker,
+    # background and recording conditions; class cues unchanged) or "conflicting" (hue rotation,
+    # pitch and speed shifts that move classes onto each other's cues: a stress test).
+    domain_style: Literal["speaker", "conflicting"] = "speaker"
+    # Calibration knobs for this benchmark alone (embedded generator); default: data.generator.
+    generator: GeneratorConfig | None = None
     path: str | None = None  # processed datasets: folder written by data_prep
     description: str = ""
 

@@ -124,3 +124,101 @@ def test_unknown_benchmark_and_too_many_classes(small_config):
     big = load_config("smoke", ["benchmarks.av-events.num_classes=65"])
     with pytest.raises(ConfigError, match="at most 64"):
         generate_synthetic(big, big.benchmarks["av-events"], label="av-events")
+
+
+def test_no_pretraining_caption_names_a_continual_class():
+    rng = np.random.default_rng(0)
+    captions = {c for concept in synthetic.pretraining_concepts() for c in synthetic.pretraining_captions(concept, 40, rng)}
+    words = {w.strip(".") for caption in captions for w in caption.split()}
+    for concept in synthetic.continual_concepts():
+        assert not any(concept.name in caption for caption in captions)
+        # No caption names the whole (colour, texture, shape) combination of a continual class.
+        attributes = {synthetic.COLOURS[concept.colour], synthetic.TEXTURES[concept.texture],
+                      synthetic.SHAPES[concept.shape]}
+        assert not any(attributes <= set(w.strip(".") for w in caption.split()) for caption in captions)
+    for caption in captions:  # a texture is captioned alone, never with a colour or a shape
+        named = {w.strip(".") for w in caption.split()}
+        assert not (named & set(synthetic.TEXTURES) and named & set(synthetic.COLOURS + synthetic.SHAPES)), caption
+    assert words >= set(synthetic.COLOURS) | set(synthetic.SHAPES) | set(synthetic.TEXTURES)  # every attribute is
+
+
+def test_continual_classes_come_in_pairs_the_captions_cannot_tell_apart():
+    concepts = synthetic.continual_concepts()
+    for first, second in zip(concepts[::2], concepts[1::2]):
+        assert (first.shape, first.colour) == (second.shape, second.colour) and first.texture != second.texture
+    assert len({(c.shape, c.colour) for c in concepts}) == 32
+
+
+def _hue_degrees(rgb: np.ndarray) -> float:
+    import colorsys
+
+    return colorsys.rgb_to_hsv(*rgb)[0] * 360
+
+
+def _centre_hue(style: str, domain: int) -> float:
+    concept = synthetic.Concept(shape=0, colour=0, texture=0)  # a plain red circle, the centre always inside
+    images = synthetic.render_images(concept, 8, 32, synthetic.DomainStyle(domain, style), np.random.default_rng(domain))
+    return _hue_degrees(images[:, 14:18, 14:18].mean(axis=(0, 1, 2)))
+
+
+def _dominant_pitch(style: str, domain: int) -> float:
+    concept = synthetic.Concept(shape=2, colour=0, texture=0)  # plain texture: a pure tone at f0
+    waves = synthetic.synthesize_audio(concept, 4, 8000, 1.0, synthetic.DomainStyle(domain, style),
+                                       np.random.default_rng(domain))
+    spectrum = np.abs(np.fft.rfft(waves, axis=1)).mean(axis=0)
+    return float(np.fft.rfftfreq(waves.shape[1], 1 / 8000)[spectrum.argmax()])
+
+
+def test_speaker_domains_keep_the_class_cues_and_conflicting_domains_move_them():
+    f0 = 170.0 * 2 ** 0.6
+    for domain in range(5):
+        # Hue within a few degrees of red (0 degrees) and pitch within the 2 % per-sample jitter.
+        assert min(_centre_hue("speaker", domain), 360 - _centre_hue("speaker", domain)) < 6
+        assert abs(_dominant_pitch("speaker", domain) / f0 - 1) < 0.03
+    assert min(abs(_centre_hue("conflicting", d) - 0) % 360 for d in (1,)) > 30
+    assert _dominant_pitch("conflicting", 3) / f0 > 2 ** (2.5 / 12)  # three semitones up
+    assert _dominant_pitch("conflicting", 4) / f0 < 2 ** (-2.5 / 12)
+
+
+def test_speaker_domains_change_the_recording():
+    concept = synthetic.continual_concepts()[0]
+    images = [synthetic.render_images(concept, 4, 32, synthetic.DomainStyle(d, "speaker"), np.random.default_rng(0))
+              for d in (0, 1)]
+    assert np.abs(images[0][:, :4, :4].mean() - images[1][:, :4, :4].mean()) > 0.1  # background
+    with pytest.raises(ValueError, match="unknown domain style"):
+        synthetic.DomainStyle(0, "shifted")
+
+
+def test_profiles_have_the_stress_benchmark_with_conflicting_domains():
+    for profile in ("smoke", "tiny"):
+        config = load_config(profile)
+        assert config.benchmarks["multilingual-emotion"].domain_style == "speaker"
+        assert config.benchmarks["multilingual-emotion-stress"].domain_style == "conflicting"
+        assert "stress test" in config.benchmarks["multilingual-emotion-stress"].description
+
+
+def test_generator_version_is_part_of_the_cache_keys(tmp_path, small_config, monkeypatch):
+    from mmcl.models.backbone import _tiny_cache_path
+
+    config = small_config.model_copy(update={"data": small_config.data.model_copy(update={"cache_dir": str(tmp_path)})})
+    spec = config.benchmarks["ego-activities"].model_copy(update={"modalities": ["acc"]})
+    config = config.model_copy(update={"benchmarks": {**config.benchmarks, "ego-activities": spec}})
+    load_benchmark(config, "ego-activities")
+    backbone = _tiny_cache_path(config)
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    load_benchmark(config, "ego-activities")
+    assert len(list((tmp_path / "benchmarks").glob("ego-activities-*.pt"))) == 2
+    assert _tiny_cache_path(config) != backbone
+
+
+def test_difficulty_knobs_change_the_data_and_are_validated(small_config):
+    spec = small_config.benchmarks["av-events"].model_copy(update={"modalities": ["audio"]})
+    clean = generate_synthetic(small_config, spec)[0]
+    hard = load_config("smoke", ["data.train_per_class=3", "data.test_per_class=2", "data.generator.cue_jitter=1"])
+    harder = generate_synthetic(hard, spec)[0].inputs["audio"]
+    assert not torch.equal(harder, clean.inputs["audio"])
+    # A benchmark's own generator section replaces data.generator for that benchmark.
+    own = spec.model_copy(update={"generator": hard.data.generator})
+    assert torch.equal(generate_synthetic(small_config, own)[0].inputs["audio"], harder)
+    with pytest.raises(ConfigError, match="data.generator.occlusion"):
+        load_config("smoke", ["data.generator.occlusion=2"])

@@ -146,7 +146,9 @@ def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = F
             for class_index, concept in enumerate(concepts):
                 for modality in spec.modalities:
                     rng = synthetic.chunk_rng(data.benchmark_seed, concept, domain_index, split, modality)
-                    parts[modality].append(_generate_modality(modality, concept, per_class, domain_index, domain, rng, config))
+                    style = synthetic.DomainStyle(domain_index, spec.domain_style)
+                    parts[modality].append(_generate_modality(modality, concept, per_class, style, domain, rng, config,
+                                                              difficulty_of(config, spec)))
                 labels += [class_index] * per_class
                 domains += [domain_index] * per_class
                 bar.update()
@@ -163,23 +165,28 @@ def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = F
     return splits[0], splits[1]
 
 
-def _generate_modality(modality: str, concept: synthetic.Concept, n: int, domain_index: int, domain: str,
-                       rng, config: Config):
+def difficulty_of(config: Config, spec: BenchmarkConfig) -> synthetic.Difficulty:
+    """The generator's calibration knobs: the benchmark's own ``generator`` section, else ``data.generator``."""
+    return synthetic.Difficulty(**(spec.generator or config.data.generator).model_dump())
+
+
+def _generate_modality(modality: str, concept: synthetic.Concept, n: int, style: synthetic.DomainStyle, domain: str,
+                       rng, config: Config, hard: synthetic.Difficulty):
     data = config.data
     size = data.image_size
     if modality == "image":
-        return pipeline.images_to_tensor(synthetic.render_images(concept, n, size, domain_index, rng), size)
+        return pipeline.images_to_tensor(synthetic.render_images(concept, n, size, style, rng, hard), size)
     if modality == "video":
-        videos = synthetic.render_videos(concept, n, size, data.video_frames, domain_index, rng)
+        videos = synthetic.render_videos(concept, n, size, data.video_frames, style, rng, hard)
         return pipeline.video_to_tensor(videos, size, data.video_frames)
     if modality == "audio":
-        waves = synthetic.synthesize_audio(concept, n, data.audio.sample_rate, data.audio.duration, domain_index, rng)
+        waves = synthetic.synthesize_audio(concept, n, data.audio.sample_rate, data.audio.duration, style, rng, hard)
         return pipeline.audio_to_tensor(waves, data.audio, size, data.spectrogram_render)
     if modality == "depth":
-        return pipeline.depth_to_tensor(synthetic.render_depth(concept, n, size, domain_index, rng), size, data.depth_render)
+        return pipeline.depth_to_tensor(synthetic.render_depth(concept, n, size, style, rng, hard), size, data.depth_render)
     if modality in ("acc", "gyro"):
         signals = synthetic.synthesize_inertial(concept, n, data.inertial.sample_rate, data.inertial.duration,
-                                                modality, domain_index, rng)
+                                                modality, style, rng, hard)
         return pipeline.inertial_to_tensor(signals, data.inertial, size)
     if modality == "text":
         return synthetic.write_captions(concept, n, synthetic.language_of(domain), rng)

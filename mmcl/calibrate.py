@@ -1,0 +1,190 @@
+"""``mmcl calibrate``: is the embedded benchmark hard enough, and transferable? (docs/benchmark.md)
+
+For each main benchmark it runs zero-shot, joint, replay with :data:`REPLAY_PER_CLASS` exemplars
+per class and sequential fine-tuning, then checks the calibration targets:
+
+- joint training ends between :data:`JOINT_RANGE` final accuracy (not saturated, learnable);
+- replay is at least :data:`REPLAY_GAP` points below joint;
+- fine-tuning forgets at least :data:`FORGETTING_MIN` points;
+- zero-shot is below :data:`ZERO_SHOT_MAX` on every task, yet above chance on some task (transfer).
+
+It writes ``calibration.{md,csv,tex}`` and ``calibration_zero_shot.{md,csv,tex}`` (zero-shot per
+modality) through :func:`mmcl.results.write_table`, and can paste the Markdown into a document
+between ``<!-- calibration:start -->`` and ``<!-- calibration:end -->``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mmcl.config import Config, ConfigError
+
+# (scenario, benchmark) pairs whose targets the calibration checks, when the profile has them.
+MAIN_BENCHMARKS = (
+    ("class_incremental", "av-events"),
+    ("class_incremental", "ego-activities"),
+    ("domain_incremental", "multilingual-emotion"),
+    ("modality_incremental", "modality-stream"),
+)
+JOINT_RANGE = (70.0, 92.0)
+REPLAY_GAP = 3.0
+FORGETTING_MIN = 30.0
+ZERO_SHOT_MAX = 80.0
+REPLAY_PER_CLASS = 5
+MARK_START, MARK_END = "<!-- calibration:start -->", "<!-- calibration:end -->"
+
+
+def main_pairs(config: Config) -> list[tuple[str, str]]:
+    return [(s, b) for s, b in MAIN_BENCHMARKS if b in config.benchmarks]
+
+
+def _with_replay_buffer(config: Config, num_classes: int) -> Config:
+    methods = {**config.methods, "replay": {**config.methods.get("replay", {}),
+                                            "buffer_size": REPLAY_PER_CLASS * num_classes}}
+    return config.model_copy(update={"methods": methods})
+
+
+def _with_modalities(config: Config, benchmark: str, modalities: list[str]) -> Config:
+    spec = config.benchmarks[benchmark].model_copy(update={"modalities": modalities})
+    return config.model_copy(update={"benchmarks": {**config.benchmarks, benchmark: spec}})
+
+
+def _first_mode(metrics: dict) -> str:
+    return next(iter(metrics["modes"]))
+
+
+def _zero_shot_tasks(metrics: dict, mode: str) -> list[float]:
+    """Zero-shot accuracy of each task: on arrival (its classes so far) and at the end (all classes)."""
+    arrival = metrics["zero_shot"][mode]
+    final = metrics["accuracy_matrix"][mode][-1]
+    return [max(a, f) for a, f in zip(arrival, final)]
+
+
+def calibration_runs(config: Config, seeds: Sequence[int], output_dir: str | Path,
+                     pairs: Sequence[tuple[str, str]] | None = None, progress: bool = False) -> pd.DataFrame:
+    """Run (or reuse) the calibration runs; one row per (benchmark, seed, run) with the numbers."""
+    from mmcl.engine import run
+    from mmcl.results import code_version_text
+
+    rows = []
+    for scenario, benchmark in pairs or main_pairs(config):
+        spec = config.benchmarks[benchmark]
+        if spec.source != "synthetic":
+            raise ConfigError(f"benchmarks.{benchmark}: calibration is for the embedded generator")
+        chance = 100.0 / spec.num_classes
+        for seed in seeds:
+            def go(method, cfg=config, **extra):
+                result = run(cfg, scenario, method, seed=seed, benchmark=benchmark, output_dir=output_dir,
+                             progress=progress)
+                mode = _first_mode(result.metrics)
+                summary = result.metrics["modes"][mode]
+                record = result.metrics["run"]
+                version = code_version_text(record.get("source_fingerprint"), record.get("git_commit"),
+                                            record.get("git_dirty"))
+                rows.append({"scenario": scenario, "benchmark": benchmark, "seed": seed, "method": method,
+                             "final": summary["final_accuracy"], "forgetting": summary["forgetting"],
+                             "chance": chance, "run_dir": str(result.run_dir), "version": version, **extra,
+                             "zero_shot_tasks": _zero_shot_tasks(result.metrics, mode) if method == "zero-shot" else None,
+                             "task_names": result.metrics.get("task_names")})
+            go("zero-shot", modality="all")
+            go("joint")
+            go("replay", _with_replay_buffer(config, spec.num_classes))
+            go("finetune")
+            if scenario != "modality_incremental":  # there each task is one modality already
+                for modality in spec.modalities:
+                    go("zero-shot", _with_modalities(config, benchmark, [modality]), modality=modality)
+    return pd.DataFrame(rows)
+
+
+def _versions(runs: pd.DataFrame) -> tuple:
+    """(run folder, code version) of each run, the ``run_versions`` of :func:`mmcl.results.write_table`."""
+    return tuple(sorted(set(zip(runs["run_dir"], runs["version"]))))
+
+
+def _check(rows: list, scenario, benchmark, check, target, values, passed, runs):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    rows.append({"scenario": scenario, "benchmark": benchmark, "check": check, "target": target,
+                 "seeds": len(values), "measured_mean": float(np.mean(values)) if values else math.nan,
+                 "measured_std": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
+                 "pass": "pass" if passed else "FAIL", "run_versions": _versions(runs)})
+
+
+def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each target of each benchmark with the measured value (mean ± std over seeds) and a verdict;
+    a target passes when it holds for every seed."""
+    rows: list[dict] = []
+    for (scenario, benchmark), group in runs.groupby(["scenario", "benchmark"], sort=False):
+        by = {m: g.sort_values("seed") for m, g in group.groupby("method")}
+        zero = by["zero-shot"][by["zero-shot"]["modality"] == "all"]
+        joint, replay, finetune = by["joint"], by["replay"], by["finetune"]
+        low, high = JOINT_RANGE
+        _check(rows, scenario, benchmark, "joint final accuracy", f"{low:g}-{high:g}", joint["final"].tolist(),
+               all(low <= v <= high for v in joint["final"]), joint)
+        gaps = (joint.set_index("seed")["final"] - replay.set_index("seed")["final"]).tolist()
+        _check(rows, scenario, benchmark, f"joint - replay ({REPLAY_PER_CLASS}/class) final", f">= {REPLAY_GAP:g}",
+               gaps, all(g >= REPLAY_GAP for g in gaps), pd.concat([joint, replay]))
+        _check(rows, scenario, benchmark, "finetune forgetting", f">= {FORGETTING_MIN:g}",
+               finetune["forgetting"].tolist(), all(v >= FORGETTING_MIN for v in finetune["forgetting"]), finetune)
+        worst = [max(t) for t in zero["zero_shot_tasks"]]
+        _check(rows, scenario, benchmark, "zero-shot, best-read task", f"< {ZERO_SHOT_MAX:g}", worst,
+               all(v < ZERO_SHOT_MAX for v in worst), zero)
+        chance = float(zero["chance"].iloc[0])
+        _check(rows, scenario, benchmark, "zero-shot final, above chance", f"> {chance:.1f} (chance)",
+               zero["final"].tolist(), all(v > chance for v in zero["final"]), zero)
+    return pd.DataFrame(rows)
+
+
+def zero_shot_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Zero-shot final accuracy per benchmark and modality (a modality-incremental stream: per task,
+    each task being one modality), with chance."""
+    rows = []
+    zero = runs[runs["method"] == "zero-shot"]
+    for (scenario, benchmark), group in zero.groupby(["scenario", "benchmark"], sort=False):
+        chance = float(group["chance"].iloc[0])
+        if scenario == "modality_incremental":  # the modality order, so each task's name, depends on the seed
+            by_name: dict[str, list[float]] = {}
+            fused = group[group["modality"] == "all"]
+            for names, tasks in zip(fused["task_names"], fused["zero_shot_tasks"]):
+                for name, value in zip(names, tasks):
+                    by_name.setdefault(name, []).append(value)
+            for name, values in by_name.items():
+                rows.append((scenario, benchmark, name, values, chance, fused))
+        else:
+            for modality, part in group.groupby("modality", sort=False):
+                rows.append((scenario, benchmark, modality, part["final"].tolist(), chance, part))
+    return pd.DataFrame([{"scenario": s, "benchmark": b, "modality": m, "seeds": len(v),
+                          "zero_shot_mean": float(np.mean(v)), "zero_shot_std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan,
+                          "chance": round(c, 1), "run_versions": _versions(d)} for s, b, m, v, c, d in rows])
+
+
+def paste_into(document: str | Path, markdown: str) -> None:
+    """Replace the text between the calibration markers of ``document`` by ``markdown``."""
+    path = Path(document)
+    text = path.read_text() if path.is_file() else ""
+    if MARK_START not in text or MARK_END not in text:
+        raise ConfigError(f"{path}: no {MARK_START} ... {MARK_END} block to write the calibration into")
+    head, rest = text.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    path.write_text(f"{head}{MARK_START}\n{markdown.strip()}\n{MARK_END}{tail}")
+
+
+def calibrate(config: Config, seeds: Sequence[int], output_dir: str | Path, table_dir: str | Path,
+              document: str | Path | None = None, command: str = "", progress: bool = False) -> pd.DataFrame:
+    """Run the calibration, write its tables under ``table_dir`` (and into ``document``); returns the targets table."""
+    from mmcl.results import write_table
+
+    runs = calibration_runs(config, seeds, output_dir, progress=progress)
+    targets, zero = calibration_table(runs), zero_shot_table(runs)
+    seeds_text = ", ".join(str(s) for s in seeds)
+    first = write_table(targets, table_dir, "calibration", group_by="Benchmark",
+                        title=f"Calibration targets, profile {config.profile}, seeds {seeds_text}")
+    second = write_table(zero, table_dir, "calibration_zero_shot", group_by="Benchmark",
+                         title=f"Zero-shot final accuracy per modality, profile {config.profile}, seeds {seeds_text}")
+    if document:
+        header = f"Written by `{command}`.\n\n" if command else ""
+        paste_into(document, header + first["md"].read_text() + "\n" + second["md"].read_text())
+    return targets
