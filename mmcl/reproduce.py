@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmcl import results
+from mmcl import records, results
 from mmcl.config import Config, ConfigError, load_config
 
 NOTEBOOKS = ("00_data_prep", "10_class_incremental", "11_domain_incremental", "12_modality_incremental",
@@ -341,6 +341,17 @@ def report_stale_runs(root: Path, remove: bool = False, shown: int = 10) -> list
     return [run_dir for run_dir, _ in stale]
 
 
+def _copy_tuned_defaults(profile: str, tuning_dir: Path) -> None:
+    """Put the profile's tuned defaults (the packaged tuning records: grid, trials, scores and
+    choice per scenario and method) beside the runs they configure, as ``tuned-defaults.yaml``."""
+    from mmcl.tuning import tuned_file
+
+    source = tuned_file(profile)
+    if source.is_file():
+        tuning_dir.mkdir(parents=True, exist_ok=True)
+        records.atomic_write_text(tuning_dir / "tuned-defaults.yaml", source.read_text())
+
+
 def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: str | Path | None = None,
               figures_dir: str | Path = "figures", seeds: Sequence[int] | None = None,
               notebooks: Sequence[str] = NOTEBOOKS, notebook_dir: Path = NOTEBOOK_DIR,
@@ -368,6 +379,7 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     _papermill_logging()
     stale = report_stale_runs(output_dir / config.profile, remove=rerun_stale)
     executed = output_dir / config.profile / "notebooks"
+    _copy_tuned_defaults(config.profile, output_dir / config.profile / "tuning")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     for number, name in enumerate(notebooks, 1):

@@ -113,7 +113,11 @@ def write_defaults(record: dict, path: Path | None = None) -> Path:
         "values": record["chosen"],
         "source": {"benchmark": record["benchmark"], "seed": record["seed"], "trials": record["budget"],
                    "record": record["record"], "date": record["date"],
-                   "code_version": record["code_version"]}}
+                   "code_version": record["code_version"]},
+        # the tuning itself, so that a clone without the run tree still shows what was compared
+        "grid": record["grid"], "selection": record["selection"],
+        "scores": [{"values": row["values"], "val_score": round(float(row["val_score"]), 2)}
+                   for row in record["trials"]]}
     header = ("# Tuned hyper-parameters (written by `mmcl tune --write-defaults`; do not edit by hand).\n"
               "# Resolution: method defaults < these values < the profile's `methods` and --set overrides.\n")
     records.atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=True))

@@ -48,7 +48,7 @@ def test_training_learns_what_zero_shot_cannot_read(tiny):
         assert joint["accuracy_by_modality"][modality] > zero["accuracy_by_modality"][modality] + 15, modality
 
 
-# The prompt methods do not learn the smoke stream's audio (see learning_check.NOT_LEARNED_ON_SMOKE);
+# The prompt methods' learning is checked on smoke too (tests/test_comm.py);
 # on tiny they must pass the same check, and their untrained controls must fail it. Seed 0.
 # Published L2P masks the logits of other tasks' classes in training, so nothing in its loss moves a
 # new modality out of the old classes: 97 % of its depth predictions land there (measured: depth 2 %
