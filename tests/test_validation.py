@@ -147,11 +147,19 @@ def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monk
     before = engine.run(config, "class_incremental", "finetune", seed=0)
     record = {"profile": "smoke", "scenario": "class_incremental", "benchmark": "av-events", "method": "finetune",
               "seed": 0, "budget": 4, "record": "r.json", "date": "d", "code_version": {"git_commit": "c"},
-              "chosen": {"lr_scale": 0.3, "trainable_blocks": 0}}
+              "chosen": {"lr_scale": 0.3, "trainable_blocks": 0}, "grid": {"lr_scale": [0.3, 1.0]},
+              "selection": "final average validation accuracy (standard)",
+              "trials": [{"values": {"lr_scale": 0.3, "trainable_blocks": 0}, "val_score": 61.2345, "run_dir": "x"},
+                         {"values": {"lr_scale": 1.0, "trainable_blocks": 0}, "val_score": 55.0, "run_dir": "y"}]}
     path = tuning.write_defaults(record)
     assert path == tmp_path / "tuned" / "smoke.yaml"
     stored = yaml.safe_load(path.read_text())
     assert stored["class_incremental"]["finetune"]["source"]["code_version"] == {"git_commit": "c"}
+    # the packaged file is the tuning record too: the grid and every trial's score, rounded to 0.01
+    assert stored["class_incremental"]["finetune"]["grid"] == {"lr_scale": [0.3, 1.0]}
+    assert stored["class_incremental"]["finetune"]["scores"] == [
+        {"values": {"lr_scale": 0.3, "trainable_blocks": 0}, "val_score": 61.23},
+        {"values": {"lr_scale": 1.0, "trainable_blocks": 0}, "val_score": 55.0}]
     assert engine.resolved_method_values(config, "class_incremental", "finetune") == \
         {"lr_scale": 0.3, "trainable_blocks": 0}
     assert engine.resolved_method_values(config, "domain_incremental", "finetune") == {}  # per scenario
