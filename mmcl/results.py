@@ -534,7 +534,7 @@ def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: st
     numbers.to_csv(paths["csv"], index=False, float_format="%.4f")
     paths["tex"].write_text(to_latex(shown, group_by, comment, footnotes))
     # Markdown: a paragraph under the table; the versions of a mixed table as a list.
-    notes = "".join(f"\n{line}\n" if k == 0 else f"- {line}\n" for k, line in enumerate(footnotes))
+    notes = "\n" + "".join(f"- {line}\n" for line in footnotes) if footnotes else ""
     paths["md"].write_text((f"**{title}** (mean ± std over seeds)\n\n" if title else "") + to_markdown(shown) + notes)
     return paths
 
