@@ -42,9 +42,10 @@ def main_pairs(config: Config) -> list[tuple[str, str]]:
     return [(s, b) for s, b in MAIN_BENCHMARKS if b in config.benchmarks]
 
 
-def _with_replay_buffer(config: Config, num_classes: int) -> Config:
+def _with_replay_buffer(config: Config) -> Config:
+    """Replay's own per-class budget, pinned to :data:`REPLAY_PER_CLASS` (no total cap)."""
     methods = {**config.methods, "replay": {**config.methods.get("replay", {}),
-                                            "buffer_size": REPLAY_PER_CLASS * num_classes}}
+                                            "per_class": REPLAY_PER_CLASS, "buffer_size": None}}
     return config.model_copy(update={"methods": methods})
 
 
@@ -92,7 +93,7 @@ def calibration_runs(config: Config, seeds: Sequence[int], output_dir: str | Pat
                              "task_names": result.metrics.get("task_names")})
             go("zero-shot", modality="all")
             go("joint")
-            go("replay", _with_replay_buffer(config, spec.num_classes))
+            go("replay", _with_replay_buffer(config))
             go("finetune")
             if scenario != "modality_incremental":  # there each task is one modality already
                 for modality in spec.modalities:
