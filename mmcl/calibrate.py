@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from mmcl import records
 from mmcl.config import Config, ConfigError
 
 # (scenario, benchmark) pairs whose targets the calibration checks, when the profile has them.
@@ -69,7 +70,7 @@ def calibration_runs(config: Config, seeds: Sequence[int], output_dir: str | Pat
                      pairs: Sequence[tuple[str, str]] | None = None, progress: bool = False) -> pd.DataFrame:
     """Run (or reuse) the calibration runs; one row per (benchmark, seed, run) with the numbers."""
     from mmcl.engine import run
-    from mmcl.results import code_version_text
+    from mmcl.results import code_version_text, inputs_text
 
     rows = []
     for scenario, benchmark in pairs or main_pairs(config):
@@ -86,9 +87,13 @@ def calibration_runs(config: Config, seeds: Sequence[int], output_dir: str | Pat
                 record = result.metrics["run"]
                 version = code_version_text(record.get("source_fingerprint"), record.get("git_commit"),
                                             record.get("git_dirty"))
+                manifest = records.read_json(result.run_dir / "manifest.json")
+                inputs = inputs_text((manifest.get("backbone") or {}).get("sha256"),
+                                     (manifest.get("data") or {}).get("sha256"))
                 rows.append({"scenario": scenario, "benchmark": benchmark, "seed": seed, "method": method,
                              "final": summary["final_accuracy"], "forgetting": summary["forgetting"],
-                             "chance": chance, "run_dir": str(result.run_dir), "version": version, **extra,
+                             "chance": chance, "run_dir": str(result.run_dir), "version": version,
+                             "inputs": inputs, **extra,
                              "zero_shot_tasks": _zero_shot_tasks(result.metrics, mode) if method == "zero-shot" else None,
                              "task_names": result.metrics.get("task_names")})
             go("zero-shot", modality="all")
@@ -106,12 +111,19 @@ def _versions(runs: pd.DataFrame) -> tuple:
     return tuple(sorted(set(zip(runs["run_dir"], runs["version"]))))
 
 
+def _inputs(runs: pd.DataFrame) -> tuple:
+    """(run folder, weights and data digests) of each run, the ``run_inputs`` of :func:`mmcl.results.write_table`."""
+    if "inputs" not in runs:
+        return ()
+    return tuple(sorted(set(zip(runs["run_dir"], runs["inputs"]))))
+
+
 def _check(rows: list, scenario, benchmark, check, target, values, passed, runs):
     values = [v for v in values if v is not None and not math.isnan(v)]
     rows.append({"scenario": scenario, "benchmark": benchmark, "check": check, "target": target,
                  "seeds": len(values), "measured_mean": float(np.mean(values)) if values else math.nan,
                  "measured_std": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
-                 "pass": "pass" if passed else "FAIL", "run_versions": _versions(runs)})
+                 "pass": "pass" if passed else "FAIL", "run_versions": _versions(runs), "run_inputs": _inputs(runs)})
 
 
 def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -144,7 +144,9 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
     device = device or resolve_device(config.runtime.device)
     benchmark = scenario_benchmark(config, scenario, benchmark)
     encoder = build_encoder(config, device, progress=progress)
-    stream = build_stream(scenario, load_benchmark(config, benchmark, encoder.tokenizer, progress=progress), seed)
+    data = load_benchmark(config, benchmark, encoder.tokenizer, progress=progress)
+    stream = build_stream(scenario, data, seed)
+    stream.data_sha256 = data.digest()
     # The method sees training views: no task's test or validation data (the engine keeps those).
     context = RunContext(config, scenario, stream.class_names, device, [t.training_view() for t in stream.tasks])
     seed_everything(seed)
@@ -442,7 +444,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
     records.atomic_write_json(run_dir / "order.json", stream.order_record())
     if not (run_dir / "manifest.json").is_file():
         records.atomic_write_json(run_dir / "manifest.json", records.manifest(device) | {
-            "backbone": method_obj.encoder.weights,
+            "backbone": method_obj.encoder.weights, "data": {"benchmark": benchmark, "sha256": stream.data_sha256},
             "run": {**run_record, "hparams": method_obj.hparams_dict()}})
 
     zero_shot_path = run_dir / "zero_shot.json"

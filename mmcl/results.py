@@ -19,12 +19,15 @@ This module imports no torch, so tables regenerate from stored records in second
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 # The headline metrics of the main-results table, in column order.
 MAIN_METRICS = ("final_accuracy", "average_incremental_accuracy", "forgetting")
@@ -57,7 +60,8 @@ METHOD_ORDER = ("zero-shot", "finetune", "ewc", "lwf", "replay", "l2p", "moe-ada
 COLUMNS = ["profile", "scenario", "benchmark", "method", "variant", "label", "seed", "mode", "num_tasks",
            *SUMMARY_METRICS, "accuracy_by_modality", "accuracy_matrix", "zero_shot", "task_names",
            "modality_order", "train_seconds", "eval_seconds", "run_seconds", "peak_rss_mib", "cuda_peak_mib",
-           "identity", "difference", "source_fingerprint", "git_commit", "git_dirty", "run_dir", "role", "note"]
+           "identity", "difference", "source_fingerprint", "git_commit", "git_dirty", "backbone_sha256", "data_sha256",
+           "run_dir", "role", "note"]
 
 
 def _value_text(value) -> str:
@@ -124,6 +128,8 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
     timing = metrics.get("timing", {})
     memory = metrics.get("memory") or {}  # absent in runs recorded before memory was
     difference = run.get("difference") or {}
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     rows = []
     for mode, summary in metrics["modes"].items():
         matrix = metrics["accuracy_matrix"][mode]
@@ -143,7 +149,10 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
             # Runs recorded before identities and code versions were: None (unknown).
             "identity": run.get("identity"), "difference": difference,
             "source_fingerprint": run.get("source_fingerprint"), "git_commit": run.get("git_commit"),
-            "git_dirty": run.get("git_dirty"), "run_dir": str(run_dir),
+            "git_dirty": run.get("git_dirty"),
+            # What the run read: the backbone's weights and the benchmark's data, by content digest.
+            "backbone_sha256": (manifest.get("backbone") or {}).get("sha256"),
+            "data_sha256": (manifest.get("data") or {}).get("sha256"), "run_dir": str(run_dir),
         }
         row["role"], row["note"] = run.get("role"), run_note(row["label"], run, metrics)
         rows.append(row)
@@ -192,7 +201,8 @@ def load_runs(*paths: str | Path) -> pd.DataFrame:
     """
     rows = [row for run_dir in find_run_dirs(*paths) for row in _rows_of_run(run_dir)]
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    for column in ("variant", "identity", "source_fingerprint", "git_commit", "git_dirty", "role", "note"):
+    for column in ("variant", "identity", "source_fingerprint", "git_commit", "git_dirty", "backbone_sha256",
+                   "data_sha256", "role", "note"):
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     require_single_identity(frame)
     return _ordered(frame, ["profile", "scenario", "benchmark", "mode", "label", "seed"])
@@ -287,12 +297,29 @@ def _run_versions(group: pd.DataFrame) -> tuple[tuple[str, str], ...]:
                          for run_dir, version in zip(column("run_dir"), versions)}))
 
 
+def inputs_text(backbone: str | None, data: str | None) -> str:
+    """``"backbone 1a2b3c4d5e6f, data 9f8e7d6c5b4a"``: the first 12 hex digits of the content digests
+    of the weights and data a run read; ``"unrecorded"`` where a run predates these records."""
+    return ", ".join(f"{what} {value[:12] if value else 'unrecorded'}" for what, value in
+                     (("backbone", backbone), ("data", data)))
+
+
+def _run_inputs(group: pd.DataFrame) -> tuple[tuple[str, str], ...]:
+    """(run folder, :func:`inputs_text`) of every run of ``group``, sorted, each run once."""
+    def column(name: str) -> list:
+        return group[name].tolist() if name in group else [None] * len(group)
+
+    texts = (inputs_text(b, d) for b, d in zip(column("backbone_sha256"), column("data_sha256")))
+    return tuple(sorted({(str(run_dir), text) for run_dir, text in zip(column("run_dir"), texts)}))
+
+
 def summarize_over_seeds(runs: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
     """Mean and sample standard deviation (ddof=1) of ``metrics`` over seeds, grouped ``by``.
 
     Columns: ``by``, ``seeds`` (how many seeds), then ``<metric>_mean`` and ``<metric>_std`` for
-    each metric, and ``run_versions``: (run folder, code version) of every run averaged, from which
-    :func:`write_table` states the code version. With one seed the standard deviation is NaN
+    each metric, ``run_versions``: (run folder, code version) of every run averaged, from which
+    :func:`write_table` states the code version, and ``run_inputs``: (run folder, weights and data
+    digests, :func:`inputs_text`), from which it states what the runs read. With one seed the standard deviation is NaN
     (undefined), not 0. Raises ValueError if runs of different identity would share a row.
     """
     require_single_identity(runs)
@@ -306,9 +333,10 @@ def summarize_over_seeds(runs: pd.DataFrame, by: Sequence[str], metrics: Sequenc
             row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         row["run_versions"] = _run_versions(group)
+        row["run_inputs"] = _run_inputs(group)
         rows.append(row)
     return pd.DataFrame(rows, columns=[*by, "seeds", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")],
-                                       "run_versions"])
+                                       "run_versions", "run_inputs"])
 
 
 def _sort_key(column: pd.Series) -> pd.Series:
@@ -365,7 +393,8 @@ def ablation_table(runs: pd.DataFrame, metrics: Sequence[str] = MAIN_METRICS) ->
     (``"full (train.epochs=1)"``), and compared with the full method of the same difference.
     """
     columns = ["scenario", "benchmark", "mode", "method", "variant", "seeds",
-               *[f"{m}_{s}" for m in metrics for s in ("mean", "std")], "delta_final_accuracy", "run_versions"]
+               *[f"{m}_{s}" for m in metrics for s in ("mean", "std")], "delta_final_accuracy", "run_versions",
+               "run_inputs"]
     runs = runs[~is_comparison(runs)]  # fair comparisons are rows of the main tables
     if runs[runs["variant"].notna()].empty:
         return pd.DataFrame(columns=columns)
@@ -409,7 +438,7 @@ def display_table(table: pd.DataFrame, decimals: int = 1, plus_minus: str = " ±
     Modes are shown by their titles; a ``mode`` column holding only ``standard`` is dropped, and
     so is ``run_versions`` (:func:`write_table` states the code version under the table).
     """
-    shown = table.drop(columns=["run_versions", "notes"], errors="ignore")
+    shown = table.drop(columns=["run_versions", "run_inputs", "notes"], errors="ignore")
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
     for metric in metrics:
         shown[METRIC_HEADERS.get(metric, metric)] = [
@@ -511,6 +540,34 @@ def code_footnotes(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def input_footnotes(table: pd.DataFrame) -> list[str]:
+    """What a table's runs read (its ``run_inputs`` column), as footnote lines: ``["Inputs: backbone
+    1a2b3c4d5e6f, data 9f8e7d6c5b4a"]`` when every run of a benchmark read the same weights and
+    data, one line per benchmark when benchmarks differ; a line starting ``MIXED`` for a benchmark
+    whose runs read different weights or data (their numbers are not comparable: rebuild one cache)."""
+    if "run_inputs" not in table:
+        return []
+    benchmarks = table["benchmark"] if "benchmark" in table else pd.Series([None] * len(table), index=table.index)
+    by_benchmark: dict[str | None, dict[str, str]] = {}
+    for benchmark, pairs in zip(benchmarks, table["run_inputs"]):
+        by_benchmark.setdefault(benchmark, {}).update(dict(pairs))
+    lines = []
+    for benchmark, inputs in by_benchmark.items():
+        counts: dict[str, int] = {}
+        for text in inputs.values():
+            counts[text] = counts.get(text, 0) + 1
+        where = f" ({benchmark})" if benchmark is not None and len(by_benchmark) > 1 else ""
+        if len(counts) == 1:
+            lines.append(f"Inputs{where}: {next(iter(counts))}")
+        elif counts:
+            log.warning("table runs%s read different weights or data: %s", where, counts)
+            lines.append(f"MIXED inputs{where}: the {len(inputs)} runs read {len(counts)} different weights/data; "
+                         "their numbers are not comparable:")
+            lines += [f"{text}: {count} run{'s' if count != 1 else ''}"
+                      for text, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    return lines
+
+
 def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: str = "",
                 group_by: str | None = "Benchmark", decimals: int = 1) -> dict[str, Path]:
     """Write ``table`` as ``<name>.csv`` (numeric: means, stds, seed counts), ``<name>.tex``
@@ -525,12 +582,14 @@ def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: st
     shown = display_table(table, decimals)
     if group_by not in shown.columns:
         group_by = None
-    footnotes = table_notes(table) + code_footnotes(table)
+    footnotes = table_notes(table) + code_footnotes(table) + input_footnotes(table)
     comment = (f"{title}\n" if title else "") + "mean ± sample std over seeds; generated by mmcl.results from run records"
     paths = {"csv": directory / f"{name}.csv", "tex": directory / f"{name}.tex", "md": directory / f"{name}.md"}
-    numbers = table.drop(columns=["run_versions", "notes"], errors="ignore")
+    numbers = table.drop(columns=["run_versions", "run_inputs", "notes"], errors="ignore")
     if "run_versions" in table:
         numbers["code"] = ["; ".join(sorted({version for _, version in pairs})) for pairs in table["run_versions"]]
+    if "run_inputs" in table:
+        numbers["inputs"] = ["; ".join(sorted({text for _, text in pairs})) for pairs in table["run_inputs"]]
     numbers.to_csv(paths["csv"], index=False, float_format="%.4f")
     paths["tex"].write_text(to_latex(shown, group_by, comment, footnotes))
     # Markdown: a paragraph under the table; the versions of a mixed table as a list.

@@ -211,6 +211,34 @@ def test_generator_version_is_part_of_the_cache_keys(tmp_path, small_config, mon
     assert _tiny_cache_path(config) != backbone
 
 
+def test_pretrained_weights_do_not_depend_on_the_thread_count(tmp_path):
+    """A CPU matrix product sums in an order set by the thread count, and over many steps those
+    last bits grow into different weights: pre-training runs on one thread whatever the runtime says."""
+    from mmcl.models.backbone import file_digest, pretrain_tiny_clip
+
+    digests = []
+    for threads in (2, 1):
+        config = load_config("smoke", [f"data.cache_dir={tmp_path / str(threads)}", "model.pretrain.steps=12",
+                                       "model.pretrain.samples_per_concept=2", "model.pretrain.batch_size=48"])
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            digests.append(file_digest(pretrain_tiny_clip(config)))
+            assert torch.get_num_threads() == threads  # restored after pre-training
+        finally:
+            torch.set_num_threads(previous)
+    assert digests[0] == digests[1]
+
+
+def test_benchmark_digest_is_the_content(small_config):
+    spec = small_config.benchmarks["ego-activities"].model_copy(update={"modalities": ["acc"]})
+    config = small_config.model_copy(update={"benchmarks": {**small_config.benchmarks, "ego-activities": spec}})
+    first, again = load_benchmark(config, "ego-activities"), load_benchmark(config, "ego-activities")
+    assert first.digest() == again.digest() and len(first.digest()) == 64
+    again.test.inputs["acc"][0, 0, 0] += 1  # one value of one test sample
+    assert again.digest() != first.digest()
+
+
 def test_difficulty_knobs_change_the_data_and_are_validated(small_config):
     spec = small_config.benchmarks["av-events"].model_copy(update={"modalities": ["audio"]})
     clean = generate_synthetic(small_config, spec)[0]

@@ -1,8 +1,10 @@
 """The engine on the smoke profile: baselines learn (a strict xfail says where not), runs resume exactly,
 records are complete."""
+import hashlib
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,10 +12,12 @@ import yaml
 
 from mmcl import engine, records, reproduce
 from mmcl.config import ConfigError, load_config
+from mmcl.data.benchmarks import load_benchmark
 from mmcl.data.dataset import Batch, MultiModalDataset
 from mmcl.methods.base import CosineClassifier, HeadConfig, Method, Task, apply_head_rules, method_class
 from mmcl.methods.replay import ExemplarBuffer
 from mmcl.metrics import forward_transfer
+from mmcl.models.backbone import build_encoder
 
 from learning_check import assert_learning_verdict, learning_cases
 
@@ -77,6 +81,11 @@ def test_run_folder_holds_the_whole_record(smoke_config):
         assert record["git_dirty"] in (None, True, False)
     assert metrics["run"]["identity"] == manifest["run"]["identity"] and metrics["run"]["difference"] == {}
     assert manifest["backbone"]["model"] == "mmcl-micro" and manifest["backbone"]["file_bytes"] > 0
+    # What the run read, by content: the weights file's sha256 and the benchmark data's digest.
+    weights = Path(manifest["backbone"]["pretrained"])
+    assert manifest["backbone"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    data = load_benchmark(smoke_config, "modality-stream", build_encoder(smoke_config).tokenizer)
+    assert manifest["data"] == {"benchmark": "modality-stream", "sha256": data.digest()}
     matrix = metrics["accuracy_matrix"]["modality_agnostic"]
     assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)  # upper triangle evaluated too
     assert metrics["modes"]["modality_agnostic"]["fwt"] == pytest.approx(

@@ -222,7 +222,7 @@ def test_tables_state_the_code_version_of_their_runs(runs_root, tmp_path):
     written = results.write_tables(runs, tmp_path / "one")["main_class_incremental"]
     version = f"{FINGERPRINT} (commit 1234567, dirty)"
     assert pd.read_csv(written["csv"])["code"].tolist() == [version, version]
-    assert written["md"].read_text().rstrip().endswith(f"Code: source {version}")
+    assert f"- Code: source {version}\n" in written["md"].read_text()
     assert f"\\multicolumn{{6}}{{l}}{{\\footnotesize Code: source {version}}}" in written["tex"].read_text()
 
     # One run copied and marked as made by other code (and outside git): the table says "mixed".
@@ -271,3 +271,30 @@ def test_comparisons_are_main_table_rows_and_the_notes_say_what_rows_are(runs_ro
     assert "notes" not in results.display_table(table) and "notes" not in paths["csv"].read_text()
     ablations = results.ablation_table(runs)  # comparisons are not ablations
     assert sorted(set(ablations["variant"])) == ["full", "no-distillation"]
+
+
+def _read(run_dir: Path, backbone: str, data: str) -> None:
+    """Give a fake run a manifest saying which weights and data (content digests) it read."""
+    (run_dir / "manifest.json").write_text(json.dumps({"backbone": {"sha256": backbone}, "data": {"sha256": data}}))
+
+
+def test_tables_state_what_their_runs_read_and_flag_a_mix(runs_root, tmp_path):
+    runs = results.load_runs(runs_root)
+    for run_dir in runs["run_dir"].unique():
+        _read(Path(run_dir), "b" * 64, "d" * 64)
+    written = results.write_tables(results.load_runs(runs_root), tmp_path / "one")["main_class_incremental"]
+    assert f"- Inputs: backbone {'b' * 12}, data {'d' * 12}\n" in written["md"].read_text()
+    assert pd.read_csv(written["csv"])["inputs"].tolist() == [f"backbone {'b' * 12}, data {'d' * 12}"] * 2
+
+    # One finetune run read weights pre-trained elsewhere (another cache): the table says so.
+    other = Path(runs.loc[(runs["label"] == "finetune") & (runs["seed"] == 1), "run_dir"].item())
+    _read(other, "c" * 64, "d" * 64)
+    markdown = results.write_tables(results.load_runs(runs_root), tmp_path / "two")["main_class_incremental"]["md"]
+    text = markdown.read_text()
+    assert "- MIXED inputs: the 6 runs read 2 different weights/data; their numbers are not comparable:" in text
+    assert f"- backbone {'b' * 12}, data {'d' * 12}: 5 runs" in text and f"- backbone {'c' * 12}, data {'d' * 12}: 1 run\n" in text
+
+
+def test_runs_without_a_manifest_read_unrecorded_inputs(runs_root):
+    table = results.main_table(results.load_runs(runs_root), "class_incremental")
+    assert results.input_footnotes(table) == ["Inputs: backbone unrecorded, data unrecorded"]

@@ -40,9 +40,36 @@ class Benchmark:
     def class_names(self) -> list[str]:
         return self.train.class_names
 
+    def digest(self) -> str:
+        """sha256 (hex) of the data itself: every split's tensors, labels, domains, names and texts.
+
+        Recorded in each run's manifest: two caches, or two preparations of the same dataset, that
+        differ in a single byte give different digests, so tables never mix them silently."""
+        return dataset_digest(self.train, self.val, self.test, self.class_modalities)
+
     @property
     def domain_names(self) -> list[str]:
         return self.train.domain_names
+
+
+def dataset_digest(*parts) -> str:
+    """sha256 (hex) of datasets (and plain JSON-able values), in order; None parts count as such."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, MultiModalDataset):
+            tensors = {f"input/{k}": v for k, v in sorted(part.inputs.items())}
+            tensors |= {"labels": part.labels, "domains": part.domains}
+            for key, tensor in tensors.items():
+                array = tensor.detach().cpu().contiguous().numpy()
+                digest.update(f"{key}:{array.dtype}:{list(array.shape)}:".encode())
+                digest.update(array.tobytes())
+            digest.update(json.dumps([part.class_names, part.domain_names, part.texts], sort_keys=True).encode())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def benchmark_spec(config: Config, name: str) -> BenchmarkConfig:

@@ -32,6 +32,7 @@ class Stream:
     class_order: list[int]  # benchmark class index of each run label
     modality_order: list[str] | None = None
     domain_order: list[str] | None = None
+    data_sha256: str | None = None  # the benchmark's content digest (Benchmark.digest), for the manifest
 
     def order_record(self) -> dict:
         return {"scenario": self.scenario, "benchmark": self.benchmark, "class_order": self.class_order,

@@ -16,6 +16,8 @@ open_clip's forward pass.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -172,9 +174,38 @@ def build_encoder(config: Config, device: torch.device | str = "cpu", progress: 
     std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
     encoder = MultiModalEncoder(clip, open_clip.get_tokenizer(name), mean, std)
     # Recorded in each run's manifest: runs on different weights must never be mixed silently.
+    # The content digest, not the file name: two caches may hold different weights under one name.
+    is_file = bool(pretrained) and Path(pretrained).is_file()
     encoder.weights = {"model": name, "pretrained": pretrained,
-                       "file_bytes": Path(pretrained).stat().st_size if pretrained and Path(pretrained).is_file() else None}
+                       "file_bytes": Path(pretrained).stat().st_size if is_file else None,
+                       "sha256": file_digest(pretrained) if is_file else None}
     return freeze(encoder).eval().to(device)
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's content (hex), computed once per (path, size, modification time) per process."""
+    stat = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` intra-op threads, restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _tiny_cache_path(config: Config) -> Path:
@@ -187,20 +218,32 @@ def _tiny_cache_path(config: Config) -> Path:
         "image_size": config.data.image_size,
         "benchmark_seed": config.data.benchmark_seed,
         "generator": synthetic.GENERATOR_VERSION,
-        "recipe": 1,
+        "recipe": 2,  # 2: pre-trained on one thread, so the weights do not depend on runtime.num_threads
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return config.cache_dir() / "backbones" / f"{config.model.name}-{digest}.pt"
 
 
 def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
-    """Pre-train a tiny CLIP on image-caption pairs of the pre-training concepts; cached by config."""
-    from mmcl.data import synthetic
-    from mmcl.data.modalities import images_to_tensor
+    """Pre-train a tiny CLIP on image-caption pairs of the pre-training concepts; cached by config.
 
+    Always on one intra-op thread: a CPU matrix product sums in an order that depends on the thread
+    count, and over hundreds of steps those last-bit differences grow into different weights (and
+    zero-shot accuracies several points apart). On one thread the weights are bitwise the same
+    whatever ``runtime.num_threads`` says, on the same torch build and CPU instruction set; the
+    content digest each run's manifest records shows where they are not.
+    """
     path = _tiny_cache_path(config)
     if path.is_file():
         return path
+    with torch_threads(1):
+        _pretrain_tiny_clip(config, path, progress)
+    return path
+
+
+def _pretrain_tiny_clip(config: Config, path: Path, progress: bool) -> None:
+    from mmcl.data import synthetic
+    from mmcl.data.modalities import images_to_tensor
     recipe = config.model.pretrain
     log.info("pre-training %s (%d steps); cached at %s", config.model.name, recipe.steps, path)
     started = time.perf_counter()
@@ -243,4 +286,3 @@ def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
     torch.random.set_rng_state(torch_state)
     atomic_torch_save({"state_dict": clip.state_dict()}, path)
     log.info("pre-trained %s in %.0f s", config.model.name, time.perf_counter() - started)
-    return path
