@@ -35,22 +35,19 @@ def images():
 
 def test_no_method_file_imports_another_method_file():
     """Shared machinery lives in mmcl/models or mmcl/methods/base.py: methods never import each other."""
-    allowed = {"mmcl.methods", "mmcl.methods.base"}
     offenders = []
     for path in sorted(METHODS.glob("*.py")):
-        if path.name == "__init__.py":
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                modules = [node.module] if node.module != "mmcl.methods" else names[1:]
+            if isinstance(node, ast.ImportFrom) and node.module == "mmcl.methods":  # from mmcl.methods import x
+                modules = [f"mmcl.methods.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
             elif isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]
             else:
                 continue
-            offenders += [f"{path.name}: {m}" for m in modules
-                          if m.startswith("mmcl.methods") and m not in allowed and m != "mmcl.methods.base"
-                          and not m.startswith("mmcl.methods.base.")]
+            offenders += [f"{path.name}: {m}" for m in modules if m.startswith("mmcl.methods.")
+                          and m != "mmcl.methods.base" and path.name != "__init__.py"]
     assert offenders == []
 
 
