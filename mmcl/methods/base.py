@@ -396,6 +396,13 @@ class TextAnchoredMethod(Method):
         return F.cross_entropy(logits, targets_in(space, batch.labels)), logits, space
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logit distillation (LwF; the MoE adapters' L_kd): KL(teacher || student) on temperature-softened
+    logits, scaled by T^2 (Hinton et al.)."""
+    return F.kl_div(F.log_softmax(student / temperature, dim=-1), F.softmax(teacher / temperature, dim=-1),
+                    reduction="batchmean") * temperature**2
+
+
 def targets_in(label_space: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Positions of ``labels`` inside ``label_space`` (every label must be in the space)."""
     lookup = torch.full((int(label_space.max()) + 1,), -1, dtype=torch.long, device=label_space.device)

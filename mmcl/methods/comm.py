@@ -42,14 +42,17 @@ from mmcl.methods.base import (
     register,
     targets_in,
 )
-from mmcl.methods.l2p import check_prompt_depth, prefix_tokens_even, prompt_parameter_groups, single_modality
 from mmcl.models.prompts import (
     PromptPool,
     as_images,
+    check_prompt_depth,
     encode_prompted,
     frozen_query,
     key_query_matching_loss,
     pool_frames,
+    prefix_tokens_even,
+    prompt_parameter_groups,
+    single_modality,
 )
 
 DEFAULT_MODALITY_WORDS = {"image": "photo", "video": "video", "audio": "sound", "depth": "depth map",

@@ -14,49 +14,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pydantic
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
 from mmcl.methods.base import CosineClassifier, HeadConfig, Method, apply_head_rules, at_most, register, targets_in
 from mmcl.models.prompts import (
     PromptPool,
     as_images,
+    check_prompt_depth,
     encode_prompted,
     frozen_query,
     key_query_matching_loss,
     pool_frames,
+    prefix_tokens_even,
+    prompt_parameter_groups,
+    single_modality,
 )
-
-
-def single_modality(batch: Batch) -> tuple[str, torch.Tensor]:
-    """The one (modality, inputs) pair of a batch; prompt methods embed one modality at a time."""
-    if len(batch.inputs) != 1:
-        raise ValueError(f"prompt methods expect single-modality batches, got {batch.modalities}")
-    return next(iter(batch.inputs.items()))
-
-
-def prefix_tokens_even():
-    """A Config validator: prefix-tuning splits the ``top_k * prompt_length`` tokens into keys and values."""
-
-    def check(style, info: pydantic.ValidationInfo):
-        tokens = info.data.get("top_k", 0) * info.data.get("prompt_length", 0)
-        if style == "prefix" and tokens % 2:
-            raise ValueError(f"prefix-tuning needs an even top_k x prompt_length (keys and values), got {tokens}")
-        return style
-
-    return pydantic.field_validator("prompt_style")(check)
-
-
-def check_prompt_depth(method: str, depth: int, encoder) -> None:
-    """``prompt_depth`` must not exceed the vision tower's blocks (known once the backbone is built)."""
-    if depth > len(encoder.vision_blocks):
-        raise ConfigError(f"methods.{method}.prompt_depth: the backbone's vision tower has "
-                          f"{len(encoder.vision_blocks)} blocks, got {depth}")
 
 
 @register
@@ -119,17 +95,3 @@ class L2P(Method):
 
     def optimizer_parameter_groups(self):
         return prompt_parameter_groups(self, self.context.config.train.lr * self.hparams.prompt_lr_scale)
-
-
-def prompt_parameter_groups(method, prompt_lr: float, extra: dict[str, float] | None = None) -> list[dict]:
-    """Trainable parameters in groups: prompt pools (keys, prompts) and the classifier head at
-    ``prompt_lr``, submodules named in ``extra`` (name prefix -> learning rate) at theirs, the rest
-    at the engine's rate."""
-    rates = {("pool.", "pools.", "head."): prompt_lr, **{(prefix + ".",): lr for prefix, lr in (extra or {}).items()}}
-    groups: dict[tuple, list] = {prefixes: [] for prefixes in rates}
-    others = []
-    for name, parameter in method.named_parameters():
-        if parameter.requires_grad:
-            prefixes = next((p for p in rates if name.startswith(p)), None)
-            (groups[prefixes] if prefixes else others).append(parameter)
-    return [{"params": groups[p], "lr": rates[p]} for p in rates] + [{"params": others}]

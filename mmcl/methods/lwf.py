@@ -2,17 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, register
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) on temperature-softened logits, scaled by T^2 (Hinton et al.)."""
-    return F.kl_div(F.log_softmax(student / temperature, dim=-1), F.softmax(teacher / temperature, dim=-1),
-                    reduction="batchmean") * temperature**2
+from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, distillation_loss, register
 
 
 @register

@@ -34,13 +34,13 @@ from mmcl.methods.base import (
     apply_head_rules,
     Snapshot,
     at_most,
+    distillation_loss,
     fuse,
     iterate_task_batches,
     register,
     targets_in,
     unfreeze_last_blocks,
 )
-from mmcl.methods.lwf import distillation_loss
 from mmcl.models.moe_adapter import (
     AdapterOutput,
     AdapterSettings,

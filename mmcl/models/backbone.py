@@ -23,7 +23,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 import open_clip
@@ -42,11 +43,32 @@ LOCAL_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
 class TowerHooks(Protocol):
-    """Insertion points in a tower's transformer. ``x`` is ``[B, tokens, width]``."""
+    """Insertion points in a tower's transformer. ``x`` is ``[N, tokens, width]``.
+
+    ``before_block(i, x)`` may add tokens (prompts) or swap the block's attention (prefixes);
+    ``after_block(i, x)`` may add a residual branch (adapters) or drop tokens again. Whatever a hook
+    adds must be gone after the last block: pooling expects the tower's own token layout.
+    """
 
     def before_block(self, index: int, x: torch.Tensor) -> torch.Tensor: ...
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class TowerState:
+    """One modality's batch inside its tower, after ``depth`` blocks.
+
+    ``tokens`` is ``[B * frames, N, W]`` (video frames are encoded one by one); ``text_ids`` are the
+    text tower's token ids ``[B, N]`` (attention mask length, EOT position for pooling). A state is
+    never changed in place, so a frozen prefix can be shared by a student and its teacher.
+    """
+
+    tokens: torch.Tensor
+    tower: Literal["vision", "text"]
+    frames: int = 1
+    text_ids: torch.Tensor | None = None
+    depth: int = 0
 
 
 class MultiModalEncoder(nn.Module):
@@ -84,17 +106,60 @@ class MultiModalEncoder(nn.Module):
         """uint8 ``[B, 3, S, S]`` -> normalised float images."""
         return (images.float() / 255.0 - self.mean) / self.std
 
-    def visual_tokens(self, images: torch.Tensor, hooks: TowerHooks | None = None) -> torch.Tensor:
-        """Run the vision tower up to (not including) pooling: ``[B, tokens, width]``."""
+    # ------------------------------------------------------------------ the one tower forward
+    # Every pass through a tower's blocks, for every method, goes through tower_input -> run_blocks
+    # -> tower_output: prompts and prefixes plug in as TowerHooks, adapters either as hooks or, when
+    # they need the other towers at the same depth (the MoE adapters), by advancing the towers one
+    # block at a time with run_blocks. Only this class touches open_clip's tower internals.
+    def blocks(self, tower: str) -> nn.ModuleList:
+        return self.text_blocks if tower == "text" else self.vision_blocks
+
+    def tower_input(self, modality: str, x: torch.Tensor) -> TowerState:
+        """One modality's batch -> its tower's input tokens (embedding + positions), before block 0."""
+        if modality == "text":
+            clip = self.clip
+            if not hasattr(clip, "token_embedding"):
+                raise NotImplementedError("block-level access needs an open_clip native text tower")
+            cast = clip.transformer.get_cast_dtype()
+            tokens = clip.token_embedding(x).to(cast) + clip.positional_embedding[: x.shape[1]].to(cast)
+            return TowerState(tokens, "text", text_ids=x)
+        frames = x.shape[1] if modality == "video" else 1
+        images = x.flatten(0, 1) if modality == "video" else x
         visual = self.clip.visual
-        x = visual._embeds(self.pixels(images).to(visual.conv1.weight.dtype))
-        for index, block in enumerate(visual.transformer.resblocks):
+        return TowerState(visual._embeds(self.pixels(images).to(visual.conv1.weight.dtype)), "vision", frames=frames)
+
+    def run_blocks(self, state: TowerState, stop: int | None = None, hooks: TowerHooks | None = None) -> TowerState:
+        """Blocks ``state.depth .. stop - 1`` (default: to the last) of the state's tower, with ``hooks``."""
+        blocks = self.blocks(state.tower)
+        stop = len(blocks) if stop is None else stop
+        x = state.tokens
+        mask = None
+        if state.tower == "text" and self.clip.attn_mask is not None:
+            mask = self.clip.attn_mask[: x.shape[1], : x.shape[1]]
+        for index in range(state.depth, stop):
             if hooks is not None:
                 x = hooks.before_block(index, x)
-            x = block(x)
+            block = blocks[index]
+            if mask is not None and x.shape[1] != mask.shape[0]:
+                raise ValueError("hooks may not change the text tower's token count (its causal mask)")
+            x = block(x, attn_mask=mask) if state.tower == "text" else block(x)
             if hooks is not None:
                 x = hooks.after_block(index, x)
-        return x
+        return replace(state, tokens=x, depth=stop)
+
+    def tower_output(self, state: TowerState) -> torch.Tensor:
+        """A state after the last block -> embeddings ``[B, D]`` (not normalised; video: mean over frames)."""
+        if state.depth != len(self.blocks(state.tower)):
+            raise ValueError(f"tower_output needs all {len(self.blocks(state.tower))} blocks run, got {state.depth}")
+        if state.tower == "vision":
+            pooled = self.pool_visual(state.tokens)
+            return pooled.view(-1, state.frames, pooled.shape[-1]).mean(dim=1) if state.frames > 1 else pooled
+        clip = self.clip
+        x = clip.ln_final(state.tokens)
+        pooled = open_clip.transformer.text_global_pool(x, state.text_ids, clip.text_pool_type,
+                                                        eos_token_id=getattr(clip, "text_eos_id", None))
+        projection = clip.text_projection
+        return projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
 
     def pool_visual(self, tokens: torch.Tensor) -> torch.Tensor:
         visual = self.clip.visual
@@ -103,38 +168,21 @@ class MultiModalEncoder(nn.Module):
 
     def encode_visual(self, images: torch.Tensor, hooks: TowerHooks | None = None) -> torch.Tensor:
         """uint8 images ``[B, 3, S, S]`` -> embeddings ``[B, D]`` (not normalised)."""
-        return self.pool_visual(self.visual_tokens(images, hooks))
+        return self.encode("image", images, hooks)
 
     def encode_text(self, tokens: torch.Tensor, hooks: TowerHooks | None = None) -> torch.Tensor:
         """Token ids ``[B, L]`` -> embeddings ``[B, D]`` (not normalised)."""
-        clip = self.clip
-        if not hasattr(clip, "token_embedding"):  # CustomTextCLIP (HF text towers): no block hooks
+        if not hasattr(self.clip, "token_embedding"):  # CustomTextCLIP (HF text towers): no block hooks
             if hooks is not None:
                 raise NotImplementedError("block hooks need an open_clip native text tower")
-            return clip.encode_text(tokens)
-        cast = clip.transformer.get_cast_dtype()
-        x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[: tokens.shape[1]].to(cast)
-        mask = clip.attn_mask[: tokens.shape[1], : tokens.shape[1]] if clip.attn_mask is not None else None
-        for index, block in enumerate(clip.transformer.resblocks):
-            if hooks is not None:
-                x = hooks.before_block(index, x)
-            x = block(x, attn_mask=mask)
-            if hooks is not None:
-                x = hooks.after_block(index, x)
-        x = clip.ln_final(x)
-        pooled = open_clip.transformer.text_global_pool(x, tokens, clip.text_pool_type,
-                                                        eos_token_id=getattr(clip, "text_eos_id", None))
-        projection = clip.text_projection
-        return projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
+            return self.clip.encode_text(tokens)
+        return self.encode("text", tokens, hooks)
 
     def encode(self, modality: str, x: torch.Tensor, hooks: TowerHooks | None = None) -> torch.Tensor:
         """One modality's batch -> embeddings ``[B, D]`` (not normalised)."""
-        if modality == "text":
+        if modality == "text" and not hasattr(self.clip, "token_embedding"):
             return self.encode_text(x, hooks)
-        if modality == "video":
-            b, t = x.shape[:2]
-            return self.encode_visual(x.flatten(0, 1), hooks).view(b, t, -1).mean(dim=1)
-        return self.encode_visual(x, hooks)
+        return self.tower_output(self.run_blocks(self.tower_input(modality, x), hooks=hooks))
 
     @torch.no_grad()
     def class_text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:

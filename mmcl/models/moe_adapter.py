@@ -24,15 +24,14 @@ token (its gate is zero).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmcl.models.backbone import MultiModalEncoder
+from mmcl.models.backbone import MultiModalEncoder, TowerState
 
 
 @dataclass
@@ -50,16 +49,6 @@ class AdapterSettings:
     null_slot: bool = True  # a learned "attend to nothing" key/value beside the other modalities
     context_pooling: Literal["summary", "mean"] = "summary"  # CLS / EOT token, or mean of tokens
     scale_init: float = 1.0  # initial value of the residual scale s_a
-
-
-@dataclass
-class TowerState:
-    """One modality's tokens inside its tower. ``tokens`` is ``[B * frames, N, W]``."""
-
-    tokens: torch.Tensor
-    tower: Literal["vision", "text"]
-    frames: int = 1  # video: frames per sample (encoded one by one, pooled at the end)
-    text_ids: torch.Tensor | None = None  # text: token ids ``[B, N]`` (EOT position, padding)
 
 
 @dataclass
@@ -256,32 +245,16 @@ class CrossModalMoEAdapters(nn.Module):
         return {f"{m}.{i}": adapter.moe for m, steps in self.adapters.items() for i, adapter in enumerate(steps)}
 
     # --------------------------------------------------------------------------- the towers
+    # The towers run through the encoder's one tower forward (tower_input, run_blocks, tower_output);
+    # the adapters need every tower at the same depth, so the last L blocks advance one at a time.
     @torch.no_grad()
     def prefix(self, encoder: MultiModalEncoder, inputs: dict[str, torch.Tensor]) -> dict[str, TowerState]:
         """Run the frozen blocks before the first adapter: no gradients, shared by student and teacher."""
         states = {}
         for modality, x in inputs.items():
-            if modality == "text":
-                clip = encoder.clip
-                cast = clip.transformer.get_cast_dtype()
-                tokens = clip.token_embedding(x).to(cast) + clip.positional_embedding[: x.shape[1]].to(cast)
-                for block in encoder.text_blocks[: len(encoder.text_blocks) - self.steps]:
-                    tokens = block(tokens, attn_mask=self._text_mask(encoder, x))
-                states[modality] = TowerState(tokens, "text", text_ids=x)
-                continue
-            frames = x.shape[1] if modality == "video" else 1
-            images = x.flatten(0, 1) if modality == "video" else x
-            visual = encoder.clip.visual
-            tokens = visual._embeds(encoder.pixels(images).to(visual.conv1.weight.dtype))
-            for block in encoder.vision_blocks[: len(encoder.vision_blocks) - self.steps]:
-                tokens = block(tokens)
-            states[modality] = TowerState(tokens, "vision", frames=frames)
+            state = encoder.tower_input(modality, x)
+            states[modality] = encoder.run_blocks(state, stop=len(encoder.blocks(state.tower)) - self.steps)
         return states
-
-    @staticmethod
-    def _text_mask(encoder: MultiModalEncoder, ids: torch.Tensor) -> torch.Tensor | None:
-        mask = encoder.clip.attn_mask
-        return mask[: ids.shape[1], : ids.shape[1]] if mask is not None else None
 
     def _summary(self, encoder: MultiModalEncoder, state: TowerState) -> torch.Tensor:
         """Pooled token of one modality at the current depth: ``[B, W]`` (frames averaged)."""
@@ -300,39 +273,21 @@ class CrossModalMoEAdapters(nn.Module):
 
     def forward(self, encoder: MultiModalEncoder, states: dict[str, TowerState]) -> AdapterOutput:
         """The last L blocks of every tower in lock-step with the adapters -> embeddings ``[B, D]``."""
-        tokens = {m: s.tokens for m, s in states.items()}
+        states = dict(states)
         balance, count, mass = None, 0, {}
         for step in range(self.steps):
-            for modality, state in states.items():
-                tower = encoder.text_blocks if state.tower == "text" else encoder.vision_blocks
-                block = tower[len(tower) - self.steps + step]
-                mask = self._text_mask(encoder, state.text_ids) if state.tower == "text" else None
-                tokens[modality] = block(tokens[modality], attn_mask=mask) if state.tower == "text" \
-                    else block(tokens[modality])
-            current = {m: TowerState(tokens[m], s.tower, s.frames, s.text_ids) for m, s in states.items()}
-            summaries = {m: self._summary(encoder, s) for m, s in current.items()} \
+            states = {m: encoder.run_blocks(s, stop=s.depth + 1) for m, s in states.items()}
+            summaries = {m: self._summary(encoder, s) for m, s in states.items()} \
                 if self.settings.cross_attention and len(states) > 1 else {}
             for modality, state in states.items():
                 context = {m: c for m, c in summaries.items() if m != modality}
-                tokens[modality], term, gate_mass = self.adapters[modality][step](tokens[modality], context, state.frames)
+                tokens, term, gate_mass = self.adapters[modality][step](state.tokens, context, state.frames)
+                states[modality] = replace(state, tokens=tokens)
                 balance = term if balance is None else balance + term
                 count += 1
                 mass[f"{modality}.{step}"] = gate_mass
-        embeddings = {m: self._finish(encoder, tokens[m], s) for m, s in states.items()}
+        embeddings = {m: encoder.tower_output(s) for m, s in states.items()}
         return AdapterOutput(embeddings, balance / max(count, 1), mass)
-
-    @staticmethod
-    def _finish(encoder: MultiModalEncoder, tokens: torch.Tensor, state: TowerState) -> torch.Tensor:
-        """Final norm, pooling and projection of a tower (as :class:`MultiModalEncoder` does)."""
-        if state.tower == "vision":
-            pooled = encoder.pool_visual(tokens)
-            return pooled.view(-1, state.frames, pooled.shape[-1]).mean(dim=1)
-        clip = encoder.clip
-        x = clip.ln_final(tokens)
-        pooled = open_clip.transformer.text_global_pool(x, state.text_ids, clip.text_pool_type,
-                                                        eos_token_id=getattr(clip, "text_eos_id", None))
-        projection = clip.text_projection
-        return projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
 
     def encode(self, encoder: MultiModalEncoder, inputs: dict[str, torch.Tensor]) -> AdapterOutput:
         """Inputs (as in a :class:`~mmcl.data.dataset.Batch`) -> :class:`AdapterOutput`."""
