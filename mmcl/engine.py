@@ -433,6 +433,10 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
     run_record = {"scenario": scenario, "benchmark": benchmark, "method": method, "variant": variant, "seed": seed,
                   "profile": config.profile, "identity": location.identity, "difference": location.difference}
     method_cls = method_class(method)
+    if method_cls.trains:  # whether its defaults came from the validation search (mmcl tune), for the tables
+        from mmcl.tuning import tuned_values
+
+        run_record["tuned"] = bool(tuned_values(config.profile, scenario, method))
     if variant in method_cls.comparisons:  # a fair comparison: a row of the main tables, with what it is
         run_record |= {"role": "comparison", "variant_overrides": method_cls.comparisons[variant]}
     elif variant:

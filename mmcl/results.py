@@ -161,16 +161,20 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
 
 def run_note(label: str, run: dict, metrics: dict) -> str | None:
     """What a table row is, where its label does not say it: a fair comparison's overrides, the
-    replay buffer as a share of the training data. None for other runs."""
+    replay buffer as a share of the training data, hyper-parameters that did not come from the
+    validation search (``mmcl tune``) while a table's other rows may have. None when none applies."""
+    parts = []
     if run.get("role") == "comparison" and run.get("variant_overrides"):
         flat = _dotted(run["variant_overrides"])
-        return f"{label}: {run['method']} with " + ", ".join(f"{k}={_value_text(v)}" for k, v in flat.items())
+        parts.append(f"{run['method']} with " + ", ".join(f"{k}={_value_text(v)}" for k, v in flat.items()))
     buffer = metrics.get("buffer")
     if buffer:
         cap = f", capped at {buffer['buffer_size']}" if buffer.get("buffer_size") is not None else ""
-        return (f"{label}: buffer of {buffer['size']} exemplars ({buffer['per_class']} per class{cap}), "
-                f"{100 * buffer['share_of_training_data']:.1f} % of the training data")
-    return None
+        parts.append(f"buffer of {buffer['size']} exemplars ({buffer['per_class']} per class{cap}), "
+                     f"{100 * buffer['share_of_training_data']:.1f} % of the training data")
+    if run.get("tuned") is False:  # recorded for trained methods only; absent in older runs
+        parts.append("not tuned: the method's own defaults, not chosen by the validation search")
+    return f"{label}: " + "; ".join(parts) if parts else None
 
 
 def _dotted(mapping: dict, prefix: str = "") -> dict:

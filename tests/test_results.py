@@ -298,3 +298,12 @@ def test_tables_state_what_their_runs_read_and_flag_a_mix(runs_root, tmp_path):
 def test_runs_without_a_manifest_read_unrecorded_inputs(runs_root):
     table = results.main_table(results.load_runs(runs_root), "class_incremental")
     assert results.input_footnotes(table) == ["Inputs: backbone unrecorded, data unrecorded"]
+
+
+def test_rows_whose_defaults_were_not_tuned_say_so(tmp_path):
+    write_run(tmp_path, "finetune", 0, [[100, 0], [60, 60]], run_extra={"tuned": False})
+    write_run(tmp_path, "lwf", 0, [[100, 0], [90, 90]], run_extra={"tuned": True})
+    write_run(tmp_path, "zero-shot", 0, [[10, 10], [10, 10]])  # trains nothing: nothing recorded
+    table = results.main_table(results.load_runs(tmp_path), "class_incremental")
+    assert results.table_notes(table) == [
+        "finetune: not tuned: the method's own defaults, not chosen by the validation search"]

@@ -145,6 +145,7 @@ def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monk
     config = load_config("smoke", [f"runtime.output_dir={tmp_path / 'runs'}", "train.epochs=0"])
     assert engine.resolved_method_values(config, "class_incremental", "finetune") == {}
     before = engine.run(config, "class_incremental", "finetune", seed=0)
+    assert before.metrics["run"]["tuned"] is False  # the tables say so (results.run_note)
     record = {"profile": "smoke", "scenario": "class_incremental", "benchmark": "av-events", "method": "finetune",
               "seed": 0, "budget": 4, "record": "r.json", "date": "d", "code_version": {"git_commit": "c"},
               "chosen": {"lr_scale": 0.3, "trainable_blocks": 0}, "grid": {"lr_scale": [0.3, 1.0]},
@@ -171,6 +172,10 @@ def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monk
     assert after.run_dir == before.run_dir and after.difference == {"train.epochs": 0}
     with pytest.raises(ConfigError, match="methods.finetune.lr_scale"):
         engine.run(config, "class_incremental", "finetune", seed=0)
+    tuned_run = engine.run(config, "class_incremental", "finetune", seed=0, output_dir=tmp_path / "after")
+    assert tuned_run.metrics["run"]["tuned"] is True and tuned_run.metrics["run"]["hparams"]["lr_scale"] == 0.3
+    zero_shot = engine.run(config, "class_incremental", "zero-shot", seed=0, output_dir=tmp_path / "after")
+    assert "tuned" not in zero_shot.metrics["run"]  # trains nothing: nothing to tune
     path.write_text("class_incremental: {finetune: [1, 2]}\n")
     with pytest.raises(ConfigError, match=r"smoke.yaml: class_incremental.finetune.values"):
         engine.resolved_method_values(config, "class_incremental", "finetune")
