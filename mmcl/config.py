@@ -157,7 +157,7 @@ class BenchmarkConfig(_Strict):
 class TuningConfig(_Strict):
     """``mmcl tune``: the same number of validation trials for every method."""
 
-    trials: int = Field(4, ge=1)
+    trials: int = Field(6, ge=1)  # every shipped grid: 3 learning-rate scales x 2 values of one knob
 
 
 class ScenarioConfig(_Strict):

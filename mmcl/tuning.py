@@ -3,8 +3,8 @@
 Every method declares a small grid of its hyper-parameters (``Method.tuning_grid``; the shared
 ``lr_scale`` multiplies ``train.lr`` and every rate a method sets on its own parameter groups).
 A tuning of method M on scenario S runs ``tuning.trials`` grid points (the same number for every
-method: a larger grid is subsampled at evenly spaced positions of its point list, a smaller one
-is an error), each a normal engine run with ``train.eval_split=val`` (records, locks and resume
+method; every shipped grid has exactly that many points, so each is searched whole; a larger grid
+is subsampled by a spread design, a smaller one is an error), each a normal engine run with ``train.eval_split=val`` (records, locks and resume
 apply) under ``<runs>/<profile>/tuning/<scenario>/<benchmark>/``, and chooses the point with the
 best final average validation accuracy of the scenario's primary evaluation mode (the first
 such point on a tie). The tuning record (grid, budget, every trial's values and score, the
@@ -39,14 +39,32 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
 
 
 def trial_points(method_cls, trials: int) -> list[dict]:
-    """The ``trials`` grid points tuned for ``method_cls``: all of them when the grid has exactly
-    that many, else ``trials`` evenly spaced positions of the point list (first and last included)."""
+    """The ``trials`` grid points tuned for ``method_cls``, in grid order: all of them when the grid
+    has exactly that many; from a larger grid, a spread design (:func:`spread_points`)."""
     points = grid_points(method_cls.tuning_grid)
     if len(points) < trials:
         raise ConfigError(f"tuning.trials: method {method_cls.name!r} declares {len(points)} grid points "
                           f"({method_cls.tuning_grid}), fewer than the budget of {trials} trials")
-    picks = np.linspace(0, len(points) - 1, trials).round().astype(int) if trials > 1 else np.array([0])
-    return [points[i] for i in picks]
+    return [points[i] for i in spread_points(points, trials)]
+
+
+def spread_points(points: list[dict], count: int) -> list[int]:
+    """Indices of ``count`` of ``points``, sorted: chosen one by one, each time the point that adds
+    the most (key, value) pairs not yet tried, then the one farthest (in keys that differ) from the
+    points chosen, then the earliest. Every value of every key is tried as soon as the budget
+    allows, and no two keys move together as they would with evenly spaced positions of the list
+    (where the first key varies slowest)."""
+    chosen: list[int] = []
+    covered: set[tuple] = set()
+    for _ in range(min(count, len(points))):
+        def merit(i: int) -> tuple:
+            pairs = set(points[i].items())
+            distance = min((sum(points[i][k] != points[j][k] for k in points[i]) for j in chosen), default=0)
+            return len(pairs - covered), distance, -i
+        best = max((i for i in range(len(points)) if i not in chosen), key=merit)
+        chosen.append(best)
+        covered |= set(points[best].items())
+    return sorted(chosen)
 
 
 def check_grid(method_cls, minimum: int) -> None:

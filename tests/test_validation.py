@@ -116,13 +116,17 @@ def test_every_method_gets_the_same_budget_and_small_grids_are_refused():
                 assert len(points) == trials and all(p in tuning.grid_points(cls.tuning_grid) for p in points)
             else:
                 assert cls.tuning_grid == {}
-    # 9 points, 4 trials: positions 0, 3, 5, 8 of the product (lr_scale varies slowest)
-    assert tuning.trial_points(REGISTRY["ewc"], 4) == [
-        {"lr_scale": 0.3, "ewc_lambda": 100.0}, {"lr_scale": 1.0, "ewc_lambda": 100.0},
-        {"lr_scale": 1.0, "ewc_lambda": 10000.0}, {"lr_scale": 3.0, "ewc_lambda": 10000.0}]
+            if cls.trains:  # the shipped grids are searched whole
+                assert len(tuning.grid_points(cls.tuning_grid)) == trials, cls.name
+    # 6 points, 4 trials, by hand: (0.3, 0) first; (1, 1) adds two new values; (3, 0) the last lr
+    # value, nearer-first ties broken by order; then nothing new, all at distance 1: the earliest.
+    assert tuning.trial_points(REGISTRY["finetune"], 4) == [
+        {"lr_scale": 0.3, "trainable_blocks": 0}, {"lr_scale": 0.3, "trainable_blocks": 1},
+        {"lr_scale": 1.0, "trainable_blocks": 1}, {"lr_scale": 3.0, "trainable_blocks": 0}]
+    assert tuning.spread_points([{"a": 1, "b": 1}, {"a": 1, "b": 2}, {"a": 2, "b": 1}, {"a": 2, "b": 2}], 2) == [0, 3]
     with pytest.raises(ConfigError, match="declares 6 grid points.*budget of 7"):
         tuning.trial_points(REGISTRY["finetune"], 7)
-    with pytest.raises(TypeError, match="2 points, fewer than the default budget of 4"):
+    with pytest.raises(TypeError, match="2 points, fewer than the default budget of 6"):
         register(type("TwoPoints", (TextAnchoredMethod,), {"name": "two-points", "tuning_grid": {"lr_scale": [1, 2]}}))
     with pytest.raises(TypeError, match="unknown hyper-parameters"):
         register(type("Unknown", (TextAnchoredMethod,), {"name": "unknown-grid", "tuning_grid": {"nope": [1, 2, 3, 4]}}))
@@ -195,7 +199,7 @@ def test_tune_on_smoke_records_every_trial_and_writes_defaults(tmp_path, monkeyp
          "seed": 0, "budget": 2}
     assert record["grid"] == REGISTRY["finetune"].tuning_grid
     assert [t["values"] for t in record["trials"]] == [{"lr_scale": 0.3, "trainable_blocks": 0},
-                                                      {"lr_scale": 3.0, "trainable_blocks": 1}]
+                                                      {"lr_scale": 1.0, "trainable_blocks": 1}]
     scores = [t["val_score"] for t in record["trials"]]
     assert record["chosen"] == record["trials"][scores.index(max(scores))]["values"]
     assert set(record["code_version"]) >= {"git_commit", "source_fingerprint"}

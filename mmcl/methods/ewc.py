@@ -18,7 +18,7 @@ from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_bat
 class EWC(TextAnchoredMethod):
     name = "ewc"
     family = "classic"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "ewc_lambda": [100.0, 1000.0, 10000.0]}
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "ewc_lambda": [100.0, 10000.0]}
     description = "elastic weight consolidation (online)"
     # The MoE adapters' head rule (rows of old classes frozen), for a fair class-incremental comparison.
     comparisons = {"frozen-head": {"head": {"freeze_old_rows": True}}}

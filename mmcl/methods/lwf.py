@@ -12,7 +12,7 @@ from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, distil
 class LwF(TextAnchoredMethod):
     name = "lwf"
     family = "classic"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "distillation_weight": [0.5, 1.0, 2.0]}
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "distillation_weight": [0.5, 2.0]}
     description = "learning without forgetting (logit distillation on old classes)"
     ablations = {"no-distillation": {"distillation_weight": 0.0}}
     # The MoE adapters' head rule (rows of old classes frozen), for a fair class-incremental comparison.
