@@ -199,6 +199,21 @@ def _papermill_logging() -> None:
     logger.propagate = False
 
 
+def _ipc_kernel_manager():
+    """A kernel manager whose kernel talks over local IPC sockets, not TCP. ipykernel warns on every
+    kernel over TCP ("Kernel is running over TCP without encryption ..."), which papermill relays for
+    each notebook; a kernel that papermill starts on the same machine needs no TCP ports at all."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
+
+
 def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR,
                      kernel: str = "python3", log_output: bool = True) -> float:
     """Execute one notebook with papermill; return its seconds. Raises :class:`NotebookFailed`."""
@@ -212,7 +227,8 @@ def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_di
     started = time.perf_counter()
     try:
         papermill.execute_notebook(str(source), str(output_path), parameters=parameters, kernel_name=kernel,
-                                   progress_bar=False, log_output=log_output, cwd=str(Path.cwd()))
+                                   progress_bar=False, log_output=log_output, cwd=str(Path.cwd()),
+                                   kernel_manager_class=_ipc_kernel_manager())
     except PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         raise NotebookFailed(
@@ -377,6 +393,9 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     if unknown:
         raise ConfigError(f"unknown notebooks {unknown}; the sequence is {list(NOTEBOOKS)}")
     _papermill_logging()
+    from mmcl.environment import warn_lock_differences
+
+    warn_lock_differences()
     stale = report_stale_runs(output_dir / config.profile, remove=rerun_stale)
     executed = output_dir / config.profile / "notebooks"
     _copy_tuned_defaults(config.profile, output_dir / config.profile / "tuning")
