@@ -84,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
                                 "so the notebooks train them again")
     reproduce.add_argument("--update-docs", action="store_true",
                            help="also rewrite the claims blocks of docs/methods/*.md from figures/claims.csv")
+    reproduce.add_argument("--executor", choices=["local", "submitit-local", "slurm"],
+                           help="where the runs execute: in process (local), one submitit job per run in local "
+                                "subprocesses (submitit-local) or on SLURM (slurm); default: runtime.executor.name")
+    for flag, key, kind in (("--partition", "partition", str), ("--gpus-per-node", "gpus_per_node", int),
+                            ("--timeout-min", "timeout_min", int), ("--mem-gb", "mem_gb", float),
+                            ("--parallelism", "parallelism", int), ("--account", "account", str),
+                            ("--qos", "qos", str)):
+        reproduce.add_argument(flag, dest=f"executor_{key}", type=kind, metavar=key.split("_")[0].upper(),
+                               help=f"runtime.executor.{key} (SLURM jobs; parallelism also submitit-local)")
     _add_profile_arguments(reproduce)
 
     claims = commands.add_parser("claims", help="measure the papers' claims on the stored runs (figures/claims.{md,csv})")
@@ -208,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "reproduce":
             from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
 
+            executor_keys = {k: v for k, v in vars(args).items() if k.startswith("executor_") and v is not None}
+            args.overrides += [f"runtime.executor.{k[len('executor_'):]}={v}" for k, v in executor_keys.items()]
+            if args.executor:
+                args.overrides.append(f"runtime.executor.name={args.executor}")
             try:
                 reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
                           seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks,
