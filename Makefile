@@ -32,6 +32,7 @@ lock:
 # need them; the figures notebook also rewrites the claims blocks of docs/methods/*.md.
 reproduce: $(STAMP)
 	$(BIN)/mmcl reproduce --profile tiny --seeds 0 1 2 --update-docs
+	$(BIN)/mmcl verify --profile tiny
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
