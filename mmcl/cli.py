@@ -191,7 +191,7 @@ def _verify(args) -> int:
     table = verify.verify_profile(config.profile, runs_root, path)
     shown = table if args.all else table[table["verdict"] != "pass"]
     if len(shown):
-        print(results.to_markdown(shown.fillna("-")))
+        print(results.to_markdown(shown.astype(object).where(shown.notna(), "-")))
     print(f"mmcl verify ({config.profile}, {runs_root / config.profile} against {path}): {verify.summary(table)}")
     return 0 if (table["verdict"] == "pass").all() else 1
 
