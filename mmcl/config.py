@@ -144,6 +144,9 @@ class RuntimeConfig(_Strict):
     # the main tables and the claims' paired comparisons are over these.
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     executor: ExecutorConfig = ExecutorConfig()
+    # Experiment tracking (mmcl.tracking): per-step losses, per-task accuracies, final metrics.
+    # tensorboard and mlflow are optional packages, not dependencies.
+    tracking: Literal["none", "tensorboard", "mlflow"] = "none"
 
 
 class BenchmarkConfig(_Strict):
