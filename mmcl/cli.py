@@ -1,4 +1,4 @@
-"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``tune``, ``calibrate``, ``reproduce``, ``claims``.
+"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``tune``, ``calibrate``, ``reproduce``, ``claims``, ``verify``.
 
     mmcl run --scenario class_incremental --method lwf --seed 0 --profile tiny --set train.epochs=5
     mmcl list methods
@@ -6,6 +6,7 @@
     mmcl tune --method lwf --scenario class_incremental --profile tiny --write-defaults
     mmcl reproduce --profile tiny
     mmcl claims --profile tiny --update-docs
+    mmcl verify --profile tiny --runs runs
     mmcl calibrate --profile tiny --seeds 0 1 --document docs/benchmark.md
 """
 from __future__ import annotations
@@ -84,7 +85,25 @@ def _parser() -> argparse.ArgumentParser:
                                 "so the notebooks train them again")
     reproduce.add_argument("--update-docs", action="store_true",
                            help="also rewrite the claims blocks of docs/methods/*.md from figures/claims.csv")
+    reproduce.add_argument("--executor", choices=["local", "submitit-local", "slurm"],
+                           help="where the runs execute: in process (local), one submitit job per run in local "
+                                "subprocesses (submitit-local) or on SLURM (slurm); default: runtime.executor.name")
+    for flag, key, kind in (("--partition", "partition", str), ("--gpus-per-node", "gpus_per_node", int),
+                            ("--timeout-min", "timeout_min", int), ("--mem-gb", "mem_gb", float),
+                            ("--parallelism", "parallelism", int), ("--account", "account", str),
+                            ("--qos", "qos", str)):
+        reproduce.add_argument(flag, dest=f"executor_{key}", type=kind, metavar=key.split("_")[0].upper(),
+                               help=f"runtime.executor.{key} (SLURM jobs; parallelism also submitit-local)")
     _add_profile_arguments(reproduce)
+
+    verify = commands.add_parser("verify", help="compare a reproduction's main-table numbers with the expected ones "
+                                                "(mmcl/profiles/expected/<profile>.yaml): pass/fail table")
+    verify.add_argument("--runs", help="the runs folder (default: runtime.output_dir of the profile)")
+    verify.add_argument("--expected", help="the expected-results file (default: mmcl/profiles/expected/<profile>.yaml)")
+    verify.add_argument("--write-expected", action="store_true",
+                        help="write the expected-results file from the runs instead (keeps its paper entries)")
+    verify.add_argument("--all", action="store_true", help="list every entry, not only those that do not pass")
+    _add_profile_arguments(verify)
 
     claims = commands.add_parser("claims", help="measure the papers' claims on the stored runs (figures/claims.{md,csv})")
     claims.add_argument("--output-dir", help="where the runs are (default: runtime.output_dir of the profile)")
@@ -153,6 +172,30 @@ def _tune(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    from pathlib import Path
+
+    from mmcl import results, verify
+
+    config = load_config(args.profile, args.overrides)
+    runs_root = Path(args.runs or config.runtime.output_dir)
+    path = Path(args.expected) if args.expected else verify.expected_file(config.profile)
+    if args.write_expected:
+        root = runs_root / config.profile
+        if not results.find_run_dirs(root):
+            raise ConfigError(f"--runs: no complete runs under {root}")
+        command = f"mmcl verify --write-expected --profile {args.profile} --runs {args.runs or runs_root}"
+        written = verify.write_expected(results.load_runs(root), path, config.profile, command)
+        print(f"wrote {len(verify.read_expected(written)['results'])} expected numbers to {written}")
+        return 0
+    table = verify.verify_profile(config.profile, runs_root, path)
+    shown = table if args.all else table[table["verdict"] != "pass"]
+    if len(shown):
+        print(results.to_markdown(shown.astype(object).where(shown.notna(), "-")))
+    print(f"mmcl verify ({config.profile}, {runs_root / config.profile} against {path}): {verify.summary(table)}")
+    return 0 if (table["verdict"] == "pass").all() else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -208,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "reproduce":
             from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
 
+            executor_keys = {k: v for k, v in vars(args).items() if k.startswith("executor_") and v is not None}
+            args.overrides += [f"runtime.executor.{k[len('executor_'):]}={v}" for k, v in executor_keys.items()]
+            if args.executor:
+                args.overrides.append(f"runtime.executor.name={args.executor}")
             try:
                 reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
                           seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks,
@@ -215,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             except NotebookFailed as error:
                 print(f"mmcl reproduce: {error}", file=sys.stderr)
                 return 1
+        elif args.command == "verify":
+            return _verify(args)
         elif args.command == "claims":
             from pathlib import Path
 

@@ -111,6 +111,25 @@ class TrainConfig(_Strict):
     eval_split: Literal["test", "val"] = "test"
 
 
+class ExecutorConfig(_Strict):
+    """Where the runs of a sweep execute (``mmcl reproduce --executor``, the notebooks' sweeps):
+    ``local`` in the calling process, one after the other; ``submitit-local`` one submitit job per
+    run in local subprocesses; ``slurm`` one SLURM job per run (a job array), through submitit.
+    Like all of ``runtime`` it never changes a run's identity or folder."""
+
+    name: Literal["local", "submitit-local", "slurm"] = "local"
+    folder: str | None = None  # submitit's job files and logs; None: <output_dir>/<profile>/jobs
+    parallelism: int = Field(4, ge=1)  # jobs running at once (SLURM: the array's %N)
+    timeout_min: int = Field(720, ge=1)
+    cpus_per_task: int = Field(4, ge=1)
+    gpus_per_node: int = Field(1, ge=0)  # SLURM only
+    mem_gb: float | None = Field(None, gt=0)  # SLURM only; None: the partition's default
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    setup: list[str] = []  # shell lines run before each SLURM job, e.g. ["module load cuda"]
+
+
 class RuntimeConfig(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int | None = None
@@ -124,6 +143,10 @@ class RuntimeConfig(_Strict):
     # Seeds of `mmcl reproduce` when --seeds is not given (every notebook, ablations included):
     # the main tables and the claims' paired comparisons are over these.
     seeds: list[int] = Field([0, 1, 2], min_length=1)
+    executor: ExecutorConfig = ExecutorConfig()
+    # Experiment tracking (mmcl.tracking): per-step losses, per-task accuracies, final metrics.
+    # tensorboard and mlflow are optional packages, not dependencies.
+    tracking: Literal["none", "tensorboard", "mlflow"] = "none"
 
 
 class BenchmarkConfig(_Strict):

@@ -35,7 +35,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from mmcl import records
+from mmcl import records, tracking
 from mmcl.config import Config, ConfigError, config_to_yaml, profile_defaults
 from mmcl.data.benchmarks import load_benchmark
 from mmcl.data.dataset import MultiModalDataset, concatenate
@@ -241,8 +241,9 @@ def train_step(method: Method, batch, task: Task, optimizer: torch.optim.Optimiz
 
 
 def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], config: Config, seed: int,
-               device: torch.device, progress: bool) -> dict:
-    """Epochs of optimizer steps on ``datasets`` (batches of different modality sets interleaved)."""
+               device: torch.device, progress: bool, on_step=None) -> dict:
+    """Epochs of optimizer steps on ``datasets`` (batches of different modality sets interleaved);
+    ``on_step(loss)`` is called after each step (experiment tracking)."""
     optimizer = make_optimizer(method, config)
     train = config.train
     steps, samples, loss_sum, started = 0, 0, 0.0, time.perf_counter()
@@ -259,7 +260,10 @@ def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], co
         for source in schedule[torch.randperm(len(schedule), generator=generator)].tolist():
             batch = next(iterators[source]).to(device)
             loss, _ = train_step(method, batch, task, optimizer, config, device)
-            steps, samples, loss_sum = steps + 1, samples + len(batch), loss_sum + loss.item()
+            value = loss.item()
+            steps, samples, loss_sum = steps + 1, samples + len(batch), loss_sum + value
+            if on_step is not None:
+                on_step(value)
             if steps == fault_step:
                 records.fault_point("train", task.index)
             bar.update()
@@ -480,6 +484,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         # The rows of the checkpoint resumed from, which may be older than the file (a damaged newest
         # checkpoint, or a kill between writing the checkpoint and the file).
         records.write_jsonl(run_dir / "tasks.jsonl", rows)
+    tracker = tracking.open_tracker(config.runtime.tracking, run_dir, run_record)  # runtime.tracking; off: no-op
     bar = tqdm(range(len(rows), len(tasks)), desc=f"{method} · {scenario} · seed {seed}", disable=not progress,
                unit="task", initial=len(rows), total=len(tasks))
     for index in bar:
@@ -492,7 +497,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         stats = {"steps": 0, "samples": 0, "train_seconds": 0.0}
         if method_obj.trains and config.train.epochs > 0:
             stats = train_task(method_obj, task, training_data(method_obj, method_obj.context.tasks, index), config,
-                               seed, device, progress)
+                               seed, device, progress, on_step=lambda loss, i=index: tracker.log_step(i, loss))
         method_obj.end_task(task)
         evaluated = time.perf_counter()
         results = evaluate_stream(method_obj, tasks, index, modes, config, device)
@@ -506,6 +511,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         save_checkpoint(run_dir, index, {"method_state": method_obj.checkpoint_state(), "rows": rows},
                         config.runtime.keep_checkpoints)
         records.write_jsonl(run_dir / "tasks.jsonl", rows, fault=("tasks-write", index))
+        tracker.log_task(index, row)
         bar.set_postfix(acc=f"{row['average_accuracy'][modes[0]]:.1f}")
         log.info("%s task %d: average accuracy %.2f", run_dir, index, row["average_accuracy"][modes[0]])
 
@@ -517,6 +523,8 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
                          "eval_seconds": sum(r["eval_seconds"] for r in rows)}
     metrics["memory"] = records.memory_summary(rows)
     records.atomic_write_json(run_dir / "metrics.json", metrics, fault=("metrics-write", None))
+    tracker.log_metrics(metrics)
+    tracker.close()
     return RunResult(run_dir, metrics)
 
 

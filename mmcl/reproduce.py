@@ -44,21 +44,11 @@ def compatible_methods(scenario: str, methods: Sequence[str] | None = None) -> l
 
 
 def _run_all(config: Config, jobs: list[dict], output_dir: str | Path | None, what: str) -> pd.DataFrame:
-    """Run ``jobs`` (keyword arguments of :func:`mmcl.engine.run`), one progress line each."""
-    from mmcl.engine import run
+    """Run ``jobs`` (keyword arguments of :func:`mmcl.engine.run`) on the executor of
+    ``config.runtime.executor`` (:mod:`mmcl.executors`), one progress line each as it finishes."""
+    from mmcl.executors import make_executor
 
-    run_dirs = []
-    started = time.perf_counter()
-    for number, job in enumerate(jobs, 1):
-        begun = time.perf_counter()
-        result = run(config, output_dir=output_dir, **job)
-        name = results.method_label(job["method"], job.get("variant"), result.metrics["run"].get("difference"))
-        status = "reused" if result.skipped else f"{time.perf_counter() - begun:5.1f} s"
-        print(f"[{what} {number}/{len(jobs)}] {job['scenario']} · {job.get('benchmark') or '-'} · {name} · "
-              f"seed {job['seed']}: {status}", flush=True)
-        run_dirs.append(result.run_dir)
-    print(f"{what}: {len(jobs)} runs in {time.perf_counter() - started:.0f} s", flush=True)
-    return results.load_runs(*run_dirs)
+    return results.load_runs(*make_executor(config).run_jobs(config, jobs, output_dir, what))
 
 
 def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
@@ -191,12 +181,27 @@ def _papermill_logging() -> None:
 
     def keep(record: logging.LogRecord) -> bool:
         record.msg = str(record.msg).rstrip()  # cell output arrives with its own newline
-        return record.msg.startswith(("[", "preparing ")) or " runs in " in record.msg
+        return record.msg.startswith(("[", "preparing ")) or " runs in " in record.msg or " submitting " in record.msg
 
     handler.addFilter(keep)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+def _ipc_kernel_manager():
+    """A kernel manager whose kernel talks over local IPC sockets, not TCP. ipykernel warns on every
+    kernel over TCP ("Kernel is running over TCP without encryption ..."), which papermill relays for
+    each notebook; a kernel that papermill starts on the same machine needs no TCP ports at all."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
 
 
 def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR,
@@ -212,7 +217,8 @@ def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_di
     started = time.perf_counter()
     try:
         papermill.execute_notebook(str(source), str(output_path), parameters=parameters, kernel_name=kernel,
-                                   progress_bar=False, log_output=log_output, cwd=str(Path.cwd()))
+                                   progress_bar=False, log_output=log_output, cwd=str(Path.cwd()),
+                                   kernel_manager_class=_ipc_kernel_manager())
     except PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         raise NotebookFailed(
@@ -377,6 +383,12 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     if unknown:
         raise ConfigError(f"unknown notebooks {unknown}; the sequence is {list(NOTEBOOKS)}")
     _papermill_logging()
+    from mmcl.environment import warn_lock_differences
+
+    warn_lock_differences()
+    from mmcl.executors import make_executor
+
+    make_executor(config).check(config, output_dir)  # e.g. slurm without a cluster: fail before the notebooks
     stale = report_stale_runs(output_dir / config.profile, remove=rerun_stale)
     executed = output_dir / config.profile / "notebooks"
     _copy_tuned_defaults(config.profile, output_dir / config.profile / "tuning")

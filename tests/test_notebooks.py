@@ -5,10 +5,19 @@ check what it left: executed notebooks next to the runs, tables and figures. To 
 a minute and a half on two CPU cores, it uses one seed, one class-incremental benchmark and the
 ablations of one method; every registered method compatible with a scenario still runs, so a
 method that breaks a notebook fails here.
+
+nbval then validates the executed notebooks (``--nbval-lax``): it executes them again, cell by cell,
+so a notebook that no longer runs fails by its cell, and compares the outputs of the cells marked
+``# NBVAL_CHECK_OUTPUT`` with papermill's (sanitised by ``tests/nbval_sanitize.cfg``). Every run is
+complete by then, so the second execution reuses them: it costs the kernels, tables and figures.
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -68,6 +77,21 @@ def test_runs_tables_and_figures_are_written(reproduced):
                    "accuracy_matrix_domain_incremental_multilingual-emotion", "ablations_lwf"):
         for suffix in (".png", ".pdf"):
             assert (figures / f"{figure}{suffix}").is_file(), figure + suffix
+
+
+def test_executed_notebooks_pass_nbval(reproduced):
+    root, _ = reproduced
+    executed = sorted((root / "runs" / "smoke" / "notebooks").glob("*.ipynb"))
+    assert [p.stem for p in executed] == list(reproduce.NOTEBOOKS)
+    sanitize = Path(__file__).parent / "nbval_sanitize.cfg"
+    command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with",
+               str(sanitize), "-p", "no:cacheprovider", "-q", "--rootdir", str(executed[0].parent),
+               *map(str, executed)]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    # Every code cell is an nbval item (the injected parameters too); none was skipped.
+    cells = sum(c.cell_type == "code" for p in executed for c in nbformat.read(p, as_version=4).cells)
+    assert f"{cells} passed" in done.stdout, done.stdout[-2000:]
 
 
 def test_a_second_reproduction_skips_up_to_date_notebooks(reproduced):

@@ -1,0 +1,220 @@
+"""Executors: where the runs of a sweep execute (``runtime.executor``; ``mmcl reproduce --executor``).
+
+Every executor takes the same list of jobs (keyword arguments of :func:`mmcl.engine.run`) and
+returns their run folders in the same order, printing one progress line per run as it finishes:
+
+- ``local`` (:class:`LocalExecutor`): in the calling process, one run after the other.
+- ``submitit-local`` and ``slurm`` (:class:`SubmititExecutor`): one submitit job per run, local
+  subprocesses or a SLURM job array. Complete runs are not submitted again (re-running the same
+  command submits only the missing runs); the jobs write the same run folders as a local sweep, and
+  :func:`mmcl.engine.run` holds each run folder's lock while it writes, so concurrent jobs (or a
+  second sweep) cannot write one run twice. Failed jobs are listed with their log files
+  (:class:`SweepFailed`).
+
+Another executor (e.g. a process pool) subclasses :class:`Executor` and implements ``execute``.
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmcl import results
+from mmcl.config import Config, ConfigError
+
+
+class SweepFailed(RuntimeError):
+    """Some jobs of a sweep failed; the message lists each with its log file."""
+
+
+@dataclass
+class Outcome:
+    """What became of one job: its run folder, ``reused`` / ``done`` / ``failed``, seconds, log."""
+
+    job: dict
+    run_dir: Path | None
+    status: str
+    seconds: float = 0.0
+    log: Path | None = None
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def job_label(job: dict) -> str:
+    """One line naming a job: scenario · benchmark · method[~variant] · seed."""
+    name = results.method_label(job["method"], job.get("variant"), None)
+    return f"{job['scenario']} · {job.get('benchmark') or '-'} · {name} · seed {job['seed']}"
+
+
+def run_job(config: Config, job: dict, output_dir: str | Path | None) -> tuple[str, bool]:
+    """The body of one job (in this process or a submitit subprocess): (run folder, reused)."""
+    from mmcl.engine import run
+
+    result = run(config, output_dir=output_dir, **job)
+    return str(result.run_dir), bool(result.skipped)
+
+
+class Executor:
+    """Runs a list of jobs; subclasses implement :meth:`execute`."""
+
+    name = "base"
+
+    def __init__(self, config: Config):
+        self.settings = config.runtime.executor
+
+    def check(self, config: Config, output_dir: str | Path | None) -> None:
+        """Raise :class:`ConfigError` when this executor cannot run here (before any notebook runs)."""
+
+    def execute(self, config: Config, jobs: list[dict], output_dir: str | Path | None, what: str) -> list[Outcome]:
+        raise NotImplementedError
+
+    def run_jobs(self, config: Config, jobs: list[dict], output_dir: str | Path | None, what: str) -> list[Path]:
+        """Run ``jobs`` and return their run folders in order; raise :class:`SweepFailed` when any failed."""
+        started = time.perf_counter()
+        outcomes = self.execute(config, jobs, output_dir, what)
+        failed = [o for o in outcomes if o.status == "failed"]
+        print(f"{what}: {len(jobs)} runs in {time.perf_counter() - started:.0f} s", flush=True)
+        if failed:
+            lines = [f"  {job_label(o.job)}: {o.error}" + (f"\n    log: {o.log}" if o.log else "") for o in failed]
+            raise SweepFailed(f"{what}: {len(failed)} of {len(jobs)} runs failed ({self.name} executor):\n"
+                              + "\n".join(lines) + "\nrun the same command again: only the missing runs are "
+                              "submitted")
+        return [o.run_dir for o in outcomes]
+
+
+def _progress(what: str, number: int, total: int, outcome: Outcome) -> None:
+    status = "reused" if outcome.status == "reused" else f"{outcome.seconds:5.1f} s" \
+        if outcome.status == "done" else "FAILED"
+    print(f"[{what} {number}/{total}] {job_label(outcome.job)}: {status}", flush=True)
+
+
+class LocalExecutor(Executor):
+    """In the calling process, one run after the other (an error stops the sweep at once)."""
+
+    name = "local"
+
+    def execute(self, config, jobs, output_dir, what):
+        outcomes = []
+        for number, job in enumerate(jobs, 1):
+            begun = time.perf_counter()
+            run_dir, reused = run_job(config, job, output_dir)
+            outcomes.append(Outcome(job, Path(run_dir), "reused" if reused else "done", time.perf_counter() - begun))
+            _progress(what, number, len(jobs), outcomes[-1])
+        return outcomes
+
+
+class SubmititExecutor(Executor):
+    """One submitit job per missing run: local subprocesses (``submitit-local``) or SLURM (``slurm``)."""
+
+    def __init__(self, config: Config, cluster: str):
+        super().__init__(config)
+        self.cluster = cluster
+        self.name = "submitit-local" if cluster == "local" else "slurm"
+
+    def folder(self, config: Config, output_dir: str | Path | None) -> Path:
+        if self.settings.folder:
+            return Path(self.settings.folder)
+        return Path(output_dir or config.runtime.output_dir) / config.profile / "jobs"
+
+    def check(self, config, output_dir):
+        if self.cluster == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+            folder = self.folder(config, output_dir)
+            preview = folder / "slurm-job-preview.sh"
+            folder.mkdir(parents=True, exist_ok=True)
+            preview.write_text(slurm_script(self.settings, folder, 1))
+            raise ConfigError(f"runtime.executor.name=slurm: no SLURM here (sbatch/srun not on PATH); the job "
+                              f"script it would submit for each run is in {preview}")
+
+    def submitit_executor(self, folder: Path):
+        import submitit
+
+        s = self.settings
+        executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
+        parameters = {"name": "mmcl", "timeout_min": s.timeout_min, "cpus_per_task": s.cpus_per_task}
+        if self.cluster == "slurm":
+            parameters |= {"gpus_per_node": s.gpus_per_node, "slurm_array_parallelism": s.parallelism}
+            parameters |= {f"slurm_{k}": v for k, v in (("partition", s.partition), ("account", s.account),
+                                                          ("qos", s.qos), ("setup", s.setup)) if v}
+            if s.mem_gb:
+                parameters["mem_gb"] = s.mem_gb
+        executor.update_parameters(**parameters)
+        return executor
+
+    def execute(self, config, jobs, output_dir, what):
+        from mmcl.engine import is_reusable, locate_run
+
+        locations = [locate_run(config, output_dir=output_dir, **job) for job in jobs]
+        outcomes: list[Outcome | None] = [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
+                                          for job, loc in zip(jobs, locations)]
+        missing = [i for i, o in enumerate(outcomes) if o is None]
+        folder = self.folder(config, output_dir)
+        number = 0
+        for i, outcome in enumerate(outcomes):
+            if outcome is not None:
+                number += 1
+                _progress(what, number, len(jobs), outcome)
+        if not missing:
+            return outcomes
+        self.check(config, output_dir)
+        executor = self.submitit_executor(folder)
+        print(f"{what}: submitting {len(missing)} of {len(jobs)} runs as {self.name} jobs (logs in {folder})",
+              flush=True)
+        # SLURM: one array, throttled by the array's %N; local: at most `parallelism` subprocesses.
+        window = len(missing) if self.cluster == "slurm" else self.settings.parallelism
+        queue, running = list(missing), {}
+        while queue or running:
+            if queue and len(running) < window:
+                chunk, queue = queue[:window - len(running)], queue[window - len(running):]
+                with executor.batch():
+                    submitted = [executor.submit(run_job, config, jobs[i], output_dir) for i in chunk]
+                running.update({job: (i, time.perf_counter()) for job, i in zip(submitted, chunk)})
+            finished = [job for job in running if job.done()]
+            if not finished:
+                time.sleep(0.5)
+                continue
+            for job in finished:
+                i, begun = running.pop(job)
+                try:
+                    run_dir, reused = job.result()
+                    outcomes[i] = Outcome(jobs[i], Path(run_dir), "reused" if reused else "done",
+                                          time.perf_counter() - begun, Path(job.paths.stderr))
+                except Exception as error:  # noqa: BLE001 - a failed job is listed, the others go on
+                    message = str(error).strip().splitlines()
+                    outcomes[i] = Outcome(jobs[i], locations[i].run_dir, "failed", time.perf_counter() - begun,
+                                          Path(job.paths.stderr), _last_error_line(message))
+                number += 1
+                _progress(what, number, len(jobs), outcomes[i])
+        return outcomes
+
+
+def _last_error_line(lines: Sequence[str]) -> str:
+    """The most telling line of a failed job's error: its last ``SomeError: ...`` line."""
+    named = [line.strip() for line in lines if "Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0]]
+    return (named or [line.strip() for line in lines if line.strip()] or ["failed"])[-1]
+
+
+def slurm_script(settings, folder: str | Path, runs: int) -> str:
+    """The sbatch script submitit submits for ``runs`` runs (one array task per run) with the
+    ``runtime.executor`` ``settings``: rendered by submitit itself, without a cluster."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    parameters = {"job_name": "mmcl", "time": settings.timeout_min, "cpus_per_task": settings.cpus_per_task,
+                  "gpus_per_node": settings.gpus_per_node, "array_parallelism": settings.parallelism,
+                  "partition": settings.partition, "account": settings.account, "qos": settings.qos,
+                  "setup": settings.setup or None, "map_count": runs if runs > 1 else None}
+    if settings.mem_gb:
+        parameters["mem"] = f"{int(settings.mem_gb * 1024)}MB"
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=str(folder), **parameters)
+
+
+def make_executor(config: Config) -> Executor:
+    """The executor ``config.runtime.executor.name`` names."""
+    name = config.runtime.executor.name
+    if name == "local":
+        return LocalExecutor(config)
+    return SubmititExecutor(config, "local" if name == "submitit-local" else "slurm")

@@ -1,0 +1,145 @@
+"""Expected results with tolerances: does a reproduction match ours?
+
+``mmcl/profiles/expected/<profile>.yaml`` holds the expected main-table numbers of a profile: per
+scenario, benchmark, evaluation mode and method (the rows of :func:`mmcl.results.main_table`), the
+mean final accuracy and forgetting over seeds, with a tolerance from the seed spread:
+``max(TOLERANCE_SIGMAS * std over seeds, MIN_TOLERANCE)`` (one seed: ``MIN_TOLERANCE``). It is
+written from a runs folder by ``mmcl verify --write-expected`` (:func:`write_expected`); every
+entry records its ``source``: ``measured`` (our runs) or ``paper`` (a number a paper reports,
+entered with its citation in ``reference``). ``mmcl verify`` (:func:`verify`) compares a
+reproduction's runs with the file: one row per entry, ``pass`` when the measured mean lies within
+the tolerance, ``fail`` otherwise, ``missing`` when the reproduction has no such row.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from mmcl import records, results
+from mmcl.config import SCENARIOS, ConfigError
+
+EXPECTED_DIR = Path(__file__).resolve().parent / "profiles" / "expected"
+METRICS = ("final_accuracy", "forgetting")
+TOLERANCE_SIGMAS = 2.0  # seed standard deviations
+MIN_TOLERANCE = 1.0  # percentage points: the least tolerance, also for one seed
+KEYS = ("scenario", "benchmark", "mode", "method", "metric")
+VERDICT_COLUMNS = [*KEYS, "source", "expected", "tolerance", "measured", "difference", "verdict"]
+
+
+def expected_file(profile: str) -> Path:
+    return EXPECTED_DIR / f"{profile}.yaml"
+
+
+def tolerance(std: float, seeds: int) -> float:
+    """The tolerance of an expected mean with seed standard deviation ``std`` over ``seeds`` seeds."""
+    spread = TOLERANCE_SIGMAS * std if seeds > 1 and not math.isnan(std) else 0.0
+    return round(max(spread, MIN_TOLERANCE), 2)
+
+
+def expected_entries(runs: pd.DataFrame) -> list[dict]:
+    """One measured entry per main-table row and metric of ``runs`` (every scenario they hold)."""
+    entries = []
+    for scenario in SCENARIOS:
+        table = results.main_table(runs, scenario, METRICS)
+        for row in table.itertuples(index=False):
+            for metric in METRICS:
+                mean, std = getattr(row, f"{metric}_mean"), getattr(row, f"{metric}_std")
+                if math.isnan(mean):
+                    continue
+                entries.append({"scenario": scenario, "benchmark": row.benchmark, "mode": row.mode,
+                                "method": row.method, "metric": metric, "source": "measured",
+                                "expected": round(float(mean), 2),
+                                "std": None if math.isnan(std) else round(float(std), 2),
+                                "seeds": int(row.seeds), "tolerance": tolerance(std, int(row.seeds))})
+    return entries
+
+
+def write_expected(runs: pd.DataFrame, path: str | Path, profile: str, command: str,
+                   keep_paper: bool = True) -> Path:
+    """Write the expected numbers of ``runs`` to ``path`` (entries of ``source: paper`` already
+    there are kept when ``keep_paper``)."""
+    path = Path(path)
+    paper = [e for e in read_expected(path)["results"] if e["source"] == "paper"] if keep_paper and path.is_file() else []
+    document = {"profile": profile, "command": command,
+                "tolerance": f"max({TOLERANCE_SIGMAS:g} x seed std, {MIN_TOLERANCE:g} points); one seed: "
+                             f"{MIN_TOLERANCE:g} points",
+                "results": expected_entries(runs) + paper}
+    header = (f"# Expected main-table numbers of the {profile} profile (mmcl verify). Written by the command\n"
+              f"# below from its runs; entries with source: paper are numbers a paper reports.\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records.atomic_write_text(path, header + yaml.safe_dump(document, sort_keys=False, width=120))
+    return path
+
+
+def read_expected(path: str | Path) -> dict:
+    """The expected-results file, checked: a bad entry is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no expected results for this profile; `mmcl verify --write-expected "
+                          f"--runs DIR` writes them from a reproduction")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not YAML ({error})") from None
+    if not isinstance(document.get("results"), list):
+        raise ConfigError(f"{path}: key 'results' must be a list of entries")
+    for number, entry in enumerate(document["results"]):
+        where = f"{path}: results[{number}]"
+        missing = [k for k in (*KEYS, "source", "expected", "tolerance") if k not in (entry or {})]
+        if missing:
+            raise ConfigError(f"{where}: missing key {missing[0]!r}")
+        if entry["source"] not in ("measured", "paper"):
+            raise ConfigError(f"{where}.source: 'measured' or 'paper', got {entry['source']!r}")
+        if entry["metric"] not in METRICS:
+            raise ConfigError(f"{where}.metric: one of {list(METRICS)}, got {entry['metric']!r}")
+        for key in ("expected", "tolerance"):
+            if not isinstance(entry[key], (int, float)) or (key == "tolerance" and entry[key] < 0):
+                raise ConfigError(f"{where}.{key}: a {'non-negative ' if key == 'tolerance' else ''}number, "
+                                  f"got {entry[key]!r}")
+    return document
+
+
+def verify(runs: pd.DataFrame, expected: dict) -> pd.DataFrame:
+    """One row per expected entry (columns :data:`VERDICT_COLUMNS`): the measured mean, the
+    difference measured - expected, and ``pass`` / ``fail`` / ``missing``."""
+    measured = {tuple(e[k] for k in KEYS): e["expected"] for e in expected_entries(runs)} if len(runs) else {}
+    rows = []
+    for entry in expected["results"]:
+        value = measured.get(tuple(entry[k] for k in KEYS))
+        difference = None if value is None else round(value - entry["expected"], 2)
+        verdict = "missing" if value is None else "pass" if abs(difference) <= entry["tolerance"] + 1e-9 else "fail"
+        rows.append({**{k: entry[k] for k in KEYS}, "source": entry["source"], "expected": entry["expected"],
+                     "tolerance": entry["tolerance"], "measured": value, "difference": difference, "verdict": verdict})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def summary(table: pd.DataFrame) -> str:
+    """One line: how many entries pass, fail, are missing."""
+    counts = table["verdict"].value_counts()
+    passed = counts.get("pass", 0)
+    return (f"{passed} of {len(table)} expected numbers reproduced within tolerance"
+            f" ({counts.get('fail', 0)} fail, {counts.get('missing', 0)} missing)")
+
+
+def verify_profile(profile: str, runs_root: str | Path, expected_path: str | Path | None = None) -> pd.DataFrame:
+    """:func:`verify` of the runs under ``<runs_root>/<profile>`` against the profile's file."""
+    expected = read_expected(expected_path or expected_file(profile))
+    root = Path(runs_root) / profile
+    runs = results.load_runs(root) if results.find_run_dirs(root) else pd.DataFrame()
+    return verify(runs, expected)
+
+
+def report(profile: str, runs_root: str | Path) -> pd.DataFrame | None:
+    """For the figures notebook: print the verdict's summary line and return its table, or print
+    that the profile has no expected results and return None."""
+    path = expected_file(profile)
+    if not path.is_file():
+        print(f"no expected results for the {profile} profile ({path.name}); `mmcl verify --write-expected` "
+              f"writes them from a reproduction")
+        return None
+    table = verify_profile(profile, runs_root, path)
+    print(f"mmcl verify: {summary(table)}")
+    return table

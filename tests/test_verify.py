@@ -1,0 +1,91 @@
+"""Expected results with tolerances (mmcl.verify, `mmcl verify`) on real smoke runs: the written
+file holds each main-table mean with max(2 x seed std, 1 point), hand-checked from metrics.json;
+a reproduction within tolerance passes, one outside fails, a row it lacks is missing."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import yaml
+
+from mmcl import reproduce, results, verify
+from mmcl.cli import main
+from mmcl.config import ConfigError, load_config
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, mmcl_cache):
+    root = tmp_path_factory.mktemp("verify")
+    config = load_config("smoke", [f"runtime.output_dir={root}"])
+    reproduce.run_sweep(config, "class_incremental", methods=["zero-shot", "finetune"], seeds=[0, 1])
+    return root
+
+
+def _final_accuracies(root, method):
+    return [json.loads((root / f"smoke/class_incremental/av-events/{method}/seed{s}/metrics.json").read_text())
+            ["modes"]["standard"]["final_accuracy"] for s in (0, 1)]
+
+
+def test_written_expectations_are_seed_means_with_a_spread_tolerance(smoke_runs, tmp_path, capsys):
+    path = tmp_path / "smoke.yaml"
+    assert main(["verify", "--profile", "smoke", "--runs", str(smoke_runs), "--expected", str(path),
+                 "--write-expected"]) == 0
+    document = verify.read_expected(path)
+    assert document["profile"] == "smoke" and document["command"].startswith("mmcl verify --write-expected")
+    entries = {(e["method"], e["metric"]): e for e in document["results"] if e["mode"] == "standard"}
+    assert set(entries) == {(m, k) for m in ("zero-shot", "finetune") for k in ("final_accuracy", "forgetting")}
+    values = _final_accuracies(smoke_runs, "finetune")
+    finetune = entries["finetune", "final_accuracy"]
+    assert finetune["expected"] == round(statistics.mean(values), 2) and finetune["seeds"] == 2
+    assert finetune["tolerance"] == round(max(2 * statistics.stdev(values), 1.0), 2)
+    assert all(e["source"] == "measured" and e["benchmark"] == "av-events" for e in document["results"])
+    # The same runs pass; the CLI prints only the summary line when everything passes.
+    capsys.readouterr()
+    assert main(["verify", "--profile", "smoke", "--runs", str(smoke_runs), "--expected", str(path)]) == 0
+    out = capsys.readouterr().out
+    n = len(document["results"])
+    assert out.strip().endswith(f"{n} of {n} expected numbers reproduced within tolerance (0 fail, 0 missing)")
+
+
+def test_outside_the_tolerance_fails_and_an_absent_row_is_missing(smoke_runs, tmp_path, capsys):
+    runs = results.load_runs(smoke_runs / "smoke")
+    document = {"results": verify.expected_entries(runs)}
+    first, second = document["results"][0], document["results"][1]
+    first["expected"] = round(first["expected"] + first["tolerance"], 2)  # on the edge: passes
+    second["expected"] = round(second["expected"] - second["tolerance"] - 0.01, 2)  # just outside
+    document["results"].append({**first, "method": "lwf", "expected": 50.0})
+    table = verify.verify(runs, document)
+    assert list(table["verdict"]) == ["pass", "fail", *["pass"] * (len(table) - 3), "missing"]
+    assert table["difference"][1] == pytest.approx(second["tolerance"] + 0.01)
+    path = tmp_path / "expected.yaml"
+    path.write_text(yaml.safe_dump(document))
+    capsys.readouterr()
+    assert main(["verify", "--profile", "smoke", "--runs", str(smoke_runs), "--expected", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "| fail |" in out and "| missing |" in out and "(1 fail, 1 missing)" in out
+    assert out.count("| pass |") == 0  # only the rows that do not pass (--all: every row)
+
+
+def test_paper_entries_survive_a_rewrite_and_bad_files_are_named(smoke_runs, tmp_path):
+    path = tmp_path / "expected.yaml"
+    paper = {"scenario": "class_incremental", "benchmark": "av-events", "mode": "standard", "method": "comm",
+             "metric": "final_accuracy", "source": "paper", "expected": 70.0, "tolerance": 2.0, "reference": "Table 1"}
+    path.write_text(yaml.safe_dump({"results": [paper]}))
+    verify.write_expected(results.load_runs(smoke_runs / "smoke"), path, "smoke", "test")
+    assert verify.read_expected(path)["results"][-1] == paper
+    path.write_text(yaml.safe_dump({"results": [{k: v for k, v in paper.items() if k != "tolerance"}]}))
+    with pytest.raises(ConfigError, match=r"expected\.yaml: results\[0\]: missing key 'tolerance'"):
+        verify.read_expected(path)
+    path.write_text(yaml.safe_dump({"results": [paper | {"metric": "bwt"}]}))
+    with pytest.raises(ConfigError, match=r"results\[0\]\.metric: one of"):
+        verify.read_expected(path)
+    with pytest.raises(ConfigError, match=r"absent\.yaml: no expected results"):
+        verify.read_expected(tmp_path / "absent.yaml")
+    assert verify.read_expected(verify.expected_file("paper"))["results"] == []
+
+
+def test_the_figures_notebook_reports_without_an_expected_file(smoke_runs, capsys):
+    assert not verify.expected_file("smoke").exists()
+    assert verify.report("smoke", smoke_runs) is None
+    assert capsys.readouterr().out.startswith("no expected results for the smoke profile (smoke.yaml)")
