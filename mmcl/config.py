@@ -13,7 +13,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -133,6 +133,9 @@ class BenchmarkConfig(_Strict):
     modalities: list[str]
     num_classes: int = Field(ge=2)
     num_tasks: int = Field(1, ge=1)
+    # Modality-incremental streams: tasks of each modality (absent: 1). More than one makes the
+    # modality recur, each time with a new class group; the order is drawn from the seed.
+    modality_tasks: dict[str, Annotated[int, Field(ge=1)]] = {}
     domains: list[str] = ["default"]
     # How a domain changes the data (embedded generator): "speaker" (SAMSEMO-like: language, speaker,
     # background and recording conditions; class cues unchanged) or "conflicting" (hue rotation,
