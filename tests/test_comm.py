@@ -272,3 +272,19 @@ def test_head_trains_at_the_prompt_learning_rate(smoke_config, name):
         assert all(rate[id(p)] == pytest.approx(0.3) for p in method.relevance.parameters())
         assert id(method.align.weight) not in rate  # trained only by the re-alignment
     assert set(rate) == {id(p) for p in method.parameters() if p.requires_grad}
+
+
+def test_a_text_task_is_classified_through_the_frozen_text_tower(tmp_path):
+    config = load_config("smoke", [f"runtime.output_dir={tmp_path}"])
+    method, stream = build_run(config, "modality_incremental", "comm", seed=0, benchmark="modality-stream-text")
+    task = next(t for t in stream.tasks if t.modality == "text")
+    method.context.seen_classes = sorted(task.classes)
+    method.begin_task(task)
+    batch = next(task.train.batches(8))
+    embeddings, query, similarities = method.embed("text", batch.inputs["text"], known="text")
+    with torch.no_grad():
+        expected = method.encoder.encode_text(batch.inputs["text"]).float()
+    assert torch.allclose(embeddings, expected) and torch.allclose(query, F.normalize(expected, dim=-1))
+    assert similarities == {}  # no prompt pool in the text tower
+    loss, parts = method.training_loss(batch, task)
+    assert parts["self"] == pytest.approx(0.0, abs=1e-6) and "match" not in parts and loss.requires_grad

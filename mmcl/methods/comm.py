@@ -380,7 +380,14 @@ class COMM(Method):
         """``(prompted embeddings [B, D], queries [N, Dq], key similarities)`` of one modality's batch.
 
         ``query`` (``[N, Dq]``) can be passed when already computed, to skip the frozen pass.
+        Text (a text task in the stream, our reading): the prompt pools live in the vision tower, so a
+        text sample's embedding is the frozen text tower's, its query that embedding normalised; the
+        task trains the head, ``R_t`` and the re-alignment only.
         """
+        if modality == "text":
+            with torch.no_grad():
+                embeddings = self.encoder.encode_text(inputs).float()
+            return embeddings, F.normalize(embeddings, dim=-1) if query is None else query, {}
         images = as_images(modality, inputs)
         query = frozen_query(self.encoder, images) if query is None else query
         prompts, similarities = self.prompts(query, known, replace)
