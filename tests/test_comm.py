@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcl.config import load_config
+from mmcl.config import ConfigError, load_config
 from mmcl.engine import build_run
 from mmcl.methods.base import REGISTRY
 import dataclasses
@@ -288,3 +288,9 @@ def test_a_text_task_is_classified_through_the_frozen_text_tower(tmp_path):
     assert similarities == {}  # no prompt pool in the text tower
     loss, parts = method.training_loss(batch, task)
     assert parts["self"] == pytest.approx(0.0, abs=1e-6) and "match" not in parts and loss.requires_grad
+
+
+def test_l2p_refuses_a_stream_with_text(tmp_path):
+    config = load_config("smoke", [f"runtime.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="methods.l2p: .*text task"):
+        build_run(config, "modality_incremental", "l2p", seed=0, benchmark="modality-stream-text")
