@@ -168,6 +168,9 @@ class ScenarioConfig(_Strict):
     # Benchmarks the scenario's notebook also runs, reported in appendix tables
     # (figures/appendix_<scenario>.md), never in the main tables or the claims (stress tests).
     appendix: list[str] = []
+    # Further benchmarks the ablation study runs on, beside `benchmark` (e.g. a stream where a
+    # modality recurs, so that the components acting only then are measured).
+    ablations_also_on: list[str] = []
 
 
 class Config(_Strict):
@@ -200,6 +203,12 @@ class Config(_Strict):
                 if name_ not in self.benchmarks or name_ == scenario.benchmark:
                     raise ValueError(
                         f"scenarios.{name}.appendix.{position}: {name_!r} is "
+                        + ("the main benchmark" if name_ == scenario.benchmark
+                           else f"not among benchmarks {sorted(self.benchmarks)}"))
+            for position, name_ in enumerate(scenario.ablations_also_on):
+                if name_ not in self.benchmarks or name_ == scenario.benchmark:
+                    raise ValueError(
+                        f"scenarios.{name}.ablations_also_on.{position}: {name_!r} is "
                         + ("the main benchmark" if name_ == scenario.benchmark
                            else f"not among benchmarks {sorted(self.benchmarks)}"))
         return self
