@@ -7,7 +7,8 @@
   seed-drawn order, split equally; a task's samples carry only its modality. When the data says
   which modality each class exists in (real streams: one dataset per modality), task m takes
   exactly the classes of modality m. A benchmark's ``modality_tasks`` gives a modality more than
-  one task: the modality recurs (never twice in a row), each time with a new class group.
+  one task: the modality recurs (never twice in a row), each time with a new class group (real
+  streams: the k-th task of a modality takes its k-th dataset's classes, ``class_sources``).
 
 Labels are re-numbered to the run's class order (label k = the k-th class of the order), so that
 task t of a class-incremental stream owns a contiguous block of labels.
@@ -125,12 +126,23 @@ def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
                               f"per modality and recurrence ({expected}), got {spec.num_tasks}")
         modalities_in_order = modality_sequence(list(spec.modalities), spec.modality_tasks, seed)
         recurring = len(set(modalities_in_order)) < len(modalities_in_order)
-        if benchmark.class_modalities is not None and recurring:
-            raise ConfigError(f"benchmarks.{benchmark.name}.modality_tasks: recurring modalities need the embedded "
-                              f"benchmark (a prepared stream has one dataset per modality)")
         if benchmark.class_modalities is not None:
             owner = [benchmark.class_modalities[original] for original in order]  # per run label
-            groups = [[label for label in labels if owner[label] == m] for m in modalities_in_order]
+            if recurring:  # the k-th task of a modality takes the classes of its k-th dataset
+                sources = benchmark.class_sources or list(benchmark.class_modalities)
+                source = [sources[original] for original in order]
+                datasets = {m: list(dict.fromkeys(sources[c] for c in range(len(sources))
+                                                  if benchmark.class_modalities[c] == m)) for m in spec.modalities}
+                short = {m: len(datasets[m]) for m in spec.modalities
+                         if len(datasets[m]) != spec.modality_tasks.get(m, 1)}
+                if short:
+                    raise ConfigError(f"benchmarks.{benchmark.name}.modality_tasks: the prepared data has "
+                                      f"{short} datasets for these modalities, not {spec.modality_tasks}")
+                groups = [[label for label in labels if owner[label] == m
+                           and source[label] == datasets[m][modalities_in_order[:k + 1].count(m) - 1]]
+                          for k, m in enumerate(modalities_in_order)]
+            else:
+                groups = [[label for label in labels if owner[label] == m] for m in modalities_in_order]
             empty = [m for m, group in zip(modalities_in_order, groups) if not group]
             if empty:
                 raise ConfigError(f"benchmark {benchmark.name!r}: no class exists in modalities {empty}")
