@@ -461,7 +461,8 @@ class COMM(Method):
         embeddings, query, similarities = self.embed(modality, inputs, known=modality)
         classes = task.classes if h.ce_over == "current" else self.context.seen_classes
         space = torch.tensor(sorted(classes), device=batch.labels.device)
-        ce = F.cross_entropy(self.classify(embeddings, space), targets_in(space, batch.labels))
+        logits = self.classify(embeddings, space)
+        ce = F.cross_entropy(logits, targets_in(space, batch.labels))
         loss, parts = ce, {"ce": ce.item()}
         current = self.pool_name(modality)
         if h.matching_weight > 0 and current in similarities:
@@ -474,7 +475,7 @@ class COMM(Method):
         elif h.self_reg == "promptsrc":
             frozen = pool_frames(modality, query, len(inputs))  # the frozen model's (normalised) embedding
             frozen_logits = self.head.scale * F.normalize(frozen.float(), dim=-1) @ self.zero_shot_weight[space].T
-            regulariser = promptsrc_regularisation(embeddings, frozen, self.classify(embeddings, space), frozen_logits,
+            regulariser = promptsrc_regularisation(embeddings, frozen, logits, frozen_logits,
                                                    h.src_feature_loss, h.src_feature_weight, h.src_logit_weight)
             loss, parts["self"] = loss + regulariser, regulariser.item()
         if not h.shared_pool and h.relevance_weight > 0:
