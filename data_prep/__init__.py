@@ -26,15 +26,16 @@ from data_prep.core import (
     PrepSummary,
     run_preparation,
 )
-from data_prep.modality_stream import ModalityStream
+from data_prep.modality_stream import ModalityStream, ModalityStreamRecurring
 from data_prep.samsemo import SAMSEMO
 from data_prep.uestc import UESTCMMEACL
 from mmcl.config import Config, load_config
 
-DATASETS: dict[str, type[DatasetAdapter]] = {cls.name: cls for cls in (AVE, UESTCMMEACL, SAMSEMO, ModalityStream)}
+DATASETS: dict[str, type[DatasetAdapter]] = {cls.name: cls for cls in (AVE, UESTCMMEACL, SAMSEMO, ModalityStream,
+                                                                  ModalityStreamRecurring)}
 # The paper profile's benchmark that each dataset feeds (benchmarks.<name>.path).
 BENCHMARK_OF = {"ave": "av-events", "uestc-mmea-cl": "ego-activities", "samsemo": "multilingual-emotion",
-                "modality-stream": "modality-stream"}
+                "modality-stream": "modality-stream", "modality-stream-recurring": "modality-stream-recurring"}
 
 __all__ = [
     "BENCHMARK_OF",

@@ -90,6 +90,7 @@ class Plan:
     class_names: list[str]
     domain_names: list[str] = field(default_factory=lambda: ["default"])
     class_modalities: list[str] | None = None  # modality of each class (modality stream only)
+    class_sources: list[str] | None = None  # the dataset each class comes from (modality stream only)
     notes: list[str] = field(default_factory=list)
 
 
@@ -443,7 +444,8 @@ def run_preparation(adapter: DatasetAdapter, raw_dir: Path, out_dir: Path, confi
                           resumed_shards=resumed, notes=plan.notes)
     meta = {"format_version": FORMAT_VERSION, "dataset": adapter.name, "complete": True,
             "class_names": plan.class_names, "domain_names": plan.domain_names, "modalities": modalities,
-            "class_modalities": plan.class_modalities, "fingerprint": fingerprint,
+            "class_modalities": plan.class_modalities, "class_sources": plan.class_sources,
+            "fingerprint": fingerprint,
             "settings": settings.fingerprint_fields(), "options": adapter.options,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "summary": summary.to_dict()}
     atomic_write_json(meta_path, meta)  # last: its presence means "complete"

@@ -13,7 +13,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -156,6 +156,9 @@ class BenchmarkConfig(_Strict):
     modalities: list[str]
     num_classes: int = Field(ge=2)
     num_tasks: int = Field(1, ge=1)
+    # Modality-incremental streams: tasks of each modality (absent: 1). More than one makes the
+    # modality recur, each time with a new class group; the order is drawn from the seed.
+    modality_tasks: dict[str, Annotated[int, Field(ge=1)]] = {}
     domains: list[str] = ["default"]
     # How a domain changes the data (embedded generator): "speaker" (SAMSEMO-like: language, speaker,
     # background and recording conditions; class cues unchanged) or "conflicting" (hue rotation,
@@ -188,6 +191,9 @@ class ScenarioConfig(_Strict):
     # Benchmarks the scenario's notebook also runs, reported in appendix tables
     # (figures/appendix_<scenario>.md), never in the main tables or the claims (stress tests).
     appendix: list[str] = []
+    # Further benchmarks the ablation study runs on, beside `benchmark` (e.g. a stream where a
+    # modality recurs, so that the components acting only then are measured).
+    ablations_also_on: list[str] = []
 
 
 class Config(_Strict):
@@ -220,6 +226,12 @@ class Config(_Strict):
                 if name_ not in self.benchmarks or name_ == scenario.benchmark:
                     raise ValueError(
                         f"scenarios.{name}.appendix.{position}: {name_!r} is "
+                        + ("the main benchmark" if name_ == scenario.benchmark
+                           else f"not among benchmarks {sorted(self.benchmarks)}"))
+            for position, name_ in enumerate(scenario.ablations_also_on):
+                if name_ not in self.benchmarks or name_ == scenario.benchmark:
+                    raise ValueError(
+                        f"scenarios.{name}.ablations_also_on.{position}: {name_!r} is "
                         + ("the main benchmark" if name_ == scenario.benchmark
                            else f"not among benchmarks {sorted(self.benchmarks)}"))
         return self

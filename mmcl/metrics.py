@@ -10,6 +10,13 @@ forward transfer. With ``T`` tasks indexed 0..T-1 (the formulas in METHODS.md us
 - forgetting                    ``mean_{j<T-1} max_{j<=i<T-1} (A[i, j] - A[T-1, j])``
 - backward transfer (BWT)       ``mean_{j<T-1} (A[T-1, j] - A[j, j])``
 - forward transfer (FWT)        ``mean_{j>=1} (A[j-1, j] - Z[j])``, Z the zero-shot accuracies
+
+Modality streams (``m(j)`` the modality of task j):
+
+- accuracy on modality m after task i   ``mean_{j<=i, m(j)=m} A[i, j]`` (modalities seen by task i)
+- BWT when a modality returns at task i ``mean_{j<i, m(j)=m(i)} (A[i, j] - A[i-1, j])``: what
+  training the modality's new task did to its earlier tasks; ``recurrence_bwt`` is the mean over
+  every return (``None`` in a stream where no modality returns)
 """
 from __future__ import annotations
 
@@ -72,6 +79,34 @@ def old_new_accuracy(correct: Sequence[int], counts: Sequence[int]) -> tuple[flo
     return (None if old is None else float(old)), float(new)
 
 
+def modality_accuracy_after_each_task(matrix, task_modalities: Sequence[str]) -> list[dict[str, float]]:
+    """Row ``i``: modality -> mean accuracy over the tasks ``j <= i`` of that modality (seen ones only)."""
+    a = _square(matrix)
+    if len(task_modalities) != len(a):
+        raise ValueError(f"{len(task_modalities)} task modalities for {len(a)} tasks")
+    rows = []
+    for i in range(len(a)):
+        by_modality: dict[str, list[float]] = {}
+        for j in range(i + 1):
+            by_modality.setdefault(task_modalities[j], []).append(float(a[i, j]))
+        rows.append({m: float(np.mean(v)) for m, v in by_modality.items()})
+    return rows
+
+
+def recurrence_backward_transfer(matrix, task_modalities: Sequence[str]) -> dict[int, float]:
+    """Task index ``i`` of every return of a modality -> mean change of the accuracy on that
+    modality's earlier tasks over training task ``i``: ``mean_{j<i, m(j)=m(i)} (A[i, j] - A[i-1, j])``."""
+    a = _square(matrix)
+    if len(task_modalities) != len(a):
+        raise ValueError(f"{len(task_modalities)} task modalities for {len(a)} tasks")
+    returns = {}
+    for i in range(1, len(a)):
+        earlier = [j for j in range(i) if task_modalities[j] == task_modalities[i]]
+        if earlier:
+            returns[i] = float(np.mean([a[i, j] - a[i - 1, j] for j in earlier]))
+    return returns
+
+
 def summarize(matrix, zero_shot: Sequence[float], final_correct: Sequence[int], final_counts: Sequence[int],
               task_modalities: Sequence[str] | None = None) -> dict:
     """Every summary metric of one evaluation mode, as a JSON-ready dict."""
@@ -91,4 +126,8 @@ def summarize(matrix, zero_shot: Sequence[float], final_correct: Sequence[int], 
         for j, modality in enumerate(task_modalities):
             by_modality.setdefault(modality, []).append(float(a[-1, j]))
         summary["accuracy_by_modality"] = {m: float(np.mean(v)) for m, v in by_modality.items()}
+        summary["accuracy_by_modality_after_task"] = modality_accuracy_after_each_task(a, task_modalities)
+        returns = recurrence_backward_transfer(a, task_modalities)
+        summary["recurrence_bwt"] = float(np.mean(list(returns.values()))) if returns else None
+        summary["recurrence_bwt_by_task"] = {str(i): v for i, v in returns.items()}
     return summary

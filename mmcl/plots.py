@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from mmcl import results
+from mmcl import metrics, results
 
 COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
 TEXT_WIDTH = 7.0
@@ -46,6 +46,9 @@ RESERVE_COLORS = ("#332288", "#117733", "#44AA99", "#999933", "#AA4499", "#DDCC7
 METHOD_LINESTYLES = {"zero-shot": ":", "joint": "--"}
 VARIANT_HATCHES = ("//", "..", "xx", "\\\\", "++", "oo", "||")
 MODALITY_ORDER = ("image", "video", "audio", "depth", "acc", "gyro", "text")
+# One colour per modality in the modality-stream figure (Okabe-Ito, distinct from nothing else there).
+MODALITY_COLORS = {"image": "#0072B2", "video": "#D55E00", "audio": "#009E73", "depth": "#CC79A7",
+                   "acc": "#E69F00", "gyro": "#56B4E9", "text": "#000000"}
 
 
 def _stable_index(name: str, size: int) -> int:
@@ -290,6 +293,41 @@ def plot_modality_accuracy(runs: pd.DataFrame, scenario: str = "modality_increme
     return figure
 
 
+def plot_modality_stream(runs: pd.DataFrame, benchmark: str, label: str = "comm", mode: str = "modality_aware",
+                         scenario: str = "modality_incremental", max_seeds: int = 3) -> plt.Figure:
+    """Accuracy on each modality's seen tasks after each task of a modality stream, one line per
+    modality (:func:`mmcl.metrics.modality_accuracy_after_each_task`), for one method ``label``.
+
+    The modality order is drawn from the seed, so seeds are not averaged: one panel per seed (the
+    first ``max_seeds``), its x axis the seed's tasks. A modality that returns shows what its new
+    task did to its earlier ones.
+    """
+    selected = runs[(runs["scenario"] == scenario) & (runs["benchmark"] == benchmark) & (runs["label"] == label)
+                    & (runs["mode"] == mode)].sort_values("seed").head(max_seeds)
+    if selected.empty:
+        raise ValueError(f"no {label!r} runs of {scenario}/{benchmark} in mode {mode!r}")
+    with paper_style():
+        figure, axes = _figure(len(selected), 2.4)
+        present: list[str] = []
+        for axis, run in zip(axes, selected.itertuples()):
+            order = list(run.modality_order)
+            rows = metrics.modality_accuracy_after_each_task(run.accuracy_matrix, order)
+            for modality in [m for m in MODALITY_ORDER if m in order] + sorted(set(order) - set(MODALITY_ORDER)):
+                tasks = [i for i, row in enumerate(rows) if modality in row]
+                axis.plot(tasks, [rows[i][modality] for i in tasks], marker="o", label=modality,
+                          color=MODALITY_COLORS.get(modality, "#444444"))
+                present += [modality] if modality not in present else []
+            names = run.task_names or [str(i) for i in range(len(order))]
+            axis.set_xticks(range(len(order)), names, rotation=45, ha="right")
+            axis.set_ylim(0, 101)
+            axis.set_xlabel("after task")
+            axis.set_title(f"{benchmark} · {label} · seed {run.seed}")
+        axes[0].set_ylabel(f"modality accuracy (%)\n{results.MODE_TITLES.get(mode, mode)}")
+        handles = [plt.Line2D([], [], color=MODALITY_COLORS.get(m, "#444444"), marker="o", label=m) for m in present]
+        figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    return figure
+
+
 def plot_ablations(runs: pd.DataFrame, metric: str = "final_accuracy") -> plt.Figure:
     """Each method's ablation variants next to the full method: horizontal bars of ``metric``
     (mean over seeds, error bar ±1 std); one panel per (method, scenario, benchmark, mode)."""
@@ -334,7 +372,8 @@ def write_figures(runs: pd.DataFrame, directory: str | Path) -> dict[str, list[P
     """Every figure of the paper that ``runs`` can support, as PNG + PDF under ``directory``.
 
     Names: ``accuracy_curves_<scenario>``, ``accuracy_matrix_<scenario>_<benchmark>[_<mode>]``,
-    ``forgetting_<scenario>``, ``modality_accuracy``, ``ablations_<method>``. Returns name -> paths.
+    ``forgetting_<scenario>``, ``modality_accuracy``, ``modality_stream_<benchmark>`` (COMM's runs),
+    ``ablations_<method>``. Returns name -> paths.
     """
     written: dict[str, list[Path]] = {}
 
@@ -351,6 +390,9 @@ def write_figures(runs: pd.DataFrame, directory: str | Path) -> dict[str, list[P
             keep(f"accuracy_matrix_{scenario}_{benchmark}{suffix}", plot_accuracy_matrices(runs, scenario, benchmark, mode))
         if scenario == "modality_incremental":
             keep("modality_accuracy", plot_modality_accuracy(runs, scenario))
+            comm = base[(base["scenario"] == scenario) & (base["label"] == "comm")]
+            for benchmark in sorted(set(comm["benchmark"])):
+                keep(f"modality_stream_{benchmark}", plot_modality_stream(runs, benchmark))
     # One ablation figure per method, each a single column wide.
     for method in results.sort_methods(runs.loc[runs["variant"].notna() & ~results.is_comparison(runs), "method"]):
         keep(f"ablations_{method}", plot_ablations(runs[runs["method"] == method]))

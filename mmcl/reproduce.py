@@ -90,7 +90,8 @@ def ablation_jobs(config: Config, methods: Sequence[str] | None = None, seeds: S
                   scenarios: Sequence[str] | None = None) -> list[dict]:
     """The runs of an ablation study: for each method with ``ablations``, the full method and every
     variant, on each seed, on its scenarios (``scenarios=None``: the first scenario the method
-    declares compatible, with the profile's benchmark for it)."""
+    declares compatible), on the profile's benchmark for the scenario and the benchmarks of its
+    ``scenarios.<name>.ablations_also_on``."""
     from mmcl.engine import scenario_benchmark
     from mmcl.methods import REGISTRY
 
@@ -101,11 +102,12 @@ def ablation_jobs(config: Config, methods: Sequence[str] | None = None, seeds: S
             continue
         chosen = [s for s in cls.compatible_scenarios if scenarios is None or s in scenarios]
         for scenario in chosen[:1] if scenarios is None else chosen:
-            benchmark = scenario_benchmark(config, scenario, None)
-            for variant, overrides in [(None, None), *cls.ablations.items()]:
-                for seed in seeds:
-                    jobs.append({"scenario": scenario, "benchmark": benchmark, "method": method, "seed": int(seed),
-                                 "variant": variant, "hparams": overrides})
+            also = config.scenarios[scenario].ablations_also_on if scenario in config.scenarios else []
+            for benchmark in [scenario_benchmark(config, scenario, None), *also]:
+                for variant, overrides in [(None, None), *cls.ablations.items()]:
+                    for seed in seeds:
+                        jobs.append({"scenario": scenario, "benchmark": benchmark, "method": method,
+                                     "seed": int(seed), "variant": variant, "hparams": overrides})
     return jobs
 
 

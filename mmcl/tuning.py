@@ -128,13 +128,13 @@ def write_defaults(record: dict, path: Path | None = None) -> Path:
     path = Path(path) if path else tuned_file(record["profile"])
     data = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
     data.setdefault(record["scenario"], {})[record["method"]] = {
-        "values": record["chosen"],
+        "values": dict(record["chosen"]),  # a copy: no YAML alias to a trial's values
         "source": {"benchmark": record["benchmark"], "seed": record["seed"], "trials": record["budget"],
                    "record": record["record"], "date": record["date"],
                    "code_version": record["code_version"]},
         # the tuning itself, so that a clone without the run tree still shows what was compared
         "grid": record["grid"], "selection": record["selection"],
-        "scores": [{"values": row["values"], "val_score": round(float(row["val_score"]), 2)}
+        "scores": [{"values": dict(row["values"]), "val_score": round(float(row["val_score"]), 2)}
                    for row in record["trials"]]}
     header = ("# Tuned hyper-parameters (written by `mmcl tune --write-defaults`; do not edit by hand).\n"
               "# Resolution: method defaults < these values < the profile's `methods` and --set overrides.\n")

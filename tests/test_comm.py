@@ -5,9 +5,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmcl.config import ConfigError, load_config
 from mmcl.engine import build_run
 from mmcl.methods.base import REGISTRY
-from mmcl.methods.comm import GaussianBank, blend_weights, class_balanced_weights, self_regularisation
+import dataclasses
+import math
+
+from mmcl.methods.comm import (
+    GaussianBank,
+    blend_weights,
+    class_balanced_weights,
+    gaussian_epoch_weights,
+    promptsrc_regularisation,
+    self_regularisation,
+)
+from mmcl.models.prompts import pool_frames
 
 from learning_check import assert_learning_verdict, learning_cases
 
@@ -74,12 +86,114 @@ def comm_two_tasks(smoke_config):
     return method, second
 
 
-def test_self_regularisation_term_is_zero_at_task_start(comm_two_tasks):
+def test_first_occurrence_teacher_is_the_frozen_model(comm_two_tasks):
+    # A modality's first task has no earlier pool: the teacher is the frozen model without prompts
+    # (before, it was the freshly initialised pool: a pull toward random prompts).
     method, task = comm_two_tasks
+    assert method.teacher is None and not method.pool_revisited
     batch = next(task.train.batches(8))
     _, parts = method.training_loss(batch, task)
-    assert parts["self"] == 0.0
+    modality, inputs = task.modality, batch.inputs[task.modality]
+    embeddings, query, _ = method.embed(modality, inputs, known=modality)
+    frozen = pool_frames(modality, query, len(inputs))
+    expected = self_regularisation(embeddings, frozen, method.hparams.self_reg_kappa)
+    assert parts["self"] == pytest.approx(expected.item(), rel=1e-5) and parts["self"] > 0
     assert "relevance" in parts and "match" in parts
+
+
+def recur(method, stream_tasks, task, index):
+    """``task``'s modality again, as task ``index`` of the stream (a recurring modality)."""
+    again = dataclasses.replace(task, index=index, name=f"{task.modality} again")
+    method.context.tasks = list(stream_tasks) + [again]
+    method.begin_task(again)
+    return again
+
+
+def test_recurring_modality_teacher_is_its_pool_before_the_task(comm_two_tasks):
+    method, second = comm_two_tasks
+    first = method.context.tasks[0]
+    method.end_task(second)
+    pool = method.pools[first.modality]
+    with torch.no_grad():
+        pool.prompts.add_(0.1)  # the pool as task 0 left it (as if trained)
+    before = {k: v.clone() for k, v in pool.state_dict().items()}
+    again = recur(method, method.context.tasks, first, 2)
+    assert method.pool_revisited and method.teacher is not None
+    assert all(torch.equal(v, before[k]) for k, v in method.teacher.module.state_dict().items())
+    batch = next(again.train.batches(8))
+    _, parts = method.training_loss(batch, again)
+    assert parts["self"] == 0.0  # the student starts as its teacher
+    with torch.no_grad():
+        pool.prompts.add_(0.5)  # training moves the pool; the teacher stays
+    assert all(torch.equal(v, before[k]) for k, v in method.teacher.module.state_dict().items())
+    _, parts = method.training_loss(batch, again)
+    assert parts["self"] > 0
+
+
+def test_momentum_merge_changes_the_pool_when_a_modality_recurs(comm_two_tasks):
+    method, second = comm_two_tasks
+    first = method.context.tasks[0]
+    method.end_task(second)
+    pool = method.pools[first.modality]
+    again = recur(method, method.context.tasks, first, 2)
+    old = pool.prompts.detach().clone()
+    with torch.no_grad():
+        pool.prompts.add_(1.0)  # what the recurring task learnt
+    new = pool.prompts.detach().clone()
+    method.end_task(again)
+    beta = method.hparams.prompt_momentum
+    assert beta == 0.5 and torch.allclose(pool.prompts, beta * old + (1 - beta) * new)
+    assert not torch.equal(pool.prompts, new)
+
+
+def test_promptsrc_term_known_values():
+    z = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    logits = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    assert promptsrc_regularisation(z, 2 * z, logits, logits.clone()).item() == 0.0  # prompts without effect
+    z0 = torch.tensor([[0.0, 5.0], [1.0, 0.0]])  # sample 0 moved from (0, 1) to (0.6, 0.8)
+    l0 = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    l1 = (0.6 + 0.2 + 0 + 0) / 4
+    mse = (0.36 + 0.04) / 4
+    p = torch.softmax(torch.tensor([1.0, 2.0]), 0)
+    kl = (0.5 * math.log(0.5 / p[0].item()) + 0.5 * math.log(0.5 / p[1].item())) / 2  # sample 1: 0
+    got = promptsrc_regularisation(z, z0, logits, l0, "l1", 10.0, 1.0)
+    assert got.item() == pytest.approx(10 * l1 + kl, rel=1e-5)
+    assert promptsrc_regularisation(z, z0, logits, l0, "mse", 2.0, 0.0).item() == pytest.approx(2 * mse, rel=1e-5)
+    terms = [promptsrc_regularisation(torch.tensor([[s, 1.0]]), torch.tensor([[0.0, 1.0]]),
+                                      torch.tensor([[s, 0.0]]), torch.zeros(1, 2)).item() for s in (0.1, 0.5, 2.0)]
+    assert 0 < terms[0] < terms[1] < terms[2]  # grows with the shift
+
+
+def test_gaussian_epoch_weights_known_values():
+    # 4 epochs, mu = 0.75 * 4 = 3, sigma = 0.25 * 4 = 1: exp(-2), exp(-1/2), 1, exp(-1/2), normalised
+    raw = torch.tensor([math.exp(-2), math.exp(-0.5), 1.0, math.exp(-0.5)])
+    assert torch.allclose(gaussian_epoch_weights(4, 0.75, 0.25), raw / raw.sum())
+    assert gaussian_epoch_weights(1, 0.75, 0.25).tolist() == [1.0]
+
+
+def test_promptsrc_aggregates_the_pool_over_epochs(tmp_path):
+    config = load_config("smoke", [f"runtime.output_dir={tmp_path}", "train.epochs=2", "methods.comm.self_reg=promptsrc"])
+    method, stream = build_run(config, "modality_incremental", "comm", seed=0)
+    task = stream.tasks[0]
+    method.context.seen_classes = sorted(task.classes)
+    method.begin_task(task)
+    assert method.teacher is None
+    _, parts = method.training_loss(next(task.train.batches(8)), task)
+    assert parts["self"] > 0  # fresh random prompts move the embedding away from the frozen model's
+    pool = method.pools[task.modality]
+    per_epoch = task.train.num_batches(config.train.batch_size)
+    states = []
+    for _ in range(2):
+        for _ in range(per_epoch):
+            with torch.no_grad():
+                pool.prompts.add_(1.0)  # stands in for an optimizer step
+            method.after_optimizer_step(task)
+        states.append(pool.prompts.detach().clone())
+    method.realign = lambda *args: None  # one task: nothing to re-align anyway
+    method.end_task(task)
+    w = gaussian_epoch_weights(2, 0.75, 0.25)
+    assert torch.allclose(pool.prompts, w[0] * states[0] + w[1] * states[1], atol=1e-5)
+    assert not torch.allclose(pool.prompts, states[1])
 
 
 def test_realignment_changes_only_the_alignment_layer(comm_two_tasks):
@@ -133,7 +247,7 @@ def test_ablations_are_valid_configs():
     for overrides in REGISTRY["comm"].ablations.values():
         REGISTRY["comm"].make_config(overrides)
     assert {"no-self-regularisation", "no-blending-current", "no-blending-uniform", "no-realignment",
-            "shared-pool"} <= set(REGISTRY["comm"].ablations)
+            "shared-pool", "self-reg-promptsrc", "no-momentum-merge"} <= set(REGISTRY["comm"].ablations)
 
 
 @pytest.mark.parametrize("method, scenario, trained", learning_cases(["comm", "l2p"]))
@@ -158,3 +272,25 @@ def test_head_trains_at_the_prompt_learning_rate(smoke_config, name):
         assert all(rate[id(p)] == pytest.approx(0.3) for p in method.relevance.parameters())
         assert id(method.align.weight) not in rate  # trained only by the re-alignment
     assert set(rate) == {id(p) for p in method.parameters() if p.requires_grad}
+
+
+def test_a_text_task_is_classified_through_the_frozen_text_tower(tmp_path):
+    config = load_config("smoke", [f"runtime.output_dir={tmp_path}"])
+    method, stream = build_run(config, "modality_incremental", "comm", seed=0, benchmark="modality-stream-text")
+    task = next(t for t in stream.tasks if t.modality == "text")
+    method.context.seen_classes = sorted(task.classes)
+    method.begin_task(task)
+    batch = next(task.train.batches(8))
+    embeddings, query, similarities = method.embed("text", batch.inputs["text"], known="text")
+    with torch.no_grad():
+        expected = method.encoder.encode_text(batch.inputs["text"]).float()
+    assert torch.allclose(embeddings, expected) and torch.allclose(query, F.normalize(expected, dim=-1))
+    assert similarities == {}  # no prompt pool in the text tower
+    loss, parts = method.training_loss(batch, task)
+    assert parts["self"] == pytest.approx(0.0, abs=1e-6) and "match" not in parts and loss.requires_grad
+
+
+def test_l2p_refuses_a_stream_with_text(tmp_path):
+    config = load_config("smoke", [f"runtime.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="methods.l2p: .*text task"):
+        build_run(config, "modality_incremental", "l2p", seed=0, benchmark="modality-stream-text")

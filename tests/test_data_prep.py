@@ -481,3 +481,84 @@ def test_prepared_sizes_must_match_the_profile(tmp_path, smoke_config):
                                                                   "data.inertial.n_fft=8"])
     train, test = load_benchmark(config, "av-events").train, load_benchmark(config, "av-events").test
     assert (len(train), len(test)) == (2, 2) and train.inputs["video"].shape[-1] == 32
+
+
+def make_recurring_sources(root: Path) -> Path:
+    """Second datasets in their real formats: a CIFAR-100-shaped `datasets` folder (img, fine_label),
+    Speech Commands (<word>/*.wav + testing_list.txt) and HMDB51 (<action>/*.avi + split lists)."""
+    import datasets
+
+    features = datasets.Features({"img": datasets.Image(),
+                                  "fine_label": datasets.ClassLabel(names=["apple", "bicycle", "castle"])})
+    splits = {}
+    for split, per_class in (("train", 3), ("test", 2)):
+        images, labels = [], []
+        for label in range(3):
+            for j in range(per_class):
+                picture = np.full((32, 32, 3), 30 * (label + 1) + j, np.uint8)
+                images.append(Image.fromarray(picture))
+                labels.append(label)
+        splits[split] = datasets.Dataset.from_dict({"img": images, "fine_label": labels}, features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(root / "image2" / "cifar100"))
+    speech = root / "audio2" / "speech_commands"
+    test = []
+    for k, word in enumerate(["yes", "no", "stop"]):
+        for j in range(4):
+            write_wav(speech / word / f"{j:08x}_nohash_0.wav", tone=300 + 150 * k + 5 * j, sample_rate=16000)
+        test.append(f"{word}/{3:08x}_nohash_0.wav")
+    (speech / "testing_list.txt").write_text("\n".join(test) + "\n")
+    lists = root / "video2" / "testTrainMulti_7030_splits"
+    lists.mkdir(parents=True)
+    for k, action in enumerate(["cartwheel", "fencing"]):
+        rows = []
+        for j, flag in enumerate((1, 1, 2, 0)):
+            name = f"{action}_clip_{j}.avi"
+            write_mp4(root / "video2" / "hmdb51" / action / name, shade=50 * (k + 1), audio=False)
+            rows.append(f"{name} {flag} ")
+        (lists / f"{action}_test_split1.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_modality_stream_recurring_second_datasets_and_the_stream(tmp_path, smoke_config):
+    raw = make_recurring_sources(make_stream_image_audio(tmp_path / "raw"))
+    options = {"modalities": ["image", "audio"], "recurring": ["image", "audio"],
+               "image": {"kind": "hf", "dir": "image/hf", "classes": ["cat", "dog", "fish"]},
+               "audio": {"classes": ["dog", "rain"]},
+               "image2": {"classes": ["apple", "castle"]}, "audio2": {"classes": ["yes", "no", "stop"]}}
+    summary = data_prep.prepare("modality-stream-recurring", raw, tmp_path / "stream", smoke_config, options=options)
+    assert summary.skipped == 0
+    assert summary.class_names == ["cat", "dog", "fish", "dog (audio)", "rain", "apple", "castle",
+                                   "the word yes", "the word no", "the word stop"]
+    # image 3 x (3 + 2); ESC-10 dog, rain: folds 1, 2 train, 5 test; CIFAR 2 x (3 + 2); Speech Commands 3 x (3 + 1)
+    assert summary.counts == {"train": 9 + 4 + 6 + 9, "test": 6 + 2 + 4 + 3}
+    meta = json.loads((tmp_path / "stream" / "meta.json").read_text())
+    assert meta["class_modalities"] == ["image"] * 3 + ["audio"] * 2 + ["image"] * 2 + ["audio"] * 3
+    assert meta["class_sources"] == ["image"] * 3 + ["audio"] * 2 + ["image2"] * 2 + ["audio2"] * 3
+
+    config = smoke_with(tmp_path, "modality-stream-recurring", tmp_path / "stream",
+                        ["benchmarks.modality-stream-recurring.num_classes=10",
+                         "benchmarks.modality-stream-recurring.num_tasks=4",
+                         "benchmarks.modality-stream-recurring.modality_tasks={image: 2, audio: 2}"])
+    from mmcl.data.scenarios import build_stream
+
+    stream = build_stream("modality_incremental", load_benchmark(config, "modality-stream-recurring"), seed=0)
+    names = stream.class_names
+    for task in stream.tasks:
+        first = [t for t in stream.tasks if t.modality == task.modality][0] is task
+        expected = {"image": ({"cat", "dog", "fish"}, {"apple", "castle"}),
+                    "audio": ({"dog (audio)", "rain"}, {"the word yes", "the word no", "the word stop"})}
+        assert {names[c] for c in task.classes} == expected[task.modality][0 if first else 1]
+
+
+def test_hmdb51_split_lists_and_videos(tmp_path):
+    raw = make_recurring_sources(make_stream_image_audio(tmp_path / "raw"))
+    adapter = data_prep.adapter("modality-stream-recurring", {"modalities": ["video"], "recurring": ["video"],
+                                                              "video2": {"classes": ["cartwheel", "fencing"]}})
+    items, names = adapter._list_video2(raw, adapter.options["video2"])
+    assert names == ["cartwheel", "fencing"]
+    assert [(i.split, i.label) for i in items] == [("train", 0), ("train", 0), ("test", 0),
+                                                   ("train", 1), ("train", 1), ("test", 1)]  # flag 0: unused
+    from data_prep import decode
+
+    frames = decode.video_frames(items[0].files["video"], 2)
+    assert frames.shape[0] == 2

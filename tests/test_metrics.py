@@ -60,3 +60,26 @@ def test_rejects_non_square_matrices():
         metrics.final_average_accuracy([[1.0, 2.0]])
     with pytest.raises(ValueError, match="zero-shot"):
         metrics.forward_transfer(A, [1.0])
+
+
+# A stream where image returns at task 2 and audio at task 3.
+RECURRING = [[80.0, 5.0, 3.0, 2.0],
+             [70.0, 90.0, 4.0, 1.0],
+             [50.0, 85.0, 60.0, 6.0],
+             [55.0, 40.0, 58.0, 70.0]]
+RECURRING_MODALITIES = ["image", "audio", "image", "audio"]
+
+
+def test_modality_accuracy_after_each_task_averages_seen_tasks_of_the_modality():
+    rows = metrics.modality_accuracy_after_each_task(RECURRING, RECURRING_MODALITIES)
+    assert rows == [{"image": 80.0}, {"image": 70.0, "audio": 90.0}, {"image": 55.0, "audio": 85.0},
+                    {"image": 56.5, "audio": 55.0}]
+
+
+def test_backward_transfer_when_a_modality_returns():
+    # task 2 (image again): image task 0 went 70 -> 50; task 3 (audio again): audio task 1 went 85 -> 40
+    assert metrics.recurrence_backward_transfer(RECURRING, RECURRING_MODALITIES) == {2: -20.0, 3: -45.0}
+    summary = metrics.summarize(RECURRING, [0.0] * 4, [1, 1, 1, 1], [2, 2, 2, 2], RECURRING_MODALITIES)
+    assert summary["recurrence_bwt"] == -32.5 and summary["recurrence_bwt_by_task"] == {"2": -20.0, "3": -45.0}
+    once = metrics.summarize(RECURRING, [0.0] * 4, [1] * 4, [2] * 4, ["image", "audio", "video", "depth"])
+    assert once["recurrence_bwt"] is None and once["recurrence_bwt_by_task"] == {}

@@ -23,6 +23,7 @@ import nbformat
 import pytest
 
 from mmcl import reproduce
+from mmcl.config import ConfigError, load_config
 
 SMOKE_PARAMETERS = {"10_class_incremental": {"benchmarks": ["av-events"]}, "20_ablations": {"methods": ["lwf"]}}
 
@@ -137,3 +138,17 @@ def test_ablation_jobs_cover_every_declared_variant(smoke_config):
     lwf = [job for job in jobs if job["method"] == "lwf" and job["variant"] == "no-distillation"]
     assert [job["seed"] for job in lwf] == [0, 1]
     assert lwf[0]["hparams"] == REGISTRY["lwf"].ablations["no-distillation"]
+
+
+def test_ablations_also_run_on_the_scenarios_further_benchmarks(tmp_path):
+    from mmcl.methods import REGISTRY
+
+    config = load_config("smoke", [f"runtime.output_dir={tmp_path}",
+                                   "scenarios.modality_incremental.ablations_also_on=[modality-stream-recurring]"])
+    jobs = [job for job in reproduce.ablation_jobs(config, methods=["comm"]) if job["method"] == "comm"]
+    per_benchmark = {b: {job["variant"] for job in jobs if job["benchmark"] == b}
+                     for b in ("modality-stream", "modality-stream-recurring")}
+    assert per_benchmark["modality-stream"] == per_benchmark["modality-stream-recurring"] \
+        == set(REGISTRY["comm"].ablations) | {None}
+    with pytest.raises(ConfigError, match="scenarios.modality_incremental.ablations_also_on.0"):
+        load_config("smoke", ["scenarios.modality_incremental.ablations_also_on=[nope]"])

@@ -23,6 +23,9 @@ def runs(tmp_path):
             write_run(tmp_path, method, seed, [[90, 0], [70, 50]], scenario="modality_incremental",
                       benchmark="modality-stream", modalities=["image", "audio"],
                       modes=("modality_aware", "modality_agnostic"))
+        write_run(tmp_path, "comm", seed, [[80, 5, 3, 2], [70, 90, 4, 1], [50, 85, 60, 6], [55, 40, 58, 70]],
+                  scenario="modality_incremental", benchmark="modality-stream-recurring",
+                  modalities=["image", "audio", "image", "audio"], modes=("modality_aware", "modality_agnostic"))
     return results.load_runs(tmp_path)
 
 
@@ -84,7 +87,7 @@ def test_write_figures_writes_png_and_pdf_of_every_figure(runs, tmp_path):
             "accuracy_matrix_class_incremental_av-events", "accuracy_curves_modality_incremental",
             "accuracy_matrix_modality_incremental_modality-stream_modality_aware",
             "accuracy_matrix_modality_incremental_modality-stream_modality_agnostic",
-            "modality_accuracy", "ablations_lwf"} <= set(written)
+            "modality_accuracy", "ablations_lwf", "modality_stream_modality-stream-recurring"} <= set(written)
     for paths in written.values():
         assert [p.suffix for p in paths] == [".png", ".pdf"]
         assert all(p.stat().st_size > 1000 for p in paths)
@@ -109,3 +112,14 @@ def test_ablation_bars_show_full_method_and_variant(runs):
     widths = sorted(p.get_width() for p in figure.axes[0].patches)
     assert widths == pytest.approx([(30 + 40 + 90) / 3, 60.0 + 1 / 6])
     plt.close("all")
+
+
+def test_modality_stream_draws_one_line_per_modality_along_the_stream(runs):
+    figure = plots.plot_modality_stream(runs, "modality-stream-recurring")
+    assert len(figure.axes) == 2  # one panel per seed: each seed has its own modality order
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert set(lines) == {"image", "audio"}
+    assert list(lines["image"].get_xdata()) == [0, 1, 2, 3]
+    assert list(lines["image"].get_ydata()) == [80, 70, 55, 56.5]  # after task 3: mean(55, 58)
+    assert list(lines["audio"].get_xdata()) == [1, 2, 3] and list(lines["audio"].get_ydata()) == [90, 85, 55]
+    plt.close(figure)

@@ -4,7 +4,7 @@ import torch
 
 from mmcl.config import ConfigError, load_config
 from mmcl.data.benchmarks import load_benchmark
-from mmcl.data.scenarios import build_stream, class_order, modality_order
+from mmcl.data.scenarios import build_stream, class_order, modality_order, modality_sequence
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,32 @@ def test_invalid_streams_are_explained(config, av):
     uneven = load_config("smoke", ["benchmarks.av-events.num_tasks=4"])
     with pytest.raises(ConfigError, match="do not split evenly"):
         build_stream("class_incremental", load_benchmark(uneven, "av-events"), seed=0)
+
+
+def test_recurring_modality_stream_gives_each_occurrence_new_classes(config):
+    stream = build_stream("modality_incremental", load_benchmark(config, "modality-stream-recurring"), seed=0)
+    assert stream.modality_order == ["image", "audio", "image"]  # the only order without a repeat in a row
+    assert [t.name for t in stream.tasks] == ["image", "audio", "image 2"]
+    assert [t.classes for t in stream.tasks] == [[0, 1], [2, 3], [4, 5]]
+    for task in stream.tasks:
+        assert task.train.modalities == (task.modality,)
+        assert set(task.train.labels.tolist()) == set(task.classes) == set(task.test.labels.tolist())
+
+
+def test_recurring_modality_order_follows_the_seed():
+    modalities, counts = ["image", "video", "audio", "depth"], {"image": 2, "audio": 2}
+    orders = {tuple(modality_sequence(modalities, counts, s)) for s in range(8)}
+    assert len(orders) > 1
+    for order in orders:
+        assert sorted(order) == sorted(["image", "image", "video", "audio", "audio", "depth"])
+        assert all(a != b for a, b in zip(order, order[1:]))
+    assert modality_sequence(modalities, counts, 3) == modality_sequence(modalities, counts, 3)
+    assert modality_sequence(modalities, {}, 5) == modality_order(modalities, 5)
+    with pytest.raises(ConfigError, match="modality_tasks"):
+        modality_sequence(["image", "audio"], {"image": 3}, 0)
+
+
+def test_recurring_stream_task_count_is_checked():
+    bad = load_config("smoke", ["benchmarks.modality-stream-recurring.num_tasks=2"])
+    with pytest.raises(ConfigError, match="benchmarks.modality-stream-recurring.num_tasks"):
+        build_stream("modality_incremental", load_benchmark(bad, "modality-stream-recurring"), seed=0)

@@ -35,6 +35,8 @@ class Benchmark:
     class_modalities: list[str] | None = None
     # Validation split carved from the training data (or the publisher's list): for tuning only.
     val: MultiModalDataset | None = None
+    # For such data with a second dataset for a modality (recurring modalities): the dataset of each class.
+    class_sources: list[str] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -81,7 +83,7 @@ def benchmark_spec(config: Config, name: str) -> BenchmarkConfig:
 def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None, progress: bool = False) -> Benchmark:
     """Train/test data of benchmark ``name``; text modalities tokenised with ``tokenizer``."""
     spec = benchmark_spec(config, name)
-    class_modalities = val = None
+    class_modalities = val = class_sources = None
     if spec.source == "synthetic":
         train, test = _cached_synthetic(config, name, spec, progress)
     else:
@@ -89,7 +91,8 @@ def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None
 
         train, test = load_processed(spec, name, config.data)
         val = load_processed_val(spec, name)
-        class_modalities = _read_meta(processed_root(spec, name) / "meta.json", name).get("class_modalities")
+        meta = _read_meta(processed_root(spec, name) / "meta.json", name)
+        class_modalities, class_sources = meta.get("class_modalities"), meta.get("class_sources")
     if val is None:  # no publisher's validation list: a share of the training data
         train, val = carve_validation(train, config.data.val_fraction, config.data.benchmark_seed)
     if "text" in spec.modalities:
@@ -97,7 +100,7 @@ def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None
             raise ValueError(f"benchmark {name!r} has a text modality: pass the model's tokenizer")
         for split in (train, val, test):
             split.inputs["text"] = pipeline.text_to_tensor(split.texts["text"], tokenizer)
-    return Benchmark(name, spec, train, test, class_modalities, val)
+    return Benchmark(name, spec, train, test, class_modalities, val, class_sources)
 
 
 def carve_validation(train: MultiModalDataset, fraction: float, seed: int

@@ -6,7 +6,9 @@
 - ``modality_incremental`` (COMM): one modality per task, in a seed-drawn order; the classes, in a
   seed-drawn order, split equally; a task's samples carry only its modality. When the data says
   which modality each class exists in (real streams: one dataset per modality), task m takes
-  exactly the classes of modality m.
+  exactly the classes of modality m. A benchmark's ``modality_tasks`` gives a modality more than
+  one task: the modality recurs (never twice in a row), each time with a new class group (real
+  streams: the k-th task of a modality takes its k-th dataset's classes, ``class_sources``).
 
 Labels are re-numbered to the run's class order (label k = the k-th class of the order), so that
 task t of a class-incremental stream owns a contiguous block of labels.
@@ -51,6 +53,21 @@ def class_order(num_classes: int, seed: int) -> list[int]:
 def modality_order(modalities: list[str], seed: int) -> list[str]:
     picks = np.random.default_rng([seed, 11]).permutation(len(modalities))
     return [modalities[i] for i in picks]
+
+
+def modality_sequence(modalities: list[str], counts: dict[str, int], seed: int) -> list[str]:
+    """The seed's order of a stream where modality ``m`` has ``counts.get(m, 1)`` tasks: the first
+    seed-drawn permutation of the multiset (up to 1000 draws) in which no modality follows itself;
+    with one task per modality it is :func:`modality_order`."""
+    if all(counts.get(m, 1) == 1 for m in modalities):
+        return modality_order(modalities, seed)
+    items = [m for m in modalities for _ in range(counts.get(m, 1))]
+    rng = np.random.default_rng([seed, 13])
+    for _ in range(1000):
+        order = [items[i] for i in rng.permutation(len(items))]
+        if all(a != b for a, b in zip(order, order[1:])):
+            return order
+    raise ConfigError(f"modality_tasks {counts}: no order of {items} without a modality following itself")
 
 
 def _split_evenly(items: list[int], parts: int, what: str) -> list[list[int]]:
@@ -100,21 +117,43 @@ def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
         if len(spec.modalities) < 2:
             raise ConfigError(f"benchmarks.{benchmark.name}.modalities: a modality-incremental stream needs at "
                               f"least two modalities, got {spec.modalities}")
-        if spec.num_tasks != len(spec.modalities):
+        unknown = [m for m in spec.modality_tasks if m not in spec.modalities]
+        if unknown:
+            raise ConfigError(f"benchmarks.{benchmark.name}.modality_tasks: modalities {unknown} are not in "
+                              f"modalities {spec.modalities}")
+        expected = sum(spec.modality_tasks.get(m, 1) for m in spec.modalities)
+        if spec.num_tasks != expected:
             raise ConfigError(f"benchmarks.{benchmark.name}.num_tasks: a modality-incremental stream has one task "
-                              f"per modality ({len(spec.modalities)}), got {spec.num_tasks}")
-        modalities_in_order = modality_order(list(spec.modalities), seed)
+                              f"per modality and recurrence ({expected}), got {spec.num_tasks}")
+        modalities_in_order = modality_sequence(list(spec.modalities), spec.modality_tasks, seed)
+        recurring = len(set(modalities_in_order)) < len(modalities_in_order)
         if benchmark.class_modalities is not None:
             owner = [benchmark.class_modalities[original] for original in order]  # per run label
-            groups = [[label for label in labels if owner[label] == m] for m in modalities_in_order]
+            if recurring:  # the k-th task of a modality takes the classes of its k-th dataset
+                sources = benchmark.class_sources or list(benchmark.class_modalities)
+                source = [sources[original] for original in order]
+                datasets = {m: list(dict.fromkeys(sources[c] for c in range(len(sources))
+                                                  if benchmark.class_modalities[c] == m)) for m in spec.modalities}
+                short = {m: len(datasets[m]) for m in spec.modalities
+                         if len(datasets[m]) != spec.modality_tasks.get(m, 1)}
+                if short:
+                    raise ConfigError(f"benchmarks.{benchmark.name}.modality_tasks: the prepared data has "
+                                      f"{short} datasets for these modalities, not {spec.modality_tasks}")
+                groups = [[label for label in labels if owner[label] == m
+                           and source[label] == datasets[m][modalities_in_order[:k + 1].count(m) - 1]]
+                          for k, m in enumerate(modalities_in_order)]
+            else:
+                groups = [[label for label in labels if owner[label] == m] for m in modalities_in_order]
             empty = [m for m, group in zip(modalities_in_order, groups) if not group]
             if empty:
                 raise ConfigError(f"benchmark {benchmark.name!r}: no class exists in modalities {empty}")
         else:
             groups = _split_evenly(labels, len(modalities_in_order), f"benchmarks.{benchmark.name}.num_classes")
         for index, (modality, classes) in enumerate(zip(modalities_in_order, groups)):
+            occurrence = modalities_in_order[:index + 1].count(modality)
+            name = modality if occurrence == 1 else f"{modality} {occurrence}"
             tasks.append(Task(index, classes, [modality], select(train, classes, modalities=[modality]),
-                              select(test, classes, modalities=[modality]), name=modality,
+                              select(test, classes, modalities=[modality]), name=name,
                               val=select(val, classes, modalities=[modality])))
     for task in tasks:  # an empty split would train on nothing or divide by zero when evaluated
         for split, data in (("train", task.train), ("val", task.val), ("test", task.test)):

@@ -13,10 +13,18 @@ modality ``m``:
   queries plus Gaussian pseudo-queries of earlier modalities' classes.
 - **Text-anchored cosine classifier**: class weights start at the text embeddings of
   ``"a {modality word} of a {class}"`` for the modality the class was taught in.
-- **Intra-modal self-regularisation**: ``lambda_self * w(s) * s`` with ``s = ||z_t - z_{t-1}||^2``
-  between the prompted embedding and the one of the model frozen at the start of the task, and
-  ``w(s) = s / (s + kappa)`` (detached) *(design choice)*; after the task a revisited pool is
-  merged by momentum ``P <- beta P_old + (1 - beta) P_new``.
+- **Intra-modal self-regularisation**, two documented forms (``self_reg``):
+
+  - ``"teacher"``: ``lambda_self * w(s) * s`` with ``s = ||z - z^teacher||^2`` between the prompted
+    embedding and the teacher's, ``w(s) = s / (s + kappa)`` (detached) *(design choice)*. The
+    teacher is the modality's pool as it was before the current task of that modality; at a
+    modality's first task it is the frozen pre-trained model (no prompts). After a task of a
+    recurring modality the pool is merged by momentum ``P <- beta P_old + (1 - beta) P_new``.
+  - ``"promptsrc"`` (PromptSRC, Khattak et al., ICCV 2023): the prompted embedding and logits of
+    the current inputs held close to the frozen pre-trained model's (feature L1 or MSE + logit KL)
+    and, at the end of the task, the pool replaced by the Gaussian-weighted average of its states
+    at the end of each epoch (:func:`gaussian_epoch_weights`). The momentum merge of a recurring
+    modality applies after the aggregation.
 - **Re-alignment**: per-class Gaussians (mean, shrunk covariance) of the final embeddings; after
   each task, pseudo-features of old classes and real features of the current task fine-tune a
   light alignment layer (a linear map on the embeddings, or the head) *(SLCA-style)*.
@@ -166,6 +174,38 @@ def self_regularisation(current: torch.Tensor, frozen: torch.Tensor, kappa: floa
     return (weight * shift).mean()
 
 
+def promptsrc_regularisation(features: torch.Tensor, frozen_features: torch.Tensor, logits: torch.Tensor,
+                             frozen_logits: torch.Tensor, feature_loss: str = "l1", feature_weight: float = 1.0,
+                             logit_weight: float = 1.0) -> torch.Tensor:
+    """PromptSRC's mutual-agreement term on a batch: ``feature_weight * d(z, z^0) + logit_weight *
+    KL(softmax(l^0) || softmax(l))``.
+
+    ``features``/``frozen_features`` ``[B, D]`` are L2-normalised first; ``d`` is the mean absolute
+    (``"l1"``) or mean squared (``"mse"``) difference over all entries. The KL divergence of the
+    frozen model's class distribution (``frozen_logits [B, C]``) to the prompted one (``logits``) is
+    averaged over the batch. Zero when the prompts change nothing; the frozen side carries no
+    gradient.
+    """
+    z = F.normalize(features.float(), dim=-1)
+    z0 = F.normalize(frozen_features.float(), dim=-1).detach()
+    distance = (z - z0).abs().mean() if feature_loss == "l1" else (z - z0).pow(2).mean()
+    kl = F.kl_div(F.log_softmax(logits.float(), dim=-1), F.log_softmax(frozen_logits.float().detach(), dim=-1),
+                  reduction="batchmean", log_target=True)
+    return feature_weight * distance + logit_weight * kl
+
+
+def gaussian_epoch_weights(epochs: int, mean: float, std: float) -> torch.Tensor:
+    """PromptSRC's Gaussian prompt aggregation weights ``[epochs]``, summing to one.
+
+    Epoch ``e`` (1-based) gets ``exp(-(e - mu)^2 / (2 sigma^2))`` with ``mu = mean * epochs`` and
+    ``sigma = std * epochs`` (both given as fractions of the task's epochs), normalised.
+    """
+    positions = torch.arange(1, epochs + 1, dtype=torch.float64)
+    mu, sigma = mean * epochs, std * epochs
+    weights = torch.exp(-(positions - mu) ** 2 / (2 * sigma ** 2))
+    return (weights / weights.sum()).float()
+
+
 def class_balanced_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Cross-entropy class weights ``[num_classes]`` that give every class of ``targets [N]`` the same
     total weight: ``N / (num_classes * count_c)`` (1 for all when the classes are balanced; classes
@@ -191,12 +231,16 @@ class RelevanceFunction(nn.Module):
 class COMM(Method):
     name = "comm"
     family = "paper"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "relevance_lr_scale": [10.0, 100.0]}
+    # 6 points like every method's grid; the relevance rate left the grid at 10x, which two validation
+    # searches on tiny (of lr_scale x relevance_lr_scale, then with self_reg) both chose.
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "self_reg": ["teacher", "promptsrc"]}
     compatible_scenarios = ("modality_incremental",)
     uses_modality_id = True
     description = "COMM (reconstructed): modality prompt pools, relevance blending, self-regularisation, re-alignment"
     ablations = {
-        "no-self-regularisation": {"self_reg_weight": 0.0, "prompt_momentum": 0.0},
+        "no-self-regularisation": {"self_reg": "off", "prompt_momentum": 0.0},
+        "self-reg-promptsrc": {"self_reg": "promptsrc"},
+        "no-momentum-merge": {"prompt_momentum": 0.0},
         "no-blending-current": {"blending": "current"},
         "no-blending-uniform": {"blending": "uniform"},
         "no-realignment": {"realign": False},
@@ -225,17 +269,26 @@ class COMM(Method):
         modality_templates: list[str] = Field(default_factory=lambda: ["a {modality} of a {}."], min_length=1)
         head: HeadConfig = Field(default_factory=HeadConfig)  # the shared head rules (head.train, ...)
         ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
-        # intra-modal self-regularisation (design choice in its exact form)
+        # intra-modal self-regularisation: two documented forms (docs/methods/comm.md), or off
+        self_reg: Literal["teacher", "promptsrc", "off"] = "teacher"
+        # teacher form (design choice in its exact form)
         self_reg_weight: float = Field(1.0, ge=0)  # lambda_self
         self_reg_kappa: float = Field(0.05, gt=0)  # w(s) = s / (s + kappa)
         self_reg_adaptive: bool = True  # False: w = 1
+        # PromptSRC form: agreement with the frozen model + Gaussian prompt aggregation over epochs
+        src_feature_loss: Literal["l1", "mse"] = "l1"
+        src_feature_weight: float = Field(10.0, ge=0)  # PromptSRC's image-feature weight
+        src_logit_weight: float = Field(1.0, ge=0)  # weight of KL(frozen || prompted) on the logits
+        src_aggregate: bool = True  # Gaussian-weighted prompt aggregation over the task's epochs
+        src_aggregate_mean: float = Field(0.75, gt=0)  # mu as a fraction of the epochs (PromptSRC: 15 of 20)
+        src_aggregate_std: float = Field(0.25, gt=0)  # sigma as a fraction of the epochs
         prompt_momentum: float = Field(0.5, ge=0, le=1)  # beta, merge of a revisited pool after its task (0: off)
         # relevance function and blending
         blending: Literal["relevance", "current", "uniform"] = "relevance"
         relevance_hidden: int = Field(0, ge=0)  # 0: linear R_t; >0: MLP with this hidden width
         relevance_temperature: float = Field(1.0, gt=0)  # tau
         relevance_weight: float = Field(1.0, ge=0)  # weight of R_t's cross-entropy in the training loss
-        relevance_lr_scale: float = Field(100.0, ge=0)  # R_t's learning rate = this x train.lr (linear map on unit queries)
+        relevance_lr_scale: float = Field(10.0, ge=0)  # R_t's learning rate = this x train.lr (linear map on unit queries)
         relevance_pseudo_batch: int = Field(32, ge=0)  # Gaussian pseudo-queries of earlier modalities per step
         aware_share: float = Field(0.2, ge=0, le=1)  # rho: share of R_t's blend when the modality is known
         # Gaussian statistics and re-alignment (SLCA-style)
@@ -263,7 +316,10 @@ class COMM(Method):
                                                      encoder.vision_width, encoder.embed_dim, h.top_k,
                                                      h.prompt_init_std) for name in pool_names})
         self.relevance = RelevanceFunction(encoder.embed_dim, len(self.modalities), h.relevance_hidden)
-        self.head = CosineClassifier(self.class_text_embeddings(), encoder.logit_scale, trainable=h.head.train)
+        text = self.class_text_embeddings()
+        self.head = CosineClassifier(text, encoder.logit_scale, trainable=h.head.train)
+        # the frozen pre-trained model's classifier (PromptSRC's logit agreement); rebuilt, not checkpointed
+        self.register_buffer("zero_shot_weight", F.normalize(text.float(), dim=-1), persistent=False)
         self.align = nn.Linear(encoder.embed_dim, encoder.embed_dim, bias=False)
         nn.init.eye_(self.align.weight)
         self.align.requires_grad_(False)  # trained only by the re-alignment step
@@ -272,7 +328,9 @@ class COMM(Method):
         self.features = GaussianBank(h.covariance_shrinkage)  # final embeddings, for re-alignment
         self.class_modality: dict[int, int] = {c: self.modalities.index(t.modality)
                                                for t in context.tasks for c in t.classes}
-        self.teacher: Snapshot | None = None
+        self.teacher: Snapshot | None = None  # the current pool before this task (recurring modality)
+        self.aggregate: dict[str, torch.Tensor] | None = None  # PromptSRC: sum_e w_e P_e of this task
+        self.steps = 0
         self.generator = torch.Generator()
 
     def class_text_embeddings(self) -> torch.Tensor:
@@ -326,7 +384,14 @@ class COMM(Method):
         """``(prompted embeddings [B, D], queries [N, Dq], key similarities)`` of one modality's batch.
 
         ``query`` (``[N, Dq]``) can be passed when already computed, to skip the frozen pass.
+        Text (a text task in the stream, our reading): the prompt pools live in the vision tower, so a
+        text sample's embedding is the frozen text tower's, its query that embedding normalised; the
+        task trains the head, ``R_t`` and the re-alignment only.
         """
+        if modality == "text":
+            with torch.no_grad():
+                embeddings = self.encoder.encode_text(inputs).float()
+            return embeddings, F.normalize(embeddings, dim=-1) if query is None else query, {}
         images = as_images(modality, inputs)
         query = frozen_query(self.encoder, images) if query is None else query
         prompts, similarities = self.prompts(query, known, replace)
@@ -346,8 +411,40 @@ class COMM(Method):
         self.seen_mask[self.modalities.index(task.modality)] = True
         for name, pool in self.pools.items():  # only the current modality's pool learns
             pool.requires_grad_(name == current)
-        self.teacher = Snapshot(self.pools[current]) if self.hparams.self_reg_weight > 0 \
-            or self.hparams.prompt_momentum > 0 else None
+        h = self.hparams
+        # The teacher is the pool as it was before this task of its modality; a modality's first task
+        # has none (its pool is freshly initialised): the frozen model, without prompts, is the teacher.
+        wanted = (h.self_reg == "teacher" and h.self_reg_weight > 0) or h.prompt_momentum > 0
+        self.teacher = Snapshot(self.pools[current]) if self.pool_revisited and wanted else None
+        self.steps = 0
+        self.aggregate = None
+
+    def teacher_embeddings(self, modality: str, inputs: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``[B, D]``: the self-regularisation teacher's embedding of the batch (no gradient): the
+        current pool before this task of the modality, or (first occurrence) the frozen model's
+        normalised embedding, which is the query (video: the mean of its frames' queries)."""
+        if self.teacher is None:
+            return pool_frames(modality, query, len(inputs))
+        with torch.no_grad():
+            embeddings, _, _ = self.embed(modality, inputs, known=modality,
+                                          replace={self.pool_name(modality): self.teacher.module}, query=query)
+        return embeddings
+
+    def after_optimizer_step(self, task):
+        """PromptSRC form: at the end of every epoch, add ``w_e`` times the current pool to the aggregate."""
+        h = self.hparams
+        if h.self_reg != "promptsrc" or not h.src_aggregate:
+            return
+        self.steps += 1
+        train = self.context.config.train
+        per_epoch = task.train.num_batches(train.batch_size)
+        if self.steps % per_epoch:
+            return
+        epoch = self.steps // per_epoch  # 1-based
+        weight = float(gaussian_epoch_weights(train.epochs, h.src_aggregate_mean, h.src_aggregate_std)[epoch - 1])
+        pool = self.pools[self.pool_name(task.modality)]
+        state = {name: weight * p.detach().clone() for name, p in pool.named_parameters()}
+        self.aggregate = state if self.aggregate is None else {k: self.aggregate[k] + v for k, v in state.items()}
 
     def relevance_loss(self, query: torch.Tensor, modality: str) -> torch.Tensor:
         """Cross-entropy of ``R_t`` on current queries and pseudo-queries of earlier modalities."""
@@ -368,18 +465,23 @@ class COMM(Method):
         embeddings, query, similarities = self.embed(modality, inputs, known=modality)
         classes = task.classes if h.ce_over == "current" else self.context.seen_classes
         space = torch.tensor(sorted(classes), device=batch.labels.device)
-        ce = F.cross_entropy(self.classify(embeddings, space), targets_in(space, batch.labels))
+        logits = self.classify(embeddings, space)
+        ce = F.cross_entropy(logits, targets_in(space, batch.labels))
         loss, parts = ce, {"ce": ce.item()}
         current = self.pool_name(modality)
         if h.matching_weight > 0 and current in similarities:
             matching = key_query_matching_loss(similarities[current])
             loss, parts["match"] = loss + h.matching_weight * matching, matching.item()
-        if h.self_reg_weight > 0 and self.teacher is not None:
-            with torch.no_grad():
-                frozen, _, _ = self.embed(modality, inputs, known=modality,
-                                       replace={current: self.teacher.module}, query=query)
-            regulariser = self_regularisation(embeddings, frozen, h.self_reg_kappa, h.self_reg_adaptive)
+        if h.self_reg == "teacher" and h.self_reg_weight > 0:
+            teacher = self.teacher_embeddings(modality, inputs, query)
+            regulariser = self_regularisation(embeddings, teacher, h.self_reg_kappa, h.self_reg_adaptive)
             loss, parts["self"] = loss + h.self_reg_weight * regulariser, regulariser.item()
+        elif h.self_reg == "promptsrc":
+            frozen = pool_frames(modality, query, len(inputs))  # the frozen model's (normalised) embedding
+            frozen_logits = self.head.scale * F.normalize(frozen.float(), dim=-1) @ self.zero_shot_weight[space].T
+            regulariser = promptsrc_regularisation(embeddings, frozen, logits, frozen_logits,
+                                                   h.src_feature_loss, h.src_feature_weight, h.src_logit_weight)
+            loss, parts["self"] = loss + regulariser, regulariser.item()
         if not h.shared_pool and h.relevance_weight > 0:
             relevance = self.relevance_loss(query, modality)
             loss, parts["relevance"] = loss + h.relevance_weight * relevance, relevance.item()
@@ -389,6 +491,13 @@ class COMM(Method):
     def end_task(self, task):
         h = self.hparams
         current = self.pools[self.pool_name(task.modality)]
+        if self.aggregate is not None:  # PromptSRC: the Gaussian-weighted average of the epochs' pools
+            total = float(gaussian_epoch_weights(self.context.config.train.epochs, h.src_aggregate_mean,
+                                                 h.src_aggregate_std)[: self.steps // max(
+                task.train.num_batches(self.context.config.train.batch_size), 1)].sum())
+            for name, parameter in current.named_parameters():
+                parameter.copy_(self.aggregate[name] / total)
+        self.aggregate = None
         if self.pool_revisited and h.prompt_momentum > 0 and self.teacher is not None:
             old = self.teacher.module.prompts.to(current.prompts.device)
             current.prompts.copy_(h.prompt_momentum * old + (1 - h.prompt_momentum) * current.prompts)

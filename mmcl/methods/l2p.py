@@ -66,6 +66,9 @@ class L2P(Method):
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
         check_prompt_depth(self.name, hparams.prompt_depth, encoder)
+        if any("text" in t.modalities for t in context.tasks):
+            raise ConfigError(f"methods.{self.name}: its prompt pool lives in the vision tower; the stream has a text task "
+                              f"(run it on a stream without text)")
         text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
         self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.head.train)
         self.pool = PromptPool(hparams.pool_size, hparams.prompt_length, hparams.prompt_depth, encoder.vision_width,
