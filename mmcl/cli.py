@@ -188,6 +188,10 @@ def _verify(args) -> int:
         written = verify.write_expected(results.load_runs(root), path, config.profile, command)
         print(f"wrote {len(verify.read_expected(written)['results'])} expected numbers to {written}")
         return 0
+    if not args.expected and not path.is_file():  # nothing to compare with is not a failed reproduction
+        print(f"mmcl verify: no expected results for the {config.profile} profile ({path}); "
+              f"`mmcl verify --write-expected --runs DIR` writes them from a full reproduction")
+        return 0
     table = verify.verify_profile(config.profile, runs_root, path)
     shown = table if args.all else table[table["verdict"] != "pass"]
     if len(shown):

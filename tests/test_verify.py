@@ -89,3 +89,11 @@ def test_the_figures_notebook_reports_without_an_expected_file(smoke_runs, capsy
     assert not verify.expected_file("smoke").exists()
     assert verify.report("smoke", smoke_runs) is None
     assert capsys.readouterr().out.startswith("no expected results for the smoke profile (smoke.yaml)")
+
+
+def test_a_profile_without_expected_results_says_so_and_does_not_fail(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(verify, "expected_file", lambda profile: tmp_path / f"{profile}.yaml")
+    assert main(["verify", "--profile", "smoke", "--runs", str(tmp_path / "runs")]) == 0
+    assert "no expected results for the smoke profile" in capsys.readouterr().out
+    # an expected file named on the command line must exist
+    assert main(["verify", "--profile", "smoke", "--runs", str(tmp_path), "--expected", str(tmp_path / "x.yaml")]) == 2
