@@ -10,10 +10,11 @@ the blocks' self-attention, :class:`~mmcl.models.prompts.PromptHooks`):
   E-prompt whose key is most cosine-similar to its frozen query (the task is not known).
 
 The prompted embedding goes to the cosine head initialised at the class text embeddings (as L2P);
-cross-entropy over the current task's classes (DualPrompt masks the other tasks' logits;
-``ce_over: seen`` unmasks). Multi-modal samples: every visual modality is prompted with the same
-G- and E-prompts, each image choosing its E-prompt by its own query; text is encoded by the frozen
-text tower; the modality embeddings are fused by the shared mean fusion.
+cross-entropy over the seen classes (DualPrompt masks the other tasks' logits: ``ce_over: current``,
+the ``task-masked`` variant; see docs/methods/prompts.md for why it is not the default here).
+Multi-modal samples: every visual modality is prompted with the same G- and E-prompts, each image
+choosing its E-prompt by its own query; text is encoded by the frozen text tower; the modality
+embeddings are fused by the shared mean fusion.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class DualPrompt(Method):
     family = "prompt"
     description = "DualPrompt: shared G-prompt in shallow blocks, task E-prompts chosen by key matching, prefix-tuning"
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.1, 0.5, 1.0]}
-    ablations = {"no-g-prompt": {"g_depth": 0}, "unmasked": {"ce_over": "seen"}}
+    ablations = {"no-g-prompt": {"g_depth": 0}, "task-masked": {"ce_over": "current"}}
 
     @dataclass(config={"extra": "forbid"})
     class Config:
@@ -56,7 +57,9 @@ class DualPrompt(Method):
         lr_scale: float = Field(1.0, gt=0)  # shared by every method: multiplies every learning rate below
         prompt_lr_scale: float = Field(10.0, gt=0)  # keys, prompts and head train at this x train.lr (as L2P)
         head: HeadConfig = Field(default_factory=HeadConfig)
-        ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
+        # classes in the training cross-entropy. The papers mask other tasks' logits ("current"); on
+        # smoke that leaves the text-anchored head's old rows winning on new data (docs/methods/prompts.md)
+        ce_over: Literal["current", "seen"] = "seen"
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
