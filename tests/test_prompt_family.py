@@ -166,3 +166,12 @@ def test_slca_learning_rates_and_classifier_alignment(smoke_config):
 @pytest.mark.parametrize("method, scenario, trained", learning_cases(NEW_METHODS))
 def test_learns_what_zero_shot_cannot_read(tmp_path, method, scenario, trained):
     assert_learning_verdict(method, scenario, trained, tmp_path / "runs")
+
+
+@pytest.mark.parametrize("name", NEW_METHODS)
+def test_variants_are_valid_configs(name):
+    from mmcl.methods.base import REGISTRY
+
+    for overrides in REGISTRY[name].ablations.values():
+        REGISTRY[name].make_config(overrides)
+    assert REGISTRY[name].family in {"prompt", "fine-tuning"}
