@@ -74,7 +74,7 @@ class CODAPrompt(Method):
     name = "coda-prompt"
     family = "prompt"
     description = "CODA-Prompt: attention-weighted prompt components, earlier tasks' components frozen, prefix-tuning"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "components_per_task": [2, 4, 8]}
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "components_per_task": [2, 4]}
     ablations = {"task-masked": {"ce_over": "current"}, "ortho-loss": {"ortho_weight": 0.1}}
 
     @dataclass(config={"extra": "forbid"})

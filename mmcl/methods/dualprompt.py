@@ -43,7 +43,7 @@ class DualPrompt(Method):
     name = "dualprompt"
     family = "prompt"
     description = "DualPrompt: shared G-prompt in shallow blocks, task E-prompts chosen by key matching, prefix-tuning"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.1, 0.5, 1.0]}
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.5, 1.0]}
     ablations = {"no-g-prompt": {"g_depth": 0}, "task-masked": {"ce_over": "current"}}
 
     @dataclass(config={"extra": "forbid"})
