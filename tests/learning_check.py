@@ -23,9 +23,10 @@ ERRORS_FIXED_REQUIRED = 1 / 3
 
 # What disables a method's learning beyond ``train.epochs=0`` (no optimizer step): COMM's
 # re-alignment fits the alignment layer by gradient descent in ``end_task``, outside the engine's
-# loop, so its control switches that off too. What other methods do in ``end_task`` (EWC's Fisher,
+# loop, so its control switches that off too; so does SLCA's classifier alignment (the head
+# re-trained on samples of the class Gaussians). What other methods do in ``end_task`` (EWC's Fisher,
 # the replay buffer, COMM's Gaussian statistics, MoE expert freezing) moves no parameter.
-UNTRAINED_OVERRIDES = {"comm": ["methods.comm.realign=false"]}
+UNTRAINED_OVERRIDES = {"comm": ["methods.comm.realign=false"], "slca": ["methods.slca.align=false"]}
 
 # Trained runs that do not pass the check on the smoke profile (measured, seed 0). Strict xfail:
 # the day one passes, the suite says so and it leaves this list. Empty since generator version 3

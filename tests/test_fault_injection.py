@@ -25,8 +25,10 @@ from mmcl.config import load_config
 from mmcl.results import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
-# (method, scenario) pairs the kill tests cover: a plain baseline and the two paper methods.
-CASES = {"finetune": "class_incremental", "comm": "modality_incremental", "moe-adapters": "class_incremental"}
+# (method, scenario) pairs the kill tests cover: a plain baseline, the two paper methods, and two methods
+# with per-task state of their own.
+CASES = {"finetune": "class_incremental", "comm": "modality_incremental", "moe-adapters": "class_incremental",
+         "coda-prompt": "class_incremental", "slca": "domain_incremental"}  # slca: a class's statistics recur
 
 
 def mmcl_run_command(output_dir: Path, method: str) -> list[str]:
@@ -124,6 +126,9 @@ KILLS = [
     pytest.param("finetune", "metrics-write", 2, marks=pytest.mark.slow),   # all done, metrics.json not renamed
     pytest.param("comm", "checkpoint-write:1", 1, marks=pytest.mark.slow),
     pytest.param("moe-adapters", "checkpoint-write:1", 1, marks=pytest.mark.slow),
+    # per-task state rebuilt in begin_task (CODA's frozen components) or end_task (SLCA's statistics)
+    pytest.param("coda-prompt", "train:1", 1, marks=pytest.mark.slow),
+    pytest.param("slca", "train:1", 1, marks=pytest.mark.slow),
 ]
 
 

@@ -1,6 +1,7 @@
 """Continual-learning methods, one per file, in one registry (:data:`mmcl.methods.base.REGISTRY`)."""
 from mmcl.methods import ewc, finetune, joint, lwf, replay, zero_shot  # noqa: F401  (registration)
-from mmcl.methods import comm, l2p  # noqa: F401  (registration; prompt methods)
+from mmcl.methods import coda_prompt, comm, dualprompt, l2p  # noqa: F401  (registration; prompt methods)
+from mmcl.methods import slca  # noqa: F401  (registration; slow learner)
 from mmcl.methods import moe_adapters  # noqa: F401  (registration; Paper B)
 from mmcl.methods.base import REGISTRY, Method, MethodConfig, RunContext, Task, method_class, register
 

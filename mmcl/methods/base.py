@@ -208,7 +208,8 @@ class Method(nn.Module):
     uses_modality_id: ClassVar[bool] = False  # evaluated twice in modality-incremental streams
     description: ClassVar[str] = ""
     # What kind of method it is, for tables and the claims' rivals: classic, rehearsal, prompt,
-    # adapter, paper (a reproduced paper's method) or reference (a bound: zero-shot, joint).
+    # fine-tuning (a pre-trained representation fine-tuned: SLCA), adapter, paper (a reproduced
+    # paper's method) or reference (a bound: zero-shot, joint).
     family: ClassVar[str] = ""
     # Named ablation variants: variant name -> hyper-parameter overrides (run with
     # ``engine.run(..., variant=name, hparams=overrides)``; the ablations notebook runs them all).

@@ -113,7 +113,8 @@ class PromptHooks:
 
     Args:
         prompts: ``[N, depth, P, width]``, the prompt of every image of the batch (video frames
-            count as images) for each of the first ``depth`` blocks.
+            count as images) for each of the first ``depth`` blocks; for prefix-tuning also a list
+            with one ``[N, P_i, width]`` (or ``None``: no prefix) per block from the first.
         blocks: the tower's blocks (``encoder.vision_blocks``).
         style: ``"prompt"`` or ``"prefix"`` (see the module docstring).
 
@@ -121,15 +122,23 @@ class PromptHooks:
     into a block is removed even if the forward pass fails.
     """
 
-    def __init__(self, prompts: torch.Tensor, blocks: nn.ModuleList, style: str = "prompt"):
+    def __init__(self, prompts: torch.Tensor | list[torch.Tensor | None], blocks: nn.ModuleList,
+                 style: str = "prompt"):
         if style not in PROMPT_STYLES:
             raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
-        if style == "prefix" and prompts.shape[2] % 2:
+        if isinstance(prompts, (list, tuple)):  # per-block prefixes of their own lengths (DualPrompt's G and E)
+            if style != "prefix":
+                raise ValueError("per-block prompts of different lengths need the prefix style")
+            layers = list(prompts)
+        else:
+            layers = [prompts[:, index] for index in range(prompts.shape[1])]
+        if style == "prefix" and any(p is not None and p.shape[1] % 2 for p in layers):
             raise ValueError("prefix-tuning splits each prompt into keys and values: its token count must be even")
-        if prompts.shape[1] > len(blocks):
-            raise ValueError(f"prompt depth {prompts.shape[1]} exceeds the tower's {len(blocks)} blocks")
-        self.prompts, self.blocks, self.style = prompts, blocks, style
-        self.depth, self.tokens = prompts.shape[1], prompts.shape[2]
+        if len(layers) > len(blocks):
+            raise ValueError(f"prompt depth {len(layers)} exceeds the tower's {len(blocks)} blocks")
+        self.layers, self.blocks, self.style = layers, blocks, style
+        self.depth = len(layers)
+        self.tokens = 0 if style == "prefix" else layers[0].shape[1]
         self.last = len(blocks) - 1
 
     def __enter__(self) -> PromptHooks:
@@ -140,11 +149,11 @@ class PromptHooks:
             block.__dict__.pop("attention", None)
 
     def before_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        if index >= self.depth:
+        if index >= self.depth or self.layers[index] is None:
             return x
-        prompt = self.prompts[:, index].to(x.dtype)
+        prompt = self.layers[index].to(x.dtype)
         if self.style == "prefix":
-            half = self.tokens // 2
+            half = prompt.shape[1] // 2
             self.blocks[index].attention = _prefix_attention(self.blocks[index], prompt[:, :half], prompt[:, half:])
             return x
         if index > 0:  # VPT-deep: replace the previous block's prompt outputs by this block's prompt
@@ -153,8 +162,7 @@ class PromptHooks:
 
     def after_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if self.style == "prefix":
-            if index < self.depth:
-                del self.blocks[index].attention  # back to the class's own attention
+            self.blocks[index].__dict__.pop("attention", None)  # back to the class's own attention
             return x
         if index == self.last:  # pooling expects [CLS] + patches only
             x = torch.cat([x[:, :1], x[:, 1 + self.tokens:]], dim=1)
@@ -173,8 +181,9 @@ def pool_frames(modality: str, embeddings: torch.Tensor, batch_size: int) -> tor
     return embeddings.view(batch_size, -1, embeddings.shape[-1]).mean(dim=1) if modality == "video" else embeddings
 
 
-def encode_prompted(encoder, images: torch.Tensor, prompts: torch.Tensor, style: str = "prompt") -> torch.Tensor:
-    """Embeddings ``[N, D]`` (not normalised) of images ``[N, 3, S, S]`` with prompts ``[N, depth, P, width]``."""
+def encode_prompted(encoder, images: torch.Tensor, prompts, style: str = "prompt") -> torch.Tensor:
+    """Embeddings ``[N, D]`` (not normalised) of images ``[N, 3, S, S]`` with prompts ``[N, depth, P, width]``
+    (or per-block prefixes, see :class:`PromptHooks`)."""
     with PromptHooks(prompts, encoder.vision_blocks, style) as hooks:
         return encoder.encode_visual(images, hooks)
 
@@ -191,6 +200,26 @@ def single_modality(batch: Batch) -> tuple[str, torch.Tensor]:
     if len(batch.inputs) != 1:
         raise ValueError(f"prompt methods expect single-modality batches, got {batch.modalities}")
     return next(iter(batch.inputs.items()))
+
+
+def encode_each_modality(encoder, batch: Batch, prompted) -> dict[str, torch.Tensor]:
+    """Per-modality embeddings ``{modality: [B, D]}`` of a (possibly multi-modal) batch, for the
+    shared fusion (:func:`mmcl.methods.base.fuse`).
+
+    Every visual modality's images (video: its frames) go through the prompted vision tower:
+    ``prompted(modality, images, query)`` returns their embeddings ``[N, D]`` given the frozen
+    query :func:`frozen_query`; frames are then averaged per sample. Text goes through the frozen
+    text tower unprompted: the prompts live in the vision tower's token space.
+    """
+    embeddings = {}
+    for modality, inputs in batch.inputs.items():
+        if modality == "text":
+            embeddings[modality] = encoder.encode("text", inputs)
+            continue
+        images = as_images(modality, inputs)
+        embeddings[modality] = pool_frames(modality, prompted(modality, images, frozen_query(encoder, images)),
+                                           len(batch))
+    return embeddings
 
 
 def prefix_tokens_even():

@@ -1,0 +1,116 @@
+"""DualPrompt (Wang et al., ECCV 2022): a general prompt shared by all tasks and expert prompts per task.
+
+On a frozen backbone, prompts enter the vision tower by prefix-tuning (extra keys and values in
+the blocks' self-attention, :class:`~mmcl.models.prompts.PromptHooks`):
+
+- the **G-prompt** (one, shared by every task) in blocks ``0 .. g_depth - 1``;
+- the **E-prompts** (one per task, each with a key ``[D]``) in the next ``e_depth`` blocks.
+  In training, task ``t`` uses its own E-prompt and its key is pulled toward the frozen query
+  (loss ``1 - cos(q, k_t)``, weighted by ``matching_weight``); at test time each image takes the
+  E-prompt whose key is most cosine-similar to its frozen query (the task is not known).
+
+The prompted embedding goes to the cosine head initialised at the class text embeddings (as L2P);
+cross-entropy over the seen classes (DualPrompt masks the other tasks' logits: ``ce_over: current``,
+the ``task-masked`` variant; see docs/methods/prompts.md for why it is not the default here).
+Multi-modal samples: every visual modality is prompted with the same G- and E-prompts, each image
+choosing its E-prompt by its own query; text is encoded by the frozen text tower; the modality
+embeddings are fused by the shared mean fusion.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+from torch import nn
+
+from mmcl.config import ConfigError
+from mmcl.methods.base import CosineClassifier, HeadConfig, Method, apply_head_rules, fuse, register, targets_in
+from mmcl.models.prompts import check_prompt_depth, encode_each_modality, encode_prompted, prompt_parameter_groups
+
+
+def select_expert(query: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The E-prompt of each query: ``(indices [N], cosine [N])`` of the most similar key ``keys [E, D]``."""
+    similarity = F.normalize(query.float(), dim=-1) @ F.normalize(keys.detach().float(), dim=-1).T
+    best, indices = similarity.max(dim=-1)
+    return indices, best
+
+
+@register
+class DualPrompt(Method):
+    name = "dualprompt"
+    family = "prompt"
+    description = "DualPrompt: shared G-prompt in shallow blocks, task E-prompts chosen by key matching, prefix-tuning"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.5, 1.0]}
+    ablations = {"no-g-prompt": {"g_depth": 0}, "task-masked": {"ce_over": "current"}}
+
+    @dataclass(config={"extra": "forbid"})
+    class Config:
+        g_depth: int = Field(1, ge=0)  # G-prompted blocks, from the first (paper: 2 of ViT-B's 12)
+        e_depth: int = Field(1, ge=1)  # E-prompted blocks right after them (paper: 3)
+        g_length: int = Field(4, ge=2, multiple_of=2)  # G-prefix tokens: half keys, half values (paper: 5 per half)
+        e_length: int = Field(8, ge=2, multiple_of=2)  # E-prefix tokens (paper: 20)
+        prompt_init_std: float = Field(0.02, ge=0)
+        matching_weight: float = Field(0.5, ge=0)  # weight of the key-query matching loss (paper: 1.0)
+        lr_scale: float = Field(1.0, gt=0)  # shared by every method: multiplies every learning rate below
+        prompt_lr_scale: float = Field(10.0, gt=0)  # keys, prompts and head train at this x train.lr (as L2P)
+        head: HeadConfig = Field(default_factory=HeadConfig)
+        # classes in the training cross-entropy. The papers mask other tasks' logits ("current"); on
+        # smoke that leaves the text-anchored head's old rows winning on new data (docs/methods/prompts.md)
+        ce_over: Literal["current", "seen"] = "seen"
+
+    def __init__(self, encoder, context, hparams):
+        super().__init__(encoder, context, hparams)
+        check_prompt_depth(self.name, hparams.g_depth + hparams.e_depth, encoder)
+        if not context.tasks:
+            raise ConfigError(f"methods.{self.name}: the stream has no tasks (one E-prompt per task)")
+        text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
+        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.head.train)
+        width, std, tasks = encoder.vision_width, hparams.prompt_init_std, len(context.tasks)
+        self.pool = nn.ParameterDict({
+            "g_prompt": nn.Parameter(torch.randn(hparams.g_depth, hparams.g_length, width) * std),
+            "e_prompts": nn.Parameter(torch.randn(tasks, hparams.e_depth, hparams.e_length, width) * std),
+            "e_keys": nn.Parameter(torch.empty(tasks, encoder.embed_dim).uniform_(-1.0, 1.0)),
+        })
+
+    def begin_task(self, task):
+        apply_head_rules(self.head, self.hparams.head, task)
+
+    def layer_prompts(self, experts: torch.Tensor) -> list[torch.Tensor]:
+        """Per-block prefixes ``[N, tokens, width]`` for images whose E-prompts are ``experts [N]``."""
+        n = len(experts)
+        general = [self.pool["g_prompt"][i].expand(n, -1, -1) for i in range(self.hparams.g_depth)]
+        chosen = self.pool["e_prompts"][experts]  # [N, e_depth, e_length, width]
+        return general + [chosen[:, i] for i in range(self.hparams.e_depth)]
+
+    def embed(self, batch, task_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fused prompted embeddings [B, D], matching loss)``; E-prompt by ``task_index`` or by keys."""
+        matching = []
+
+        def prompted(modality, images, query):
+            if task_index is None:
+                experts, _ = select_expert(query, self.pool["e_keys"])
+            else:
+                experts = torch.full((len(images),), task_index, dtype=torch.long, device=images.device)
+                key = F.normalize(self.pool["e_keys"][task_index], dim=-1)
+                matching.append((1.0 - F.normalize(query.float(), dim=-1) @ key).mean())
+            return encode_prompted(self.encoder, images, self.layer_prompts(experts), "prefix")
+
+        embeddings = fuse(encode_each_modality(self.encoder, batch, prompted))
+        loss = torch.stack(matching).mean() if matching else embeddings.new_zeros(())
+        return embeddings, loss
+
+    def training_loss(self, batch, task):
+        embeddings, matching = self.embed(batch, task.index)
+        classes = task.classes if self.hparams.ce_over == "current" else self.context.seen_classes
+        space = torch.tensor(sorted(classes), device=batch.labels.device)
+        ce = F.cross_entropy(self.head(embeddings, space), targets_in(space, batch.labels))
+        return ce + self.hparams.matching_weight * matching, {"ce": ce.item(), "match": matching.item()}
+
+    def predict(self, batch, label_space, modality_known=True):
+        return self.head(self.embed(batch, None)[0], label_space)
+
+    def optimizer_parameter_groups(self):
+        return prompt_parameter_groups(self, self.context.config.train.lr * self.hparams.prompt_lr_scale)
