@@ -31,8 +31,16 @@ UNTRAINED_OVERRIDES = {"comm": ["methods.comm.realign=false"], "slca": ["methods
 # Trained runs that do not pass the check on the smoke profile (measured, seed 0). Strict xfail:
 # the day one passes, the suite says so and it leaves this list. Empty since generator version 3
 # (textures are read after the micro tower's longer pre-training) and smoke's 4 epochs: LwF, COMM
-# and L2P, listed before for the modality stream's audio, all learn it now.
-NOT_LEARNED_ON_SMOKE: dict[tuple[str, str], str] = {}
+# and L2P, listed before for the modality stream's audio, all learn it now. Listed since: the
+# papers' train-time masks of DualPrompt and CODA-Prompt, their defaults.
+NOT_LEARNED_ON_SMOKE: dict[tuple[str, str], str] = {
+    # The papers' train-time mask with a text-anchored head (docs/methods/prompts.md): measured 0.20
+    # (class-incremental) and 0.00 (modality-incremental) of zero-shot's errors fixed; unmasked 0.50-0.60.
+    ("dualprompt", "class_incremental"): "DualPrompt's train-time mask: 0.20 of zero-shot's errors fixed",
+    ("dualprompt", "modality_incremental"): "DualPrompt's train-time mask: 0.00 of zero-shot's errors fixed",
+    ("coda-prompt", "class_incremental"): "CODA-Prompt's train-time mask: 0.20 of zero-shot's errors fixed",
+    ("coda-prompt", "modality_incremental"): "CODA-Prompt's train-time mask: 0.00 of zero-shot's errors fixed",
+}
 
 
 @dataclass

@@ -13,8 +13,8 @@ flattened) is initialised by Gram-Schmidt orthogonal to all earlier components a
 (the paper's initialisation); ``ortho_weight`` adds the paper's optional penalty
 ``||M M^T - I||_F^2`` on the used components (default off).
 
-Head and loss as DualPrompt: cosine head at the class text embeddings, cross-entropy over the seen
-classes (the paper masks other tasks' logits: ``ce_over: current``, the ``task-masked`` variant).
+Head and loss as DualPrompt: cosine head at the class text embeddings, cross-entropy over the current
+task's classes as the paper (``ce_over: current``; the ``unmasked`` variant: ``ce_over: seen``).
 Multi-modal samples: every visual modality is prompted, text goes through the frozen text tower,
 the shared mean fusion combines them.
 """
@@ -75,7 +75,7 @@ class CODAPrompt(Method):
     family = "prompt"
     description = "CODA-Prompt: attention-weighted prompt components, earlier tasks' components frozen, prefix-tuning"
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "components_per_task": [2, 4]}
-    ablations = {"task-masked": {"ce_over": "current"}, "ortho-loss": {"ortho_weight": 0.1}}
+    ablations = {"unmasked": {"ce_over": "seen"}, "ortho-loss": {"ortho_weight": 0.1}}
 
     @dataclass(config={"extra": "forbid"})
     class Config:
@@ -88,7 +88,7 @@ class CODAPrompt(Method):
         head: HeadConfig = Field(default_factory=HeadConfig)
         # classes in the training cross-entropy. The papers mask other tasks' logits ("current"); on
         # smoke that leaves the text-anchored head's old rows winning on new data (docs/methods/prompts.md)
-        ce_over: Literal["current", "seen"] = "seen"
+        ce_over: Literal["current", "seen"] = "current"  # the paper's train-time mask
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)

@@ -10,8 +10,9 @@ the blocks' self-attention, :class:`~mmcl.models.prompts.PromptHooks`):
   E-prompt whose key is most cosine-similar to its frozen query (the task is not known).
 
 The prompted embedding goes to the cosine head initialised at the class text embeddings (as L2P);
-cross-entropy over the seen classes (DualPrompt masks the other tasks' logits: ``ce_over: current``,
-the ``task-masked`` variant; see docs/methods/prompts.md for why it is not the default here).
+cross-entropy over the current task's classes, as the paper (it masks the other tasks' logits:
+``ce_over: current``); the ``unmasked`` variant (``ce_over: seen``) is L2P's in this package, see
+docs/methods/prompts.md for what the mask does with a text-anchored head.
 Multi-modal samples: every visual modality is prompted with the same G- and E-prompts, each image
 choosing its E-prompt by its own query; text is encoded by the frozen text tower; the modality
 embeddings are fused by the shared mean fusion.
@@ -44,7 +45,7 @@ class DualPrompt(Method):
     family = "prompt"
     description = "DualPrompt: shared G-prompt in shallow blocks, task E-prompts chosen by key matching, prefix-tuning"
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.5, 1.0]}
-    ablations = {"no-g-prompt": {"g_depth": 0}, "task-masked": {"ce_over": "current"}}
+    ablations = {"no-g-prompt": {"g_depth": 0}, "unmasked": {"ce_over": "seen"}}
 
     @dataclass(config={"extra": "forbid"})
     class Config:
@@ -59,7 +60,7 @@ class DualPrompt(Method):
         head: HeadConfig = Field(default_factory=HeadConfig)
         # classes in the training cross-entropy. The papers mask other tasks' logits ("current"); on
         # smoke that leaves the text-anchored head's old rows winning on new data (docs/methods/prompts.md)
-        ce_over: Literal["current", "seen"] = "seen"
+        ce_over: Literal["current", "seen"] = "current"  # the paper's train-time mask
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
