@@ -23,9 +23,16 @@ ERRORS_FIXED_REQUIRED = 1 / 3
 
 # What disables a method's learning beyond ``train.epochs=0`` (no optimizer step): COMM's
 # re-alignment fits the alignment layer by gradient descent in ``end_task``, outside the engine's
-# loop, so its control switches that off too. What other methods do in ``end_task`` (EWC's Fisher,
-# the replay buffer, COMM's Gaussian statistics, MoE expert freezing) moves no parameter.
-UNTRAINED_OVERRIDES = {"comm": ["methods.comm.realign=false"]}
+# loop, so its control switches that off too. The prototype classifiers (SimpleCIL, APER, iCaRL's
+# nearest mean of exemplars) and RanPAC's ridge classifier learn from class statistics taken in
+# ``end_task``, without any optimizer step: their controls score with the class text embeddings
+# instead (APER and iCaRL: the untrained cosine head). What other methods do in ``end_task`` (EWC's
+# Fisher, the replay buffer, COMM's Gaussian statistics, MoE expert freezing) moves no parameter.
+UNTRAINED_OVERRIDES = {"comm": ["methods.comm.realign=false"],
+                       "simplecil": ["methods.simplecil.prototypes=false"],
+                       "ranpac": ["methods.ranpac.ridge=false"],
+                       "aper": ["methods.aper.prototypes=false"],
+                       "icarl": ["methods.icarl.nme=false"]}
 
 # Trained runs that do not pass the check on the smoke profile (measured, seed 0). Strict xfail:
 # the day one passes, the suite says so and it leaves this list. Empty since generator version 3

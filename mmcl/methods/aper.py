@@ -30,14 +30,16 @@ class APER(TextAnchoredMethod):
     name = "aper"
     family = "prototype"
     description = "first-task adapter tuning, then prototypes of [frozen, adapted] features"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "bottleneck": [8, 32]}
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "adapter_scale": [0.1, 1.0]}
     ablations = {"frozen-only": {"adapted_features": False}}
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):
         trainable_blocks: int = Field(0, ge=0, le=0)  # the backbone stays frozen; the adapter trains
         bottleneck: int = Field(16, ge=1)  # the adapters' hidden width
-        adapter_scale: float = Field(0.1, gt=0)  # the adapter branch's weight in the residual sum
+        # the adapter branch's weight in the residual sum (AdaptFormer, as APER uses it: 0.1; with the
+        # few first-task steps of the small profiles an adapter at 0.1 barely moves the features)
+        adapter_scale: float = Field(1.0, gt=0)
         adapted_features: bool = True  # false: prototypes of the frozen features only (SimpleCIL)
         prototypes: bool = True  # false: the trained cosine head on the adapted features
 
