@@ -35,10 +35,16 @@ UNTRAINED_OVERRIDES = {"comm": ["methods.comm.realign=false"],
                        "icarl": ["methods.icarl.nme=false"]}
 
 # Trained runs that do not pass the check on the smoke profile (measured, seed 0). Strict xfail:
-# the day one passes, the suite says so and it leaves this list. Empty since generator version 3
-# (textures are read after the micro tower's longer pre-training) and smoke's 4 epochs: LwF, COMM
-# and L2P, listed before for the modality stream's audio, all learn it now.
-NOT_LEARNED_ON_SMOKE: dict[tuple[str, str], str] = {}
+# the day one passes, the suite says so and it leaves this list. No trained baseline since generator
+# version 3 (textures are read after the micro tower's longer pre-training) and smoke's 4 epochs: LwF,
+# COMM and L2P, listed before for the modality stream's audio, all learn it now.
+# SimpleCIL keeps one mean per class over every domain: on the domain stream the second domain's
+# samples are scored against means half made of the first domain's (measured: A[1][1] 45.8 % vs
+# zero-shot 29.2 %, A[0][0] 58.3 %; 0.32 of zero-shot's errors fixed, 0.33 required).
+NOT_LEARNED_ON_SMOKE: dict[tuple[str, str], str] = {
+    ("simplecil", "domain_incremental"): "one prototype per class over both domains: 0.32 of zero-shot's errors "
+                                          "fixed (A[1][1] 45.8 % vs zero-shot 29.2 %), seed 0",
+}
 
 
 @dataclass
