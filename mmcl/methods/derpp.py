@@ -64,8 +64,8 @@ class DERpp(TextAnchoredMethod):
         if not groups:
             return None
         every = torch.arange(self.context.num_classes, device=device)
-        logits = [self.logits(batch.to(device), every) for batch, _ in groups]
-        return (torch.cat(logits), torch.cat([stored for _, stored in groups]).to(device),
+        logits = torch.cat([self.logits(batch.to(device), every) for batch, _ in groups])
+        return (logits, torch.cat([stored for _, stored in groups]).to(device, logits.dtype),
                 torch.cat([batch.labels for batch, _ in groups]).to(device))
 
     def training_loss(self, batch, task):

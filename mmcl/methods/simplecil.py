@@ -25,7 +25,6 @@ class SimpleCIL(TextAnchoredMethod):
     trains = False
     description = "class-mean prototypes of frozen fused features, cosine classifier (no training)"
     head_defaults = {"train": False}
-    ablations = {"text-prototypes": {"prototypes": False}}
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):
