@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from mmcl import engine
-from mmcl.config import load_config
 from mmcl.data.dataset import Batch
 from mmcl.methods.base import iterate_task_batches, method_class
 from mmcl.methods.derpp import derpp_loss
@@ -96,7 +95,7 @@ def test_reservoir_fills_then_keeps_every_sample_with_probability_capacity_over_
         batch = Batch({"image": torch.arange(6).view(6, 1)}, torch.arange(6), torch.zeros(6, dtype=torch.long))
         buffer.add(batch, torch.arange(6).float().view(6, 1), generator)
         assert len(buffer) == 2 and buffer.seen == 6
-        for inputs, label, _ in buffer.items:
+        for _, label, _ in buffer.items:
             kept[label] += 1
         assert all(float(p) == label for (_, label, _), p in zip(buffer.items, buffer.payloads))  # payload follows
     assert torch.allclose(kept / trials, torch.full((6,), 2 / 6), atol=0.02)  # binomial sd 0.006
