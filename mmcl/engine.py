@@ -495,7 +495,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
             torch.cuda.reset_peak_memory_stats(device)  # per-task CUDA peak in the task's memory record
         method_obj.begin_task(task)
         stats = {"steps": 0, "samples": 0, "train_seconds": 0.0}
-        if method_obj.trains and config.train.epochs > 0:
+        if method_obj.trains_on(task) and config.train.epochs > 0:
             stats = train_task(method_obj, task, training_data(method_obj, method_obj.context.tasks, index), config,
                                seed, device, progress, on_step=lambda loss, i=index: tracker.log_step(i, loss))
         method_obj.end_task(task)

@@ -53,8 +53,12 @@ SCENARIO_TITLES = {"class_incremental": "Class-incremental", "domain_incremental
                    "modality_incremental": "Modality-incremental"}
 MODE_TITLES = {"standard": "standard", "modality_aware": "modality-aware", "modality_agnostic": "modality-agnostic"}
 
-# Reading order of methods in tables and legends: references and baselines first, the paper
-# methods last but before the joint-training upper bound. Methods not listed follow, by name.
+# Reading order of methods in tables and legends: by family (a method's ``family``), the zero-shot
+# floor first and the joint-training upper bound last (references: one that trains nothing opens the
+# table, one that trains closes it), the reproduced papers' methods just before the bound. Within a
+# family, METHOD_ORDER, then methods not listed there by name; unregistered methods come after all.
+FAMILY_ORDER = ("reference-floor", "classic", "rehearsal", "fine-tuning", "prompt", "prototype", "adapter",
+                "paper", "reference-bound")
 METHOD_ORDER = ("zero-shot", "finetune", "ewc", "lwf", "replay", "l2p", "moe-adapters", "comm", "joint")
 
 COLUMNS = ["profile", "scenario", "benchmark", "method", "variant", "label", "seed", "mode", "num_tasks",
@@ -95,12 +99,26 @@ def split_label(label: str) -> tuple[str, str | None]:
     return label_parts(label)[:2]
 
 
+def family_rank(method: str) -> int:
+    """Position of ``method``'s family in :data:`FAMILY_ORDER` (unregistered or unknown: after all)."""
+    from mmcl.methods import REGISTRY
+
+    cls = REGISTRY.get(method)
+    if cls is None:
+        return len(FAMILY_ORDER)
+    family = cls.family
+    if family == "reference":
+        family = "reference-bound" if cls.trains else "reference-floor"
+    return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+
+
 def method_sort_key(label: str) -> tuple:
-    """Sort key placing methods in :data:`METHOD_ORDER`, each non-default configuration right after
-    its method (or variant), each variant after its base method."""
+    """Sort key grouping methods by family (:data:`FAMILY_ORDER`), in :data:`METHOD_ORDER` within a
+    family, each non-default configuration right after its method (or variant), each variant after
+    its base method."""
     method, variant, difference = label_parts(label)
     rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return rank, method, variant is not None, variant or "", difference or ""
+    return family_rank(method), rank, method, variant is not None, variant or "", difference or ""
 
 
 def sort_methods(labels: Iterable[str]) -> list[str]:

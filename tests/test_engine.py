@@ -33,26 +33,27 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", ["finetune", "lwf", "ewc", "replay"])
+@pytest.mark.parametrize("method", ["finetune", "lwf", "ewc", "replay", "icarl", "derpp", "aper", "ranpac", "simplecil"])
 def test_resume_after_interruption_equals_uninterrupted(smoke_config, tmp_path, monkeypatch, method):
     config = smoke_config.model_copy(update={"methods": {"replay": {"buffer_size": 10}}})
     uninterrupted = engine.run(config, "class_incremental", method, seed=1, output_dir=tmp_path / "a")
 
-    real_train_task = engine.train_task
+    real_evaluate_stream = engine.evaluate_stream
 
-    def killed_during_second_task(method_obj, task, *args, **kwargs):
-        stats = real_train_task(method_obj, task, *args, **kwargs)
-        if task.index == 1:
+    def killed_during_second_task(method_obj, tasks, after, *args, **kwargs):
+        # after the second task's training and end_task, before its evaluation and checkpoint
+        # (every method passes here, also those that train nothing on a task)
+        if after == 1:
             raise Interrupted
-        return stats
+        return real_evaluate_stream(method_obj, tasks, after, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_task", killed_during_second_task)
+    monkeypatch.setattr(engine, "evaluate_stream", killed_during_second_task)
     with pytest.raises(Interrupted):
         engine.run(config, "class_incremental", method, seed=1, output_dir=tmp_path / "b")
     run_dir = engine.locate_run(config, "class_incremental", method, seed=1, output_dir=tmp_path / "b").run_dir
     assert not records.is_complete(run_dir)
     assert len(records.read_jsonl(run_dir / "tasks.jsonl")) == 1
-    monkeypatch.setattr(engine, "train_task", real_train_task)
+    monkeypatch.setattr(engine, "evaluate_stream", real_evaluate_stream)
 
     resumed = engine.run(config, "class_incremental", method, seed=1, output_dir=tmp_path / "b")
     assert resumed.accuracy_matrix == uninterrupted.accuracy_matrix

@@ -9,7 +9,10 @@ from mmcl.config import load_config
 from learning_check import UNTRAINED_OVERRIDES, learns
 
 pytestmark = pytest.mark.slow
-BASELINES = ["zero-shot", "finetune", "joint", "lwf", "ewc", "replay"]
+# The trained baselines and rehearsal methods; not the prototype methods (SimpleCIL, RanPAC, APER):
+# RanPAC's closed-form classifier on the frozen features passes joint training's final accuracy on
+# tiny (seed 0: 82.1 % vs 79.0 %), so "joint is the upper bound" is no rule for them.
+BASELINES = ["zero-shot", "finetune", "joint", "lwf", "ewc", "replay", "icarl", "derpp"]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +37,8 @@ def test_joint_training_is_the_upper_bound(class_incremental):
         assert joint >= summary["final_accuracy"], method
 
 
-def test_replay_and_lwf_forget_less_than_finetuning(class_incremental):
-    for method in ("replay", "lwf"):
+def test_rehearsal_and_lwf_forget_less_than_finetuning(class_incremental):
+    for method in ("replay", "lwf", "icarl", "derpp"):
         assert class_incremental[method]["forgetting"] < class_incremental["finetune"]["forgetting"], method
 
 

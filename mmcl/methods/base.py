@@ -257,6 +257,11 @@ class Method(nn.Module):
     def begin_task(self, task: Task) -> None:
         """Called before training task ``task`` (the engine has added its classes to ``seen_classes``)."""
 
+    def trains_on(self, task: Task) -> bool:
+        """Whether the engine runs optimizer steps on ``task`` (after :meth:`begin_task`); default:
+        every task of a method that trains (APER adapts on the first task only)."""
+        return self.trains
+
     def training_loss(self, batch: Batch, task: Task) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 

@@ -15,69 +15,8 @@ import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.data.dataset import Batch, MultiModalDataset
 from mmcl.methods.base import MethodConfig, TextAnchoredMethod, register
-
-Item = tuple[dict[str, torch.Tensor], int, int]  # (inputs per modality, label, domain)
-
-
-class ExemplarBuffer:
-    """Class-balanced exemplars, on the CPU: group ``(class, task)`` -> its kept samples, in draw order."""
-
-    def __init__(self, per_class: int, capacity: int | None = None):
-        self.per_class, self.capacity = per_class, capacity
-        self.groups: dict[tuple[int, int], list[Item]] = {}
-
-    @property
-    def items(self) -> list[Item]:
-        return [item for group in self.groups.values() for item in group]
-
-    def __len__(self) -> int:
-        return sum(len(group) for group in self.groups.values())
-
-    def quota(self, groups: int) -> int:
-        """Samples kept per group when ``groups`` groups share the buffer."""
-        return self.per_class if self.capacity is None else min(self.per_class, self.capacity // max(groups, 1))
-
-    def add_task(self, dataset: MultiModalDataset, task_index: int, generator: torch.Generator) -> None:
-        """Draw each class's exemplars of one task's training data, then trim every group to the quota."""
-        labels = dataset.labels
-        new = sorted(set(labels.tolist()))
-        quota = self.quota(len(self.groups) + len(new))
-        for label in new:
-            candidates = torch.nonzero(labels == label).flatten()
-            picks = candidates[torch.randperm(len(candidates), generator=generator)[:quota]].tolist()
-            self.groups[(label, task_index)] = [
-                ({m: x[i].detach().cpu().clone() for m, x in dataset.inputs.items()}, int(labels[i]), int(dataset.domains[i]))
-                for i in picks]
-        for key in self.groups:
-            self.groups[key] = self.groups[key][:quota]
-
-    def counts(self) -> dict[str, int]:
-        """Kept samples per class (over its groups), keys as strings (JSON)."""
-        counts: dict[str, int] = {}
-        for (label, _), group in sorted(self.groups.items()):
-            counts[str(label)] = counts.get(str(label), 0) + len(group)
-        return counts
-
-    def sample(self, size: int, generator: torch.Generator) -> list[Batch]:
-        """A random replay batch, split into groups that share a modality set."""
-        items = self.items
-        if not items:
-            return []
-        picks = torch.randperm(len(items), generator=generator)[:size].tolist()
-        groups: dict[tuple[str, ...], list] = {}
-        for index in picks:
-            groups.setdefault(tuple(items[index][0]), []).append(items[index])
-        return [Batch({m: torch.stack([it[0][m] for it in chosen]) for m in modalities},
-                      torch.tensor([it[1] for it in chosen]), torch.tensor([it[2] for it in chosen]))
-                for modalities, chosen in groups.items()]
-
-    def state(self) -> dict:
-        return {"per_class": self.per_class, "capacity": self.capacity, "groups": self.groups}
-
-    def load(self, state: dict) -> None:
-        self.per_class, self.capacity, self.groups = state["per_class"], state["capacity"], state["groups"]
+from mmcl.models.exemplars import ExemplarBuffer
 
 
 @register

@@ -1,0 +1,131 @@
+"""iCaRL (Rebuffi et al., "iCaRL: Incremental classifier and representation learning", CVPR 2017):
+herding exemplars, distillation on old classes, nearest-mean-of-exemplars classification.
+
+Training on a task: cross-entropy over the seen classes on the task's data and a replay batch of
+exemplars, plus the distillation of the previous model's old-class logits on both (the shared
+:func:`~mmcl.methods.base.distillation_loss`, KL on temperature-softened logits: ours, where the paper
+uses sigmoid binary cross-entropy on its sigmoid outputs). After the task, each of its classes keeps
+``per_class`` exemplars chosen by herding (:func:`herding_order` on the L2-normalised fused features
+of the current model), with replay's budget convention (``per_class``, optional total cap
+``buffer_size``; a group shrinks by dropping its last-herded samples). Classification is by the
+nearest exemplar mean (cosine to the normalised mean of the exemplars' normalised features, recomputed
+with the current model after every task). ``nme: false`` classifies with the trained cosine head (the
+paper's "hybrid1" variant; with ``train.epochs=0``, the learning checks' untrained control).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, distillation_loss, register
+from mmcl.models.exemplars import ExemplarBuffer, stack_items
+from mmcl.models.prototypes import PrototypeBank
+
+
+def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
+    """iCaRL's herding: the first ``count`` picks (indices into ``features`` ``[N, D]``, already
+    normalised), each the sample whose addition brings the picks' mean closest to the mean of all
+    (Algorithm 4, without repeats)."""
+    target = features.mean(dim=0)
+    chosen: list[int] = []
+    running = torch.zeros_like(target)
+    available = torch.ones(len(features), dtype=torch.bool)
+    for k in range(1, min(count, len(features)) + 1):
+        distances = (target - (running + features) / k).norm(dim=1)
+        distances[~available] = float("inf")
+        pick = int(distances.argmin())
+        chosen.append(pick)
+        running += features[pick]
+        available[pick] = False
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+@register
+class ICaRL(TextAnchoredMethod):
+    name = "icarl"
+    family = "rehearsal"
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "distillation_weight": [0.5, 2.0]}
+    description = "herding exemplars (5 per class), distillation, nearest-mean-of-exemplars"
+    ablations = {"head-classifier": {"nme": False}, "no-distillation": {"distillation_weight": 0.0}}
+
+    @dataclass(config={"extra": "forbid"})
+    class Config(MethodConfig):
+        per_class: int = Field(5, ge=0)  # exemplars kept per class (per class and task where classes recur)
+        buffer_size: int | None = Field(None, ge=0)  # optional cap on the total (None: per_class decides)
+        replay_batch_size: int | None = Field(None, ge=1)  # default: the training batch size
+        distillation_weight: float = Field(1.0, ge=0)
+        temperature: float = Field(2.0, gt=0)
+        nme: bool = True  # false: classify with the cosine head
+
+    def __init__(self, encoder, context, hparams):
+        super().__init__(encoder, context, hparams)
+        self.buffer = ExemplarBuffer(hparams.per_class, hparams.buffer_size)
+        self.generator = torch.Generator()
+        self.means = PrototypeBank(self.head.weight.detach())
+        self.teacher = None
+        self.old_classes: list[int] = []
+
+    def begin_task(self, task):
+        super().begin_task(task)
+        self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
+        self.old_classes = sorted({c for earlier in self.context.tasks[: task.index] for c in earlier.classes})
+        buffer, self.buffer = self.buffer, None  # the teacher needs the model only, not a copy of the exemplars
+        self.teacher = Snapshot(self) if self.old_classes and self.hparams.distillation_weight > 0 else None
+        self.buffer = buffer
+
+    def part_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        ce, _, _ = self.classification_loss(batch)
+        if self.teacher is None:
+            return ce, torch.zeros((), device=ce.device)
+        old = torch.tensor(self.old_classes, device=batch.labels.device)
+        return ce, distillation_loss(self.logits(batch, old), self.teacher.module.logits(batch, old),
+                                     self.hparams.temperature)
+
+    def training_loss(self, batch, task):
+        size = self.hparams.replay_batch_size or self.context.config.train.batch_size
+        parts = [(batch, *self.part_loss(batch))]
+        for replayed in self.buffer.sample(size, self.generator):
+            replayed = replayed.to(batch.labels.device)
+            parts.append((replayed, *self.part_loss(replayed)))
+        count = sum(len(b) for b, _, _ in parts)
+        ce = sum(c * len(b) for b, c, _ in parts) / count
+        kd = sum(k * len(b) for b, _, k in parts) / count
+        return ce + self.hparams.distillation_weight * kd, {"ce": ce.item(), "kd": kd.item()}
+
+    @torch.no_grad()
+    def normalised_features(self, batch) -> torch.Tensor:
+        return F.normalize(self.features(batch.to(self.context.device)).float(), dim=-1)
+
+    @torch.no_grad()
+    def end_task(self, task):
+        was_training = self.training
+        self.eval()
+        features = torch.cat([self.normalised_features(b) for b in task.train.batches(
+            self.context.config.train.eval_batch_size)]).cpu()
+        generator = torch.Generator().manual_seed(self.context.config.seed * 1000 + 500 + task.index)
+        self.buffer.add_task(task.train, task.index, generator,
+                             rank=lambda candidates, quota: candidates[herding_order(features[candidates], quota)])
+        self.means.reset()  # class means of the exemplars, with the current model
+        for group in self.buffer.groups.values():
+            for _, batch in stack_items(group):
+                self.means.add(self.normalised_features(batch), batch.labels)
+        self.train(was_training)
+
+    def predict(self, batch, label_space, modality_known=True):
+        if not self.hparams.nme:
+            return self.logits(batch, label_space)
+        return self.means.logits(self.features(batch), label_space, self.encoder.logit_scale)
+
+    def run_record(self) -> dict:
+        seen = sum(len(task.train) for task in self.context.tasks)
+        return {"buffer": {"per_class": self.hparams.per_class, "buffer_size": self.hparams.buffer_size,
+                           "size": len(self.buffer), "per_class_kept": self.buffer.counts(), "selection": "herding",
+                           "training_samples": seen, "share_of_training_data": len(self.buffer) / max(seen, 1)}}
+
+    def get_extra_state(self):
+        return {"buffer": self.buffer.state()}
+
+    def set_extra_state(self, state):
+        self.buffer.load(state["buffer"])
