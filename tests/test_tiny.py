@@ -71,11 +71,15 @@ PROMPT_LEARNING_CASES = [
     pytest.param("l2p", None, False, id="l2p-untrained"),
     # The papers' train-time masks (DualPrompt's, CODA-Prompt's defaults) are checked below in their
     # unmasked variants (measured, seed 0, share of zero-shot's errors fixed: dualprompt 0.34,
-    # coda-prompt 0.41; untrained 0.02 / 0.00) and as defaults (MASKED_ON_TINY).
+    # coda-prompt 0.41; untrained 0.02 / 0.00) and as defaults (below).
     *(pytest.param(method, variant, True, id=f"{method}{'~' + variant if variant else ''}-trained")
       for method, variant in (("dualprompt", "unmasked"), ("coda-prompt", "unmasked"), ("slca", None))),
     *(pytest.param(method, None, False, id=f"{method}-untrained") for method in ("dualprompt", "coda-prompt", "slca")),
-    *(pytest.param(method, None, True, id=f"{method}-masked-trained") for method in ("dualprompt", "coda-prompt")),
+    # The masks, as L2P's: new modalities stay in the old classes (measured, seed 0, modality-aware:
+    # dualprompt 0.05, coda-prompt 0.10 of zero-shot's errors fixed; depth 2.0 % / 2.7 % vs zero-shot 2.7 %).
+    *(pytest.param(method, None, True, id=f"{method}-trained", marks=pytest.mark.xfail(
+        strict=True, reason=f"{method}'s train-time mask: {fixed} of zero-shot's errors fixed"))
+      for method, fixed in (("dualprompt", 0.05), ("coda-prompt", 0.10))),
 ]
 
 
