@@ -188,6 +188,9 @@ class TuningConfig(_Strict):
 
 class ScenarioConfig(_Strict):
     benchmark: str
+    # Further benchmarks of the main tables and the claims, beside `benchmark` (e.g. a stream where
+    # a modality recurs); the scenario's notebook runs every method on each.
+    also_on: list[str] = []
     # Benchmarks the scenario's notebook also runs, reported in appendix tables
     # (figures/appendix_<scenario>.md), never in the main tables or the claims (stress tests).
     appendix: list[str] = []

@@ -54,15 +54,17 @@ def _run_all(config: Config, jobs: list[dict], output_dir: str | Path | None, wh
 def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
                benchmarks: Sequence[str] | None = None) -> list[dict]:
     """The runs of a scenario sweep (keyword arguments of :func:`mmcl.engine.run`); with
-    ``benchmarks=None`` the profile's benchmark for the scenario and its appendix benchmarks. Every
+    ``benchmarks=None`` the profile's benchmark for the scenario, its ``also_on`` benchmarks and its
+    appendix benchmarks. Every
     compatible method runs with its defaults and, where the scenario is one of its
     ``comparison_scenarios``, with each of its fair-comparison variants (``Method.comparisons``)."""
     from mmcl.engine import scenario_benchmark
     from mmcl.methods import REGISTRY
 
     if not benchmarks:
-        appendix = config.scenarios[scenario].appendix if scenario in config.scenarios else []
-        benchmarks = [scenario_benchmark(config, scenario, None), *appendix]
+        entry = config.scenarios.get(scenario)
+        more = [*entry.also_on, *entry.appendix] if entry else []
+        benchmarks = [scenario_benchmark(config, scenario, None), *more]
     jobs = []
     for benchmark in benchmarks:
         for method in compatible_methods(scenario, methods):

@@ -314,6 +314,16 @@ def test_head_keys_are_validated_with_their_dotted_name(smoke_config):
     assert method_class("lwf").make_config(None).head == HeadConfig(train=True, freeze_old_rows=False)
 
 
+def test_a_scenario_sweep_covers_its_benchmark_then_also_on_then_appendix():
+    tiny = load_config("tiny")
+    benchmarks = list(dict.fromkeys(j["benchmark"] for j in reproduce.sweep_jobs(tiny, "modality_incremental")))
+    assert benchmarks == ["modality-stream", "modality-stream-recurring"]
+    config = load_config("smoke", ["scenarios.domain_incremental.also_on=[multilingual-emotion-stress]",
+                                   "scenarios.domain_incremental.appendix=[]"])
+    jobs = reproduce.sweep_jobs(config, "domain_incremental", ["finetune"], seeds=[0])
+    assert [j["benchmark"] for j in jobs] == ["multilingual-emotion", "multilingual-emotion-stress"]
+
+
 def test_comparison_variants_run_in_the_main_class_incremental_sweep_only():
     config = load_config("smoke")
     jobs = reproduce.sweep_jobs(config, "class_incremental")
