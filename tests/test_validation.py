@@ -140,8 +140,8 @@ def test_lr_scale_multiplies_every_rate(smoke_config):
         return [group["lr"] for group in engine.make_optimizer(method, config).param_groups]
 
     lr = smoke_config.train.lr
-    assert rates(1.0) == pytest.approx([10 * lr, 10 * lr])  # COMM's own scales: prompts x10, relevance x10
-    assert rates(0.5) == pytest.approx([5 * lr, 5 * lr])
+    assert rates(1.0) == pytest.approx([10 * lr, 100 * lr])  # COMM's own scales: prompts x10, relevance x100
+    assert rates(0.5) == pytest.approx([5 * lr, 50 * lr])
 
 
 def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monkeypatch):

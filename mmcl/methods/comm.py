@@ -231,9 +231,9 @@ class RelevanceFunction(nn.Module):
 class COMM(Method):
     name = "comm"
     family = "paper"
-    # 6 points like every method's grid; the relevance rate left the grid at 10x, which two validation
-    # searches on tiny (of lr_scale x relevance_lr_scale, then with self_reg) both chose.
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "self_reg": ["teacher", "promptsrc"]}
+    # 6 points like every method's grid. self_reg is not in it: its default (teacher) is what the
+    # validation search of lr_scale x relevance_lr_scale x self_reg on tiny chose (docs/methods/comm.md).
+    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "relevance_lr_scale": [10.0, 100.0]}
     compatible_scenarios = ("modality_incremental",)
     uses_modality_id = True
     description = "COMM (reconstructed): modality prompt pools, relevance blending, self-regularisation, re-alignment"
@@ -288,7 +288,7 @@ class COMM(Method):
         relevance_hidden: int = Field(0, ge=0)  # 0: linear R_t; >0: MLP with this hidden width
         relevance_temperature: float = Field(1.0, gt=0)  # tau
         relevance_weight: float = Field(1.0, ge=0)  # weight of R_t's cross-entropy in the training loss
-        relevance_lr_scale: float = Field(10.0, ge=0)  # R_t's learning rate = this x train.lr (linear map on unit queries)
+        relevance_lr_scale: float = Field(100.0, ge=0)  # R_t's learning rate = this x train.lr (linear map on unit queries)
         relevance_pseudo_batch: int = Field(32, ge=0)  # Gaussian pseudo-queries of earlier modalities per step
         aware_share: float = Field(0.2, ge=0, le=1)  # rho: share of R_t's blend when the modality is known
         # Gaussian statistics and re-alignment (SLCA-style)
