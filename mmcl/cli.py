@@ -85,15 +85,18 @@ def _parser() -> argparse.ArgumentParser:
                                 "so the notebooks train them again")
     reproduce.add_argument("--update-docs", action="store_true",
                            help="also rewrite the claims blocks of docs/methods/*.md from figures/claims.csv")
-    reproduce.add_argument("--executor", choices=["local", "submitit-local", "slurm"],
-                           help="where the runs execute: in process (local), one submitit job per run in local "
-                                "subprocesses (submitit-local) or on SLURM (slurm); default: runtime.executor.name")
+    reproduce.add_argument("--executor", choices=["auto", "local", "pool", "submitit-local", "slurm"],
+                           help="where the runs execute: in process (local), in a pool of single-threaded worker "
+                                "processes (pool), pool on CPU and local on GPU (auto), one submitit job per run in "
+                                "local subprocesses (submitit-local) or on SLURM (slurm); default: "
+                                "runtime.executor.name")
     for flag, key, kind in (("--partition", "partition", str), ("--gpus-per-node", "gpus_per_node", int),
                             ("--timeout-min", "timeout_min", int), ("--mem-gb", "mem_gb", float),
-                            ("--parallelism", "parallelism", int), ("--account", "account", str),
+                            ("--parallelism", "parallelism", str), ("--account", "account", str),
                             ("--qos", "qos", str)):
         reproduce.add_argument(flag, dest=f"executor_{key}", type=kind, metavar=key.split("_")[0].upper(),
-                               help=f"runtime.executor.{key} (SLURM jobs; parallelism also submitit-local)")
+                               help=f"runtime.executor.{key} (SLURM jobs; parallelism also pool and submitit-local, "
+                                    f"a number or auto)")
     _add_profile_arguments(reproduce)
 
     verify = commands.add_parser("verify", help="compare a reproduction's main-table numbers with the expected ones "

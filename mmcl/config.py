@@ -113,13 +113,17 @@ class TrainConfig(_Strict):
 
 class ExecutorConfig(_Strict):
     """Where the runs of a sweep execute (``mmcl reproduce --executor``, the notebooks' sweeps):
-    ``local`` in the calling process, one after the other; ``submitit-local`` one submitit job per
+    ``local`` in the calling process, one after the other; ``pool`` in a pool of single-threaded
+    worker processes; ``auto`` (default) pool on CPU, local on GPU; ``submitit-local`` one submitit job per
     run in local subprocesses; ``slurm`` one SLURM job per run (a job array), through submitit.
     Like all of ``runtime`` it never changes a run's identity or folder."""
 
-    name: Literal["local", "submitit-local", "slurm"] = "local"
+    # auto: pool on CPU when several runs are missing and there are several cores, else local.
+    name: Literal["auto", "local", "pool", "submitit-local", "slurm"] = "auto"
     folder: str | None = None  # submitit's job files and logs; None: <output_dir>/<profile>/jobs
-    parallelism: int = Field(4, ge=1)  # jobs running at once (SLURM: the array's %N)
+    # Runs at once: pool workers, submitit-local subprocesses, SLURM's array %N; auto: the CPU cores
+    # (SLURM: submitit's default, 256).
+    parallelism: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     timeout_min: int = Field(720, ge=1)
     cpus_per_task: int = Field(4, ge=1)
     gpus_per_node: int = Field(1, ge=0)  # SLURM only
@@ -132,7 +136,9 @@ class ExecutorConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_threads: int | None = None
+    # torch threads of a run: None = 1 on CPU (every executor gives the same numbers; see
+    # mmcl.engine.run_threads), torch's default on GPU.
+    num_threads: int | None = Field(None, ge=1)
     output_dir: str = "runs"
     progress: bool = True
     # "last" keeps the two newest task checkpoints (a damaged newest one falls back to the one

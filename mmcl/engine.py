@@ -72,6 +72,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def run_threads(config: Config, device: torch.device) -> int:
+    """The torch intra-op threads of one run: ``runtime.num_threads``, else 1 on CPU and torch's
+    default on GPU. One thread on CPU whatever the executor: a reduction split over other thread
+    counts rounds differently in the last bits (and can flip an argmax tie), so a run's numbers
+    would depend on where it ran; several single-threaded runs at once (the pool executor) are
+    also faster than one multi-threaded run at a time (docs/performance.md)."""
+    if config.runtime.num_threads:
+        return config.runtime.num_threads
+    return torch.get_num_threads() if device.type == "cuda" else 1
+
+
 def autocast_for(config: Config, device: torch.device):
     """bf16 autocast on GPU (unless ``model.precision: fp32``); full precision on CPU."""
     if device.type == "cuda" and config.model.precision in ("auto", "bf16"):
@@ -403,14 +414,17 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
         return _reused(location)
     config = location.config
     device = resolve_device(config.runtime.device)
-    if config.runtime.num_threads:
-        torch.set_num_threads(config.runtime.num_threads)
-    started = time.perf_counter()
-    # Built before the lock is taken: a bad hyper-parameter or benchmark fails here, before the run
-    # folder (and its lock file) exists.
-    built = build_run(config, scenario, method, config.seed, location.benchmark, device, progress)
-    with records.run_lock(location.run_dir, config.runtime.wait_for_lock):
-        return _run_in_locked_folder(location, scenario, force, progress, variant, device, built, started)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(run_threads(config, device))
+    try:
+        started = time.perf_counter()
+        # Built before the lock is taken: a bad hyper-parameter or benchmark fails here, before the run
+        # folder (and its lock file) exists.
+        built = build_run(config, scenario, method, config.seed, location.benchmark, device, progress)
+        with records.run_lock(location.run_dir, config.runtime.wait_for_lock):
+            return _run_in_locked_folder(location, scenario, force, progress, variant, device, built, started)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _reused(location: RunLocation) -> RunResult:

@@ -4,6 +4,14 @@ Every executor takes the same list of jobs (keyword arguments of :func:`mmcl.eng
 returns their run folders in the same order, printing one progress line per run as it finishes:
 
 - ``local`` (:class:`LocalExecutor`): in the calling process, one run after the other.
+- ``pool`` (:class:`PoolExecutor`): a pool of ``runtime.executor.parallelism`` worker processes
+  (``auto``: one per CPU core), spawned once per process and kept for later sweeps, each one
+  single-threaded (``OMP_NUM_THREADS=1`` before torch is imported, one intra-op thread), one run per
+  worker at a time. Complete runs are reused without a worker; a failed run is listed with its
+  error and the others go on (:class:`SweepFailed`).
+- ``auto`` (the default): ``pool`` on CPU when more than one run is missing and the machine has
+  more than one core, else ``local`` (one GPU is shared best by one process). See
+  docs/performance.md for the measurements behind this choice.
 - ``submitit-local`` and ``slurm`` (:class:`SubmititExecutor`): one submitit job per run, local
   subprocesses or a SLURM job array. Complete runs are not submitted again (re-running the same
   command submits only the missing runs); the jobs write the same run folders as a local sweep, and
@@ -11,10 +19,14 @@ returns their run folders in the same order, printing one progress line per run 
   second sweep) cannot write one run twice. Failed jobs are listed with their log files
   (:class:`SweepFailed`).
 
-Another executor (e.g. a process pool) subclasses :class:`Executor` and implements ``execute``.
+Every executor gives the same numbers: :func:`mmcl.engine.run` runs every CPU run single-threaded
+unless ``runtime.num_threads`` is set (:func:`mmcl.engine.run_threads`), in this process or in a
+worker. Another executor subclasses :class:`Executor` and implements ``execute``.
 """
 from __future__ import annotations
 
+import atexit
+import os
 import shlex
 import shutil
 import sys
@@ -136,7 +148,7 @@ class SubmititExecutor(Executor):
         executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
         parameters = {"name": "mmcl", "timeout_min": s.timeout_min, "cpus_per_task": s.cpus_per_task}
         if self.cluster == "slurm":
-            parameters |= {"gpus_per_node": s.gpus_per_node, "slurm_array_parallelism": s.parallelism}
+            parameters |= {"gpus_per_node": s.gpus_per_node, "slurm_array_parallelism": _array_parallelism(s)}
             parameters |= {f"slurm_{k}": v for k, v in (("partition", s.partition), ("account", s.account),
                                                           ("qos", s.qos), ("setup", s.setup)) if v}
             if s.mem_gb:
@@ -164,7 +176,7 @@ class SubmititExecutor(Executor):
         print(f"{what}: submitting {len(missing)} of {len(jobs)} runs as {self.name} jobs (logs in {folder})",
               flush=True)
         # SLURM: one array, throttled by the array's %N; local: at most `parallelism` subprocesses.
-        window = len(missing) if self.cluster == "slurm" else self.settings.parallelism
+        window = len(missing) if self.cluster == "slurm" else resolved_parallelism(self.settings)
         queue, running = list(missing), {}
         while queue or running:
             if queue and len(running) < window:
@@ -191,6 +203,117 @@ class SubmititExecutor(Executor):
         return outcomes
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolved_parallelism(settings, cores: int | None = None) -> int:
+    """``runtime.executor.parallelism``: its number, or for ``auto`` the machine's cores."""
+    return cores or cpu_cores() if settings.parallelism == "auto" else int(settings.parallelism)
+
+
+def _array_parallelism(settings) -> int:
+    """A SLURM array's %N: ``parallelism``, or with ``auto`` submitit's default (256)."""
+    return 256 if settings.parallelism == "auto" else int(settings.parallelism)
+
+
+_SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def _init_worker() -> None:
+    """Each pool worker: one intra-op and one inter-op torch thread (the environment above is set
+    before the worker starts, so before torch is imported)."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (the worker ran parallel work before)
+        pass
+
+
+def _timed_job(config: Config, job: dict, output_dir) -> tuple[str, bool, float]:
+    """:func:`run_job` in a pool worker, with its seconds (not counting the wait in the queue)."""
+    begun = time.perf_counter()
+    run_dir, reused = run_job(config, job, output_dir)
+    return run_dir, reused, time.perf_counter() - begun
+
+
+_POOLS: dict[int, object] = {}
+
+
+def worker_pool(workers: int):
+    """The process pool of ``workers`` spawned workers, kept for the next sweep of this process (a
+    notebook runs several): torch is imported and the backbone cache read once per worker."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    pool = _POOLS.get(workers)
+    if pool is None or getattr(pool, "_broken", False):
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+        _POOLS[workers] = pool
+    return pool
+
+
+@atexit.register
+def shutdown_pools() -> None:
+    """Stop every kept worker pool (at exit; tests call it to start from a fresh pool)."""
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown(wait=True, cancel_futures=True)
+
+
+class PoolExecutor(Executor):
+    """Missing runs in a pool of single-threaded worker processes; complete runs reused here."""
+
+    name = "pool"
+
+    def execute(self, config, jobs, output_dir, what):
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        from mmcl.engine import is_reusable, locate_run
+
+        locations = [locate_run(config, output_dir=output_dir, **job) for job in jobs]
+        outcomes: list[Outcome | None] = [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
+                                          for job, loc in zip(jobs, locations)]
+        number = 0
+        for outcome in outcomes:
+            if outcome is not None:
+                number += 1
+                _progress(what, number, len(jobs), outcome)
+        missing = [i for i, o in enumerate(outcomes) if o is None]
+        if not missing:
+            return outcomes
+        workers = resolved_parallelism(self.settings)
+        saved = {key: os.environ.get(key) for key in _SINGLE_THREAD_ENV}
+        os.environ.update(_SINGLE_THREAD_ENV)  # workers are spawned (on demand) with this environment
+        try:
+            pool = worker_pool(workers)
+            running = {pool.submit(_timed_job, config, jobs[i], output_dir): i for i in missing}
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = running.pop(future)
+                    try:
+                        run_dir, reused, seconds = future.result()
+                        outcomes[i] = Outcome(jobs[i], Path(run_dir), "reused" if reused else "done", seconds)
+                    except Exception as error:  # noqa: BLE001 - a failed run is listed, the others go on
+                        text = f"{type(error).__name__}: {error}".strip().splitlines()
+                        outcomes[i] = Outcome(jobs[i], locations[i].run_dir, "failed", error=_last_error_line(text))
+                    number += 1
+                    _progress(what, number, len(jobs), outcomes[i])
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        return outcomes
+
+
 def _last_error_line(lines: Sequence[str]) -> str:
     """The most telling line of a failed job's error: its last ``SomeError: ...`` line."""
     named = [line.strip() for line in lines if "Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0]]
@@ -203,7 +326,7 @@ def slurm_script(settings, folder: str | Path, runs: int) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
     parameters = {"job_name": "mmcl", "time": settings.timeout_min, "cpus_per_task": settings.cpus_per_task,
-                  "gpus_per_node": settings.gpus_per_node, "array_parallelism": settings.parallelism,
+                  "gpus_per_node": settings.gpus_per_node, "array_parallelism": _array_parallelism(settings),
                   "partition": settings.partition, "account": settings.account, "qos": settings.qos,
                   "setup": settings.setup or None, "map_count": runs if runs > 1 else None}
     if settings.mem_gb:
@@ -212,9 +335,39 @@ def slurm_script(settings, folder: str | Path, runs: int) -> str:
     return _make_sbatch_string(command=command, folder=str(folder), **parameters)
 
 
+def auto_executor_name(config: Config, missing: int, cores: int | None = None) -> str:
+    """What ``runtime.executor.name=auto`` runs ``missing`` runs on: ``pool`` on CPU when more
+    than one run is missing and there is more than one core (and parallelism), else ``local``."""
+    from mmcl.engine import resolve_device
+
+    cores = cores or cpu_cores()
+    if resolve_device(config.runtime.device).type != "cpu" or missing < 2:
+        return "local"
+    return "pool" if min(cores, resolved_parallelism(config.runtime.executor, cores)) > 1 else "local"
+
+
+class AutoExecutor(Executor):
+    """``runtime.executor.name=auto``: :class:`PoolExecutor` or :class:`LocalExecutor`, chosen per
+    sweep by :func:`auto_executor_name` from the device and the number of missing runs."""
+
+    name = "auto"
+
+    def execute(self, config, jobs, output_dir, what):
+        from mmcl.engine import is_reusable, locate_run
+
+        missing = sum(not is_reusable(locate_run(config, output_dir=output_dir, **job)) for job in jobs)
+        chosen = PoolExecutor(config) if auto_executor_name(config, missing) == "pool" else LocalExecutor(config)
+        self.name = f"auto: {chosen.name}"
+        return chosen.execute(config, jobs, output_dir, what)
+
+
 def make_executor(config: Config) -> Executor:
     """The executor ``config.runtime.executor.name`` names."""
     name = config.runtime.executor.name
     if name == "local":
         return LocalExecutor(config)
+    if name == "pool":
+        return PoolExecutor(config)
+    if name == "auto":
+        return AutoExecutor(config)
     return SubmititExecutor(config, "local" if name == "submitit-local" else "slurm")
