@@ -1,9 +1,14 @@
-"""Training-step throughput and memory of a method, beside the frozen forward pass as the floor.
+"""Training-step throughput and memory of a method, beside the frozen forward pass as the floor,
+and where a step's time goes.
 
 ``mmcl bench --method finetune --profile tiny`` builds the run as the engine would, enters the
 scenario's second task (so methods with teachers, buffers or penalties do their full work), and
 times optimizer steps at the profile's batch size. The floor is the forward pass of the frozen
-backbone alone on the same batches: no method can step faster than that.
+backbone alone on the same batches: no method can step faster than that. The step is split into
+its forward pass (frozen backbone included; minus the floor: the trainable part's forward),
+backward pass and optimizer step (:func:`mmcl.engine.train_step`'s ``phases``); beside it, data
+handling (batching and the copy to the device) and evaluation (prediction on the task's test
+data, per sample). Threads: as a run's (:func:`mmcl.engine.run_threads`: one on CPU).
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from mmcl.engine import (
     autocast_for,
     build_run,
     make_optimizer,
+    pins_memory,
     resolve_device,
+    run_threads,
     train_step,
     variant_overrides,
     with_method_overrides,
@@ -40,8 +47,7 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
     if variant:
         config = with_method_overrides(config, method, variant_overrides(method, variant))
     device = resolve_device(config.runtime.device)
-    if config.runtime.num_threads:
-        torch.set_num_threads(config.runtime.num_threads)
+    torch.set_num_threads(run_threads(config, device))
     method_obj, stream = build_run(config, scenario, method, seed, device=device)
     tasks = method_obj.context.tasks  # training views, as the engine passes them
     for task in tasks[: min(1, len(tasks) - 1) + 1]:  # begin the second task (or the only one)
@@ -52,7 +58,12 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
     task = tasks[min(1, len(tasks) - 1)]
     size = config.train.batch_size
     generator = torch.Generator().manual_seed(seed)
-    batches = [b.to(device) for b in task.train.batches(size, shuffle=True, generator=generator, drop_last=True)]
+    pin = pins_memory(config, device)
+    started = time.perf_counter()
+    batches = [b.to(device, pin_memory=pin) for b in task.train.batches(size, shuffle=True, generator=generator,
+                                                                        drop_last=True)]
+    _sync(device)
+    data_seconds = (time.perf_counter() - started) / max(len(batches), 1)
     if not batches:
         raise ValueError(f"task {task.index} has {len(task.train)} samples, fewer than one batch of {size}")
     if device.type == "cuda":
@@ -74,8 +85,12 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
         optimizer = make_optimizer(method_obj, config)
         method_obj.train()
         method_obj.encoder.eval()
-        seconds = timed(lambda b: train_step(method_obj, b, task, optimizer, config, device))
+        phases: dict[str, float] = {}
+        seconds = timed(lambda b: train_step(method_obj, b, task, optimizer, config, device, phases))
         result |= {"train_ms_per_step": 1000 * seconds, "train_samples_per_second": size / seconds}
+        # phases summed over warm-up and timed steps
+        result |= {f"step_{name}_ms": 1000 * phases[name] / (warmup + steps)
+                   for name in ("forward", "backward", "optimizer")}
     method_obj.eval()
 
     @torch.no_grad()
@@ -86,8 +101,18 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
 
     seconds = timed(frozen_forward)
     result |= {"forward_ms_per_step": 1000 * seconds, "forward_samples_per_second": size / seconds}
+    result["data_ms_per_step"] = 1000 * data_seconds
     if "train_ms_per_step" in result:
         result["train_over_forward"] = result["train_ms_per_step"] / result["forward_ms_per_step"]
+        result["step_trainable_forward_ms"] = max(0.0, result["step_forward_ms"] - result["forward_ms_per_step"])
+    evaluation = stream.tasks[task.index].test  # the training view holds no test data
+    started = time.perf_counter()
+    with torch.no_grad(), autocast_for(config, device):
+        space = torch.tensor(method_obj.context.seen_classes, device=device)
+        for batch in evaluation.batches(config.train.eval_batch_size):
+            method_obj.predict(batch.to(device, pin_memory=pin), space)
+    _sync(device)
+    result["eval_ms_per_sample"] = 1000 * (time.perf_counter() - started) / max(len(evaluation), 1)
     result["trainable_parameters"] = sum(p.numel() for p in method_obj.parameters() if p.requires_grad)
     if device.type == "cuda":
         result["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -107,6 +132,15 @@ def format_bench(result: dict) -> str:
                  f"{result['forward_ms_per_step']:8.2f} ms/step   (floor)")
     if "train_over_forward" in result:
         lines.append(f"  step / floor       {result['train_over_forward']:10.2f} x")
+        lines.append("  where a training step's time goes (ms/step):")
+        for label, key in (("forward (all)", "step_forward_ms"), ("  frozen (floor)", "forward_ms_per_step"),
+                           ("  trainable", "step_trainable_forward_ms"), ("backward", "step_backward_ms"),
+                           ("optimizer step", "step_optimizer_ms"), ("data handling", "data_ms_per_step")):
+            lines.append(f"    {label:<17}{result[key]:10.2f}")
+    else:
+        lines.append(f"  data handling      {result['data_ms_per_step']:10.2f} ms/step")
+    lines.append(f"  evaluation         {result['eval_ms_per_sample']:10.3f} ms/sample "
+                 f"({1000 / max(result['eval_ms_per_sample'], 1e-9):.0f} samples/s)")
     lines.append(f"  trainable params   {result['trainable_parameters']:10d}")
     if "peak_gpu_memory_mib" in result:
         lines.append(f"  peak GPU memory    {result['peak_gpu_memory_mib']:10.1f} MiB")

@@ -150,6 +150,12 @@ class RuntimeConfig(_Strict):
     # the main tables and the claims' paired comparisons are over these.
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     executor: ExecutorConfig = ExecutorConfig()
+    # torch.compile of the method's training loss (with the frozen-prefix cache: the trainable part);
+    # off by default. compile_backend: torch.compile's backend (inductor; eager/aot_eager for tests).
+    compile: bool = False
+    compile_backend: str = "inductor"
+    # Batches in page-locked memory before an asynchronous copy to the GPU; None: on for CUDA.
+    pin_memory: bool | None = None
     # Experiment tracking (mmcl.tracking): per-step losses, per-task accuracies, final metrics.
     # tensorboard and mlflow are optional packages, not dependencies.
     tracking: Literal["none", "tensorboard", "mlflow"] = "none"

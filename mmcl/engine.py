@@ -161,7 +161,22 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
     # The method sees training views: no task's test or validation data (the engine keeps those).
     context = RunContext(config, scenario, stream.class_names, device, [t.training_view() for t in stream.tasks])
     seed_everything(seed)
-    return method_cls(encoder, context, hparams).to(device), stream
+    return compile_method(method_cls(encoder, context, hparams).to(device), config), stream
+
+
+def compile_method(method: Method, config: Config) -> Method:
+    """With ``runtime.compile``: the method's training loss through ``torch.compile`` (backend
+    ``runtime.compile_backend``); the method itself otherwise. Numbers as without (up to the
+    backend's float rounding): ``runtime`` does not change a run's identity."""
+    if config.runtime.compile:
+        method.training_loss = torch.compile(method.training_loss, backend=config.runtime.compile_backend)
+    return method
+
+
+def pins_memory(config: Config, device: torch.device) -> bool:
+    """Whether batches go through page-locked memory: ``runtime.pin_memory``, else on for CUDA."""
+    pin = config.runtime.pin_memory
+    return device.type == "cuda" if pin is None else bool(pin and device.type == "cuda")
 
 
 @torch.no_grad()
@@ -174,7 +189,7 @@ def evaluate_task(method: Method, task: Task, label_space: list[int], modality_k
     correct = 0
     with autocast_for(config, device):
         for batch in data.batches(config.train.eval_batch_size):
-            batch = batch.to(device)
+            batch = batch.to(device, pin_memory=pins_memory(config, device))
             logits = method.predict(batch, space, modality_known=modality_known)
             correct += int((space[logits.argmax(dim=-1)] == batch.labels).sum())
     return correct, len(data)
@@ -230,15 +245,20 @@ def make_optimizer(method: Method, config: Config) -> torch.optim.Optimizer:
 
 
 def train_step(method: Method, batch, task: Task, optimizer: torch.optim.Optimizer, config: Config,
-               device: torch.device) -> tuple[torch.Tensor, dict]:
-    """One optimizer step; returns the (detached) loss and the method's loss parts."""
+               device: torch.device, phases: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """One optimizer step; returns the (detached) loss and the method's loss parts. ``phases``
+    (``mmcl bench``): adds the seconds of the forward pass, the backward pass and the optimizer
+    step to its keys ``forward``, ``backward``, ``optimizer`` (synchronizing a GPU between them)."""
+    clock = _PhaseClock(phases, device)
     with autocast_for(config, device):
         output = method.training_loss(batch, task)
     loss, parts = output if isinstance(output, tuple) else (output, {})
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{method.name}: non-finite loss at task {task.index} ({parts})")
+    clock.lap("forward")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    clock.lap("backward")
     heads = method.class_heads()
     for head in heads:  # frozen head rows: no gradient, so no clipping share and no optimizer moments
         head.mask_gradient()
@@ -248,7 +268,25 @@ def train_step(method: Method, batch, task: Task, optimizer: torch.optim.Optimiz
     for head in heads:  # ... and weight decay cannot move them either
         head.restore_frozen_rows()
     method.after_optimizer_step(task)
+    clock.lap("optimizer")
     return loss.detach(), parts
+
+
+class _PhaseClock:
+    """Seconds between laps, added to ``phases[name]``; does nothing when ``phases`` is None."""
+
+    def __init__(self, phases: dict | None, device: torch.device):
+        self.phases, self.device = phases, device
+        self.last = time.perf_counter() if phases is not None else 0.0
+
+    def lap(self, name: str) -> None:
+        if self.phases is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], config: Config, seed: int,
@@ -269,7 +307,7 @@ def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], co
         iterators = [d.batches(train.batch_size, shuffle=True, generator=generator) for d in datasets]
         schedule = torch.cat([torch.full((d.num_batches(train.batch_size),), i) for i, d in enumerate(datasets)])
         for source in schedule[torch.randperm(len(schedule), generator=generator)].tolist():
-            batch = next(iterators[source]).to(device)
+            batch = next(iterators[source]).to(device, pin_memory=pins_memory(config, device))
             loss, _ = train_step(method, batch, task, optimizer, config, device)
             value = loss.item()
             steps, samples, loss_sum = steps + 1, samples + len(batch), loss_sum + value

@@ -414,4 +414,34 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
         print(f"[{number}/{len(notebooks)}] {name} done in {timings[name]:.0f} s", flush=True)
     print(f"reproduced in {time.perf_counter() - started:.0f} s; runs and executed notebooks under "
           f"{output_dir / config.profile}, tables and figures in {figures_dir}", flush=True)
+    print(time_report(timings, output_dir / config.profile), flush=True)
     return timings
+
+
+def slowest_runs(root: str | Path, count: int = 10) -> list[dict]:
+    """The ``count`` runs under ``root`` with the most seconds (their metrics.json ``timing``: the
+    session that finished them), slowest first: run folder, seconds, training and evaluation seconds."""
+    rows = []
+    for run_dir in results.find_run_dirs(root):
+        try:
+            timing = json.loads((run_dir / "metrics.json").read_text()).get("timing", {})
+        except (OSError, ValueError):
+            continue
+        rows.append({"run": str(Path(run_dir).relative_to(root)), "seconds": timing.get("run_seconds_this_session", 0.0),
+                     "train_seconds": timing.get("train_seconds", 0.0), "eval_seconds": timing.get("eval_seconds", 0.0)})
+    return sorted(rows, key=lambda r: -r["seconds"])[:count]
+
+
+def time_report(timings: dict[str, float], root: str | Path, count: int = 10) -> str:
+    """The table ``mmcl reproduce`` ends with: seconds per notebook (0: up to date, skipped), then
+    the ``count`` slowest runs under ``root`` (from their records, :func:`slowest_runs`)."""
+    lines = ["time per notebook (s):"]
+    lines += [f"  {name:<26}{seconds:8.1f}" + ("  (up to date)" if seconds == 0 else "")
+              for name, seconds in timings.items()]
+    lines.append(f"  {'total':<26}{sum(timings.values()):8.1f}")
+    slowest = slowest_runs(root, count)
+    if slowest:
+        lines.append(f"slowest runs (s; run, of it training and evaluation), of {len(results.find_run_dirs(root))} "
+                     f"under {root}:")
+        lines += [f"  {r['seconds']:7.1f} {r['train_seconds']:7.1f} {r['eval_seconds']:7.1f}  {r['run']}" for r in slowest]
+    return "\n".join(lines)

@@ -27,8 +27,10 @@ class Batch:
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.inputs)
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch({k: v.to(device, non_blocking=True) for k, v in self.inputs.items()},
+    def to(self, device: torch.device | str, pin_memory: bool = False) -> "Batch":
+        """On ``device``; ``pin_memory``: through page-locked memory, so the copy to a GPU is asynchronous."""
+        inputs = {k: v.pin_memory() if pin_memory else v for k, v in self.inputs.items()}
+        return Batch({k: v.to(device, non_blocking=True) for k, v in inputs.items()},
                      self.labels.to(device), self.domains.to(device))
 
 
