@@ -29,9 +29,11 @@ lock:
 		$(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 # Three seeds (the profile's runtime.seeds): the main tables and the claims' paired comparisons
-# need them; the figures notebook also rewrites the claims blocks of docs/methods/*.md.
+# need them; the figures notebook also rewrites the claims blocks of docs/methods/*.md. The runs of
+# each notebook go to a pool of single-threaded worker processes, one per core (--executor auto,
+# the default; docs/performance.md); it ends with the time per notebook and the slowest runs.
 reproduce: $(STAMP)
-	$(BIN)/mmcl reproduce --profile tiny --seeds 0 1 2 --update-docs
+	$(BIN)/mmcl reproduce --profile tiny --seeds 0 1 2 --update-docs --executor auto
 	$(BIN)/mmcl verify --profile tiny
 
 test: $(STAMP)

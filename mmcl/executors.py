@@ -243,19 +243,23 @@ def _timed_job(config: Config, job: dict, output_dir) -> tuple[str, bool, float]
     return run_dir, reused, time.perf_counter() - begun
 
 
-_POOLS: dict[int, object] = {}
+_POOLS: dict[tuple, object] = {}
 
 
 def worker_pool(workers: int):
     """The process pool of ``workers`` spawned workers, kept for the next sweep of this process (a
-    notebook runs several): torch is imported and the backbone cache read once per worker."""
+    notebook runs several): torch is imported and the backbone cache read once per worker. The
+    workers inherit the environment they were spawned with (``MMCL_CACHE``, ...): a sweep under
+    another environment or another number of workers gets a fresh pool, the old one is stopped."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
-    pool = _POOLS.get(workers)
+    key = (workers, tuple(sorted(os.environ.items())))
+    pool = _POOLS.get(key)
     if pool is None or getattr(pool, "_broken", False):
+        shutdown_pools()
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
-        _POOLS[workers] = pool
+        _POOLS[key] = pool
     return pool
 
 
