@@ -35,11 +35,14 @@ def test_submitit_local_sweep_equals_the_in_process_sweep(tmp_path, capsys):
     for job in jobs:
         relative = f"smoke/class_incremental/av-events/{job['method']}/seed0"
         assert _metrics(tmp_path / "local" / relative) == _metrics(tmp_path / "jobs" / relative)
-    # The same tables: every column of the main table agrees; run_versions differ only by run folder.
+    # The same tables: every column of the main table agrees; run_versions and run_inputs (code, and
+    # weights and data read) differ only by run folder.
     table = results.main_table(in_process, "class_incremental")
     other = results.main_table(frame, "class_incremental")
-    assert [c for c in table if c != "run_versions" and not other[c].equals(table[c])] == []
-    assert [[v for _, v in row] for row in other["run_versions"]] == [[v for _, v in row] for row in table["run_versions"]]
+    by_run = ("run_versions", "run_inputs")
+    assert [c for c in table if c not in by_run and not other[c].equals(table[c])] == []
+    for column in by_run:
+        assert [[v for _, v in row] for row in other[column]] == [[v for _, v in row] for row in table[column]]
     # Again: nothing is submitted. Without one run folder: only that run is.
     make_executor(submitted).run_jobs(submitted, jobs, None, "again")
     assert "submitting" not in capsys.readouterr().out

@@ -20,7 +20,6 @@ import itertools
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import pydantic
 from pydantic import Field
