@@ -159,19 +159,24 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
     return method_obj, stream
 
 
-def eval_batch_size(config: Config, device: torch.device, data: MultiModalDataset) -> int:
-    """``runtime.eval_batch_size``; "auto": ``train.eval_batch_size`` on CPU, on a GPU as many
-    samples as a quarter of the free memory holds (a rough per-sample activation estimate)."""
+def eval_batch_size(config: Config, method: Method, device: torch.device, data: MultiModalDataset) -> int:
+    """``runtime.eval_batch_size``; "auto": ``train.eval_batch_size`` on CPU, and on a GPU as many
+    samples as a quarter of the free memory holds (at least ``train.eval_batch_size``). Exact
+    either way: evaluation has no batch statistics."""
     size = config.runtime.eval_batch_size
     if size != "auto":
         return int(size)
     if device.type != "cuda" or not len(data):
         return config.train.eval_batch_size
     free, _ = torch.cuda.mem_get_info(device)
-    # tokens x width activations of a block (attention scores, MLP hidden) per image, in float32
-    per_image = 4 * 24 * (config.data.image_size // 8 + 1) ** 2 * 1024
+    visual = method.encoder.clip.visual
+    tokens, width = int(visual.positional_embedding.shape[0]), method.encoder.vision_width
+    heads = int(getattr(method.encoder.vision_blocks[0].attn, "num_heads", 1))
+    # a no-grad block's live activations per image (residual, qkv, MLP hidden, attention scores), float32;
+    # prompts add tokens: counted twice over
+    per_image = 4 * 2 * tokens * (12 * width + heads * tokens)
     frames = max((t.shape[1] for m, t in data.inputs.items() if m == "video"), default=1)
-    return int(max(config.train.eval_batch_size, min(len(data), free // 4 // (per_image * frames))))
+    return int(min(len(data), max(config.train.eval_batch_size, free // 4 // (per_image * frames))))
 
 
 @torch.no_grad()
@@ -183,7 +188,7 @@ def evaluate_task(method: Method, task: Task, label_space: list[int], modality_k
     data = task.val if config.train.eval_split == "val" else task.test
     correct = 0
     with autocast_for(config, device):
-        for batch in data.batches(eval_batch_size(config, device, data)):
+        for batch in data.batches(eval_batch_size(config, method, device, data)):
             batch = batch.to(device)
             logits = method.predict(batch, space, modality_known=modality_known)
             correct += int((space[logits.argmax(dim=-1)] == batch.labels).sum())

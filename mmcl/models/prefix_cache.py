@@ -168,7 +168,10 @@ class PrefixCache:
                             str(error).splitlines()[0] if str(error) else type(error).__name__)
         values = self._compute(encoder, tower, kind, parts, picks)
         if path is not None:
-            atomic_torch_save({"version": VERSION, "keys": check, "values": values}, path)
+            try:
+                atomic_torch_save({"version": VERSION, "keys": check, "values": values}, path)
+            except OSError as error:  # a read-only or full cache: this run keeps the table in memory
+                log.warning("prefix cache %s not written (%s); kept in memory for this run", path, error)
         return _Table(values, index)
 
     @torch.no_grad()
