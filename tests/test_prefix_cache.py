@@ -147,3 +147,15 @@ def test_evaluation_batch_size_is_a_runtime_key(smoke_config, encoder_and_data):
     assert engine.eval_batch_size(seven, method, cpu, data.test) == 7
     with pytest.raises(ConfigError, match="runtime.eval_batch_size"):
         load_config("smoke", ["runtime.eval_batch_size=0"])
+
+
+def test_a_table_over_the_size_limit_is_not_cached(encoder_and_data, caplog, tmp_path):
+    config, encoder, data = encoder_and_data
+    small = config.model_copy(update={"runtime": config.runtime.model_copy(update={"prefix_cache_max_gb": 1e-6}),
+                                      "data": config.data.model_copy(update={"cache_dir": str(tmp_path)})})
+    cache = prefix_cache.attach(encoder, data, small, data.digest())
+    cache.declare(Declares(encoder, 1, False))
+    with torch.no_grad():
+        state = encoder.tower_input("audio", data.test.inputs["audio"][:3])
+    assert state.depth == 0 and cache.misses == 1 and "over runtime.prefix_cache_max_gb" in caplog.text
+    assert not cache.path("vision", "1").exists()

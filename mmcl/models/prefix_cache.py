@@ -82,10 +82,11 @@ class PrefixCache:
     tables are stored (None: in memory only, e.g. when the backbone has no weights file to digest).
     """
 
-    def __init__(self, inputs: dict[str, list[torch.Tensor]], folder: Path | None, split_tag: str):
+    def __init__(self, inputs: dict[str, list[torch.Tensor]], folder: Path | None, split_tag: str,
+                 max_bytes: float = float("inf")):
         self.frozen_blocks: dict[str, int] = {}  # nothing cached until a method declares (declare)
         self.frozen_weights: dict[str, bool] = {}
-        self.inputs, self.folder, self.split_tag = inputs, folder, split_tag
+        self.inputs, self.folder, self.split_tag, self.max_bytes = inputs, folder, split_tag, max_bytes
         self.tables: dict[tuple[str, str], _Table | None] = {}
         self.text_classifiers: dict[tuple, torch.Tensor] = {}
         self.hits = self.misses = 0
@@ -100,6 +101,8 @@ class PrefixCache:
         depth = self.frozen_blocks.get(tower, 0)
         if depth <= 0 or self._building:
             return None
+        if depth >= len(encoder.blocks(tower)) and self.frozen_weights.get(tower, False):
+            return None  # a whole frozen tower: its final embeddings are cached instead (``final``)
         found = self._lookup(encoder, tower, str(depth), units(modality, x))
         if found is None:
             return None
@@ -157,6 +160,9 @@ class PrefixCache:
             return None
         check = hashlib.sha256(b"".join(index)).hexdigest()
         path = self.path(tower, kind)
+        if path is not None and path.is_file() and path.stat().st_size > self.max_bytes:
+            log.warning("prefix cache: %s is over runtime.prefix_cache_max_gb; not used", path)
+            return None
         if path is not None and path.is_file():
             try:
                 stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -167,6 +173,8 @@ class PrefixCache:
                 log.warning("prefix cache %s is damaged (%s); rebuilding it", path,
                             str(error).splitlines()[0] if str(error) else type(error).__name__)
         values = self._compute(encoder, tower, kind, parts, picks)
+        if values is None:
+            return None
         if path is not None:
             try:
                 atomic_torch_save({"version": VERSION, "keys": check, "values": values}, path)
@@ -176,7 +184,7 @@ class PrefixCache:
 
     @torch.no_grad()
     def _compute(self, encoder, tower: str, kind: str, parts: list[torch.Tensor],
-                 picks: list[tuple[int, int]]) -> torch.Tensor:
+                 picks: list[tuple[int, int]]) -> torch.Tensor | None:
         modality = "text" if tower == "text" else "image"
         device = encoder.mean.device
         computed = []
@@ -189,6 +197,11 @@ class PrefixCache:
                     computed.append(encoder.tower_output(encoder.run_blocks(state)).float().cpu())
                 else:
                     computed.append(encoder.run_blocks(state, stop=int(kind)).tokens.float().cpu())
+                row_bytes = computed[0][0].numel() * 2  # float16 at least
+                if start == 0 and row_bytes * len(picks) > self.max_bytes:
+                    log.warning("prefix cache: %s %s would take %.1f GB, over runtime.prefix_cache_max_gb; "
+                                "not cached", tower, kind, row_bytes * len(picks) / 1e9)
+                    return None
         finally:
             self._building = False
         values = torch.cat(computed)
@@ -242,6 +255,7 @@ def attach(encoder, data, config, data_sha256: str | None) -> PrefixCache:
     splits = ["train", "val" if config.train.eval_split == "val" else "test"]
     sha = (getattr(encoder, "weights", None) or {}).get("sha256")
     folder = config.cache_dir() / "prefix" / f"{sha[:16]}-{data_sha256[:16]}" if sha and data_sha256 else None
-    cache = PrefixCache(benchmark_inputs(getattr(data, s) for s in splits), folder, "+".join(splits))
+    cache = PrefixCache(benchmark_inputs(getattr(data, s) for s in splits), folder, "+".join(splits),
+                        config.runtime.prefix_cache_max_gb * 1e9)
     encoder.prefix_cache = cache
     return cache
