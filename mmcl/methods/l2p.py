@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
 from mmcl.methods.base import CosineClassifier, HeadConfig, Method, apply_head_rules, at_most, register, targets_in
 from mmcl.models.prompts import (
