@@ -159,6 +159,15 @@ class RuntimeConfig(_Strict):
     # Experiment tracking (mmcl.tracking): per-step losses, per-task accuracies, final metrics.
     # tensorboard and mlflow are optional packages, not dependencies.
     tracking: Literal["none", "tensorboard", "mlflow"] = "none"
+    # The frozen prefix cache (mmcl.models.prefix_cache): the frozen blocks before the first one a
+    # method changes run once per backbone and benchmark, stored under <cache>/prefix. Same numbers
+    # up to float rounding, so not part of a run's identity.
+    prefix_cache: bool = True
+    # A table larger than this (GB, float16) is not cached: that part of the tower runs every time.
+    prefix_cache_max_gb: float = Field(16.0, gt=0)
+    # Evaluation batch size: an int, or "auto": train.eval_batch_size on CPU, sized to the free
+    # memory on a GPU. Exact whatever its value (evaluation has no batch statistics).
+    eval_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
 
 
 class BenchmarkConfig(_Strict):

@@ -42,6 +42,7 @@ from mmcl.data.dataset import MultiModalDataset, concatenate
 from mmcl.data.scenarios import Stream, build_stream
 from mmcl.methods.base import Method, RunContext, Task, method_class
 from mmcl.metrics import summarize
+from mmcl.models import prefix_cache
 from mmcl.models.backbone import build_encoder
 
 log = logging.getLogger(__name__)
@@ -158,10 +159,35 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
     data = load_benchmark(config, benchmark, encoder.tokenizer, progress=progress)
     stream = build_stream(scenario, data, seed)
     stream.data_sha256 = data.digest()
+    if config.runtime.prefix_cache:  # the frozen computation, once per backbone and benchmark
+        prefix_cache.attach(encoder, data, config, stream.data_sha256)
     # The method sees training views: no task's test or validation data (the engine keeps those).
     context = RunContext(config, scenario, stream.class_names, device, [t.training_view() for t in stream.tasks])
     seed_everything(seed)
-    return compile_method(method_cls(encoder, context, hparams).to(device), config), stream
+    method_obj = method_cls(encoder, context, hparams).to(device)
+    if encoder.prefix_cache is not None:
+        encoder.prefix_cache.declare(method_obj)
+    return compile_method(method_obj, config), stream
+
+
+def eval_batch_size(config: Config, method: Method, device: torch.device, data: MultiModalDataset) -> int:
+    """``runtime.eval_batch_size``; "auto": ``train.eval_batch_size`` on CPU, and on a GPU as many
+    samples as a quarter of the free memory holds (at least ``train.eval_batch_size``). Exact
+    either way: evaluation has no batch statistics."""
+    size = config.runtime.eval_batch_size
+    if size != "auto":
+        return int(size)
+    if device.type != "cuda" or not len(data):
+        return config.train.eval_batch_size
+    free, _ = torch.cuda.mem_get_info(device)
+    visual = method.encoder.clip.visual
+    tokens, width = int(visual.positional_embedding.shape[0]), method.encoder.vision_width
+    heads = int(getattr(method.encoder.vision_blocks[0].attn, "num_heads", 1))
+    # a no-grad block's live activations per image (residual, qkv, MLP hidden, attention scores), float32;
+    # prompts add tokens: counted twice over
+    per_image = 4 * 2 * tokens * (12 * width + heads * tokens)
+    frames = max((t.shape[1] for m, t in data.inputs.items() if m == "video"), default=1)
+    return int(min(len(data), max(config.train.eval_batch_size, free // 4 // (per_image * frames))))
 
 
 def compile_method(method: Method, config: Config) -> Method:
@@ -188,7 +214,7 @@ def evaluate_task(method: Method, task: Task, label_space: list[int], modality_k
     data = task.val if config.train.eval_split == "val" else task.test
     correct = 0
     with autocast_for(config, device):
-        for batch in data.batches(config.train.eval_batch_size):
+        for batch in data.batches(eval_batch_size(config, method, device, data)):
             batch = batch.to(device, pin_memory=pins_memory(config, device))
             logits = method.predict(batch, space, modality_known=modality_known)
             correct += int((space[logits.argmax(dim=-1)] == batch.labels).sum())
@@ -512,7 +538,10 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         zero_shot = records.read_json(zero_shot_path)
     else:  # the frozen backbone with text classifiers: the reference for forward transfer
         reference = method_class("zero-shot")(method_obj.encoder, method_obj.context, None).to(device)
-        zero_shot = {m: r["accuracy"] for m, r in evaluate_stream(reference, tasks, -1, modes, config, device).items()}
+        # Before any training the backbone is the frozen one: its cached final embeddings serve.
+        with prefix_cache.declared_by(method_obj.encoder.prefix_cache, reference):
+            zero_shot = {m: r["accuracy"]
+                         for m, r in evaluate_stream(reference, tasks, -1, modes, config, device).items()}
         records.atomic_write_json(zero_shot_path, zero_shot)
 
     rows: list[dict] = []

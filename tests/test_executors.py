@@ -21,7 +21,7 @@ def _metrics(run_dir):
 
 
 def test_submitit_local_sweep_equals_the_in_process_sweep(tmp_path, capsys):
-    local = load_config("smoke", [f"runtime.output_dir={tmp_path / 'local'}", "runtime.executor.name=local"])
+    local = load_config("smoke", [f"runtime.output_dir={tmp_path / 'local'}"])
     jobs = reproduce.sweep_jobs(local, "class_incremental", methods=["finetune", "replay"], seeds=[0])
     in_process = reproduce.run_sweep(local, "class_incremental", methods=["finetune", "replay"], seeds=[0])
     overrides = [f"runtime.output_dir={tmp_path / 'jobs'}", "runtime.executor.name=submitit-local",
@@ -35,13 +35,13 @@ def test_submitit_local_sweep_equals_the_in_process_sweep(tmp_path, capsys):
     for job in jobs:
         relative = f"smoke/class_incremental/av-events/{job['method']}/seed0"
         assert _metrics(tmp_path / "local" / relative) == _metrics(tmp_path / "jobs" / relative)
-    # The same tables: every column of the main table agrees; run_versions and run_inputs differ
-    # only by run folder.
+    # The same tables: every column of the main table agrees; run_versions and run_inputs (code, and
+    # weights and data read) differ only by run folder.
     table = results.main_table(in_process, "class_incremental")
     other = results.main_table(frame, "class_incremental")
-    by_folder = ("run_versions", "run_inputs")
-    assert [c for c in table if c not in by_folder and not other[c].equals(table[c])] == []
-    for column in by_folder:
+    by_run = ("run_versions", "run_inputs")
+    assert [c for c in table if c not in by_run and not other[c].equals(table[c])] == []
+    for column in by_run:
         assert [[v for _, v in row] for row in other[column]] == [[v for _, v in row] for row in table[column]]
     # Again: nothing is submitted. Without one run folder: only that run is.
     make_executor(submitted).run_jobs(submitted, jobs, None, "again")
@@ -95,55 +95,3 @@ def test_cli_executor_flags_become_runtime_executor_keys(tmp_path, capsys):
     assert "slurm-job-preview.sh" in capsys.readouterr().err
     script = (tmp_path / "smoke" / "jobs" / "slurm-job-preview.sh").read_text()
     assert "#SBATCH --partition=a100" in script and "#SBATCH --gpus-per-node=2" in script
-
-
-def test_pool_sweep_equals_the_local_sweep_and_lists_failures(tmp_path, capsys):
-    """The pool executor (2 single-threaded workers) gives the local executor's numbers, with the
-    same progress lines; only missing runs go to a worker; a failed run is listed with its error."""
-    from mmcl.executors import shutdown_pools
-
-    methods = ["finetune", "replay"]
-    local = load_config("smoke", [f"runtime.output_dir={tmp_path / 'local'}", "runtime.executor.name=local"])
-    jobs = reproduce.sweep_jobs(local, "class_incremental", methods=methods, seeds=[0])
-    reproduce.run_sweep(local, "class_incremental", methods=methods, seeds=[0])
-    pooled = load_config("smoke", [f"runtime.output_dir={tmp_path / 'pool'}", "runtime.executor.name=pool",
-                                   "runtime.executor.parallelism=2"])
-    capsys.readouterr()
-    try:
-        reproduce.run_sweep(pooled, "class_incremental", methods=methods, seeds=[0])
-        out = capsys.readouterr().out
-        assert len(re.findall(r"^\[class_incremental \d/2\] class_incremental · av-events · \w+ · seed 0: +\d+\.\d s$",
-                              out, re.M)) == 2
-        for job in jobs:
-            relative = f"smoke/class_incremental/av-events/{job['method']}/seed0"
-            assert _metrics(tmp_path / "local" / relative) == _metrics(tmp_path / "pool" / relative)
-        # Without one run folder: only that run goes to a worker, the other is reused here.
-        shutil.rmtree(tmp_path / "pool" / "smoke/class_incremental/av-events/replay/seed0")
-        make_executor(pooled).run_jobs(pooled, jobs, None, "missing")
-        out = capsys.readouterr().out
-        assert "[missing 1/2] class_incremental · av-events · finetune · seed 0: reused" in out
-        assert re.search(r"^\[missing 2/2\] .* replay · seed 0: +\d+\.\d s$", out, re.M)
-        # A run that fails inside its worker is listed with its error (runtime.device does not
-        # change a run's identity, so the run is submitted and fails in the worker).
-        broken = load_config("smoke", [f"runtime.output_dir={tmp_path / 'broken'}", "runtime.executor.name=pool",
-                                       "runtime.executor.parallelism=2", "runtime.device=cuda:7"])
-        with pytest.raises(SweepFailed) as failure:
-            make_executor(broken).run_jobs(broken, jobs, None, "broken")
-        message = str(failure.value)
-        assert message.startswith("broken: 2 of 2 runs failed (pool executor):\n  class_incremental · av-events · "
-                                  "finetune · seed 0: ConfigError: runtime.device: 'cuda:7' requested but CUDA is not "
-                                  "available")
-    finally:
-        shutdown_pools()
-
-
-def test_auto_executor_is_the_pool_on_cpu_with_several_missing_runs_and_local_otherwise():
-    from mmcl.executors import auto_executor_name
-
-    config = load_config("smoke", [])
-    assert auto_executor_name(config, missing=5, cores=2) == "pool"
-    assert auto_executor_name(config, missing=1, cores=2) == "local"
-    assert auto_executor_name(config, missing=5, cores=1) == "local"
-    assert auto_executor_name(load_config("smoke", ["runtime.executor.parallelism=1"]), missing=5, cores=4) == "local"
-    with pytest.raises(ConfigError, match="runtime.executor.parallelism"):
-        load_config("smoke", ["runtime.executor.parallelism=0"])

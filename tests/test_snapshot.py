@@ -61,7 +61,10 @@ def test_lwf_teacher_after_three_tasks_holds_model_state_only(smoke_config):
 
     # The frozen backbone is the student's own tensors; what the teacher owns is at most a copy of
     # the trainable part (last blocks, head) and of the method's own buffers.
-    student = dict(storage_bytes(list(method.parameters()) + list(method.buffers())))
+    # The run's frozen prefix cache (benchmark inputs, cached token states) is the student's too, by reference.
+    shared = [o for o in reachable(method.encoder.prefix_cache) if isinstance(o, torch.Tensor)]
+    assert teacher.module.encoder.prefix_cache is method.encoder.prefix_cache
+    student = dict(storage_bytes(list(method.parameters()) + list(method.buffers()) + shared))
     owned = {ptr: size for ptr, size in storage_bytes(o for o in objects if isinstance(o, torch.Tensor)).items()
              if ptr not in student}
     frozen = [p for p in method.encoder.parameters() if not p.requires_grad]

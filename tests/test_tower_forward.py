@@ -16,7 +16,7 @@ from mmcl.config import load_config
 from mmcl.methods.base import distillation_loss
 from mmcl.models.backbone import build_encoder
 from mmcl.models.moe_adapter import AdapterSettings, CrossModalMoEAdapters
-from mmcl.models.prompts import PromptHooks, encode_prompted
+from mmcl.models.prompts import encode_prompted
 
 METHODS = Path(__file__).resolve().parents[1] / "mmcl" / "methods"
 

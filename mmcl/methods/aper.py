@@ -28,6 +28,7 @@ from mmcl.models.prototypes import PrototypeBank
 @register
 class APER(TextAnchoredMethod):
     name = "aper"
+    hooked_from = {"vision": 0}  # an adapter after every vision block (the frozen prefix cache)
     family = "prototype"
     description = "first-task adapter tuning, then prototypes of [frozen, adapted] features"
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "adapter_scale": [0.1, 1.0]}

@@ -191,6 +191,8 @@ def _shared_and_dropped(module: nn.Module) -> dict[int, object]:
             for buffer in sub.buffers():
                 memo[id(buffer)] = buffer
             memo[id(sub.tokenizer)] = sub.tokenizer  # a large vocabulary, read only
+            if sub.prefix_cache is not None:  # the frozen prefix: the teacher's is the student's
+                memo[id(sub.prefix_cache)] = sub.prefix_cache
         for value in vars(sub).values():
             items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
             for item in [value, *items]:
@@ -223,6 +225,10 @@ class Method(nn.Module):
     # Hyper-parameter -> values searched by ``mmcl tune`` on validation data (at least the default
     # budget of ``tuning.trials`` points; every method gets the same number of trials).
     tuning_grid: ClassVar[dict[str, list]] = {}
+    # For a method that changes the backbone through hooks only (prompts, prefixes, adapters; no
+    # backbone weight trains): tower -> its first hooked block (a tower not named is left alone).
+    # The frozen prefix cache reads it through frozen_blocks / frozen_weights; None: not such a method.
+    hooked_from: ClassVar[dict[str, int] | None] = None
 
     def __init__(self, encoder: MultiModalEncoder, context: RunContext, hparams):
         super().__init__()
@@ -286,6 +292,27 @@ class Method(nn.Module):
     def optimizer_parameter_groups(self) -> list[dict]:
         """Parameter groups for the engine's optimizer (default: every trainable parameter)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    # ------------------------------------------------------------- frozen prefix (the engine's cache)
+    def frozen_blocks(self, tower: str) -> int:
+        """How many leading blocks of ``tower`` ("vision" or "text") this method never changes: no
+        weight of theirs trains and no hook of the method acts before the state enters the next one.
+        The engine runs them once per benchmark (:mod:`mmcl.models.prefix_cache`). Prompts, prefixes
+        and adapters: their first hooked block; fine-tuning: the first trainable block; a tower the
+        method leaves alone: all its blocks. Default: from ``hooked_from``; without it 0, nothing is
+        cached (safe for any method)."""
+        if self.hooked_from is None:
+            return 0
+        return self.hooked_from.get(tower, self.tower_depth(tower))
+
+    def frozen_weights(self, tower: str) -> bool:
+        """Whether no weight of ``tower`` ever changes in this method (it acts through hooks at most),
+        so that a hook-free pass is the frozen backbone's and its embeddings can be cached: the prompt
+        methods' queries, the prototype methods' features. Default: whether ``hooked_from`` is set."""
+        return self.hooked_from is not None
+
+    def tower_depth(self, tower: str) -> int:
+        return len(self.encoder.blocks(tower))
 
     # --------------------------------------------------------------------------- checkpointing
     def frozen_state_names(self) -> set[str]:
@@ -385,6 +412,17 @@ class TextAnchoredMethod(Method):
     def begin_task(self, task: Task) -> None:
         """Applies the head rules; a subclass that overrides this calls ``super().begin_task(task)``."""
         apply_head_rules(self.head, self.hparams.head, task)
+
+    def frozen_blocks(self, tower: str) -> int:
+        """The vision tower's last ``trainable_blocks`` train; the text tower never does (and hooks,
+        where a subclass declares ``hooked_from``)."""
+        depth = self.tower_depth(tower)
+        trainable = self.hparams.trainable_blocks if tower == "vision" else 0
+        hooked = (self.hooked_from or {}).get(tower, depth)
+        return min(depth - trainable, hooked)
+
+    def frozen_weights(self, tower: str) -> bool:
+        return tower == "text" or self.hparams.trainable_blocks == 0
 
     def features(self, batch: Batch) -> torch.Tensor:
         return fuse({m: self.encoder.encode(m, x) for m, x in batch.inputs.items()})

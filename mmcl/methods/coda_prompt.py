@@ -72,6 +72,7 @@ def orthogonality_penalty(matrix: torch.Tensor) -> torch.Tensor:
 @register
 class CODAPrompt(Method):
     name = "coda-prompt"
+    hooked_from = {"vision": 0}  # prefixes from the first vision block (the frozen prefix cache)
     family = "prompt"
     description = "CODA-Prompt: attention-weighted prompt components, earlier tasks' components frozen, prefix-tuning"
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "components_per_task": [2, 4]}

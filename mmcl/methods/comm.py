@@ -230,6 +230,7 @@ class RelevanceFunction(nn.Module):
 @register
 class COMM(Method):
     name = "comm"
+    hooked_from = {"vision": 0}  # prompts from the first vision block (the frozen prefix cache)
     family = "paper"
     # 6 points like every method's grid. self_reg is not in it: its default (teacher) is what the
     # validation search of lr_scale x relevance_lr_scale x self_reg on tiny chose (docs/methods/comm.md).

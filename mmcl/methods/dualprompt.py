@@ -42,6 +42,7 @@ def select_expert(query: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor
 @register
 class DualPrompt(Method):
     name = "dualprompt"
+    hooked_from = {"vision": 0}  # G-/E-prefixes from the first vision block (the frozen prefix cache)
     family = "prompt"
     description = "DualPrompt: shared G-prompt in shallow blocks, task E-prompts chosen by key matching, prefix-tuning"
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.5, 1.0]}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
 from mmcl.methods.base import CosineClassifier, HeadConfig, Method, apply_head_rules, at_most, register, targets_in
 from mmcl.models.prompts import (
@@ -38,6 +39,7 @@ from mmcl.models.prompts import (
 @register
 class L2P(Method):
     name = "l2p"
+    hooked_from = {"vision": 0}  # prompts from the first vision block (the frozen prefix cache)
     family = "prompt"
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.1, 0.5]}
     compatible_scenarios = ("modality_incremental",)  # one modality per batch (see single_modality)

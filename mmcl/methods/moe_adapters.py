@@ -20,7 +20,6 @@ import itertools
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import pydantic
 from pydantic import Field
@@ -277,6 +276,15 @@ class MoEAdapters(Method):
                 moe.freeze(ranked[:count])
 
     # ------------------------------------------------------------------- optimizer, state
+    def frozen_blocks(self, tower: str) -> int:
+        """Adapters on the last ``steps`` blocks of every tower (and ``trainable_blocks`` vision blocks)."""
+        depth = self.tower_depth(tower)
+        trainable = self.hparams.trainable_blocks if tower == "vision" else 0
+        return max(0, min(depth - self.adapters.steps, depth - trainable))
+
+    def frozen_weights(self, tower: str) -> bool:
+        return tower == "text" or self.hparams.trainable_blocks == 0
+
     def optimizer_parameter_groups(self) -> list[dict]:
         adapter = [p for p in self.adapters.parameters() if p.requires_grad]
         rest = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("adapters.")]

@@ -76,6 +76,8 @@ class MultiModalEncoder(nn.Module):
 
     def __init__(self, clip: nn.Module, tokenizer, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
+        # The run's frozen prefix cache (mmcl.models.prefix_cache), attached by the engine; None: off.
+        self.prefix_cache = None
         self.clip = clip
         self.tokenizer = tokenizer
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -115,7 +117,15 @@ class MultiModalEncoder(nn.Module):
         return self.text_blocks if tower == "text" else self.vision_blocks
 
     def tower_input(self, modality: str, x: torch.Tensor) -> TowerState:
-        """One modality's batch -> its tower's input tokens (embedding + positions), before block 0."""
+        """One modality's batch -> its tower's input tokens (embedding + positions), before block 0.
+
+        With a prefix cache attached, the state may come from it already ``depth`` blocks in: the
+        blocks before the first one the run's method changes are frozen, so they are run once.
+        """
+        if self.prefix_cache is not None:
+            cached = self.prefix_cache.start_state(self, modality, x)
+            if cached is not None:
+                return cached
         if modality == "text":
             clip = self.clip
             if not hasattr(clip, "token_embedding"):
@@ -129,9 +139,14 @@ class MultiModalEncoder(nn.Module):
         return TowerState(visual._embeds(self.pixels(images).to(visual.conv1.weight.dtype)), "vision", frames=frames)
 
     def run_blocks(self, state: TowerState, stop: int | None = None, hooks: TowerHooks | None = None) -> TowerState:
-        """Blocks ``state.depth .. stop - 1`` (default: to the last) of the state's tower, with ``hooks``."""
+        """Blocks ``state.depth .. stop - 1`` (default: to the last) of the state's tower, with ``hooks``.
+
+        A state already at ``stop`` or deeper (from the prefix cache) is returned as it is.
+        """
         blocks = self.blocks(state.tower)
         stop = len(blocks) if stop is None else stop
+        if stop <= state.depth:
+            return state
         x = state.tokens
         mask = None
         if state.tower == "text" and self.clip.attn_mask is not None:
@@ -182,16 +197,26 @@ class MultiModalEncoder(nn.Module):
         """One modality's batch -> embeddings ``[B, D]`` (not normalised)."""
         if modality == "text" and not hasattr(self.clip, "token_embedding"):
             return self.encode_text(x, hooks)
+        if hooks is None and self.prefix_cache is not None:  # a tower the method never changes: cached
+            cached = self.prefix_cache.final(self, modality, x)
+            if cached is not None:
+                return cached
         return self.tower_output(self.run_blocks(self.tower_input(modality, x), hooks=hooks))
 
     @torch.no_grad()
     def class_text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Normalised text embeddings ``[C, D]``: each class averaged over ``templates``."""
         device = self.mean.device
+        cache = self.prefix_cache
+        key = (tuple(class_names), tuple(templates))
+        if cache is not None and cache.frozen_weights.get("text") and key in cache.text_classifiers:
+            return cache.text_classifiers[key].to(device).clone()  # once per run (the text tower is frozen)
         rows = []
         for name in class_names:
             tokens = self.tokenizer([t.format(name) for t in templates]).to(device)
             rows.append(F.normalize(F.normalize(self.encode_text(tokens).float(), dim=-1).mean(0), dim=-1))
+        if cache is not None:  # read back only while the method declares the text tower frozen
+            cache.text_classifiers[key] = torch.stack(rows).clone()
         return torch.stack(rows)
 
 
