@@ -226,8 +226,15 @@ _SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_
 
 def _init_worker() -> None:
     """Each pool worker: one intra-op and one inter-op torch thread (the environment above is set
-    before the worker starts, so before torch is imported)."""
+    before the worker starts, so before torch is imported). It ignores SIGINT: a Jupyter kernel
+    that shuts down (papermill, at the end of every notebook) interrupts its whole process group,
+    and the workers, idle in the queue, would each print a KeyboardInterrupt traceback; the pool
+    that owns them stops them at exit (:func:`shutdown_pools`)."""
+    import signal
+
     import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     torch.set_num_threads(1)
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 
 import pytest
 
@@ -95,3 +96,60 @@ def test_cli_executor_flags_become_runtime_executor_keys(tmp_path, capsys):
     assert "slurm-job-preview.sh" in capsys.readouterr().err
     script = (tmp_path / "smoke" / "jobs" / "slurm-job-preview.sh").read_text()
     assert "#SBATCH --partition=a100" in script and "#SBATCH --gpus-per-node=2" in script
+
+
+def test_pool_sweep_equals_the_local_sweep_and_lists_failures(tmp_path, capsys):
+    """The pool executor (2 single-threaded workers) gives the local executor's numbers, with the
+    same progress lines; only missing runs go to a worker; a failed run is listed with its error."""
+    from mmcl.executors import shutdown_pools
+
+    methods = ["finetune", "replay"]
+    local = load_config("smoke", [f"runtime.output_dir={tmp_path / 'local'}", "runtime.executor.name=local"])
+    jobs = reproduce.sweep_jobs(local, "class_incremental", methods=methods, seeds=[0])
+    reproduce.run_sweep(local, "class_incremental", methods=methods, seeds=[0])
+    pooled = load_config("smoke", [f"runtime.output_dir={tmp_path / 'pool'}", "runtime.executor.name=pool",
+                                   "runtime.executor.parallelism=2"])
+    capsys.readouterr()
+    try:
+        reproduce.run_sweep(pooled, "class_incremental", methods=methods, seeds=[0])
+        out = capsys.readouterr().out
+        assert len(re.findall(r"^\[class_incremental \d/2\] class_incremental · av-events · \w+ · seed 0: +\d+\.\d s$",
+                              out, re.M)) == 2
+        for job in jobs:
+            relative = f"smoke/class_incremental/av-events/{job['method']}/seed0"
+            assert _metrics(tmp_path / "local" / relative) == _metrics(tmp_path / "pool" / relative)
+        # Without one run folder: only that run goes to a worker, the other is reused here.
+        shutil.rmtree(tmp_path / "pool" / "smoke/class_incremental/av-events/replay/seed0")
+        make_executor(pooled).run_jobs(pooled, jobs, None, "missing")
+        out = capsys.readouterr().out
+        assert "[missing 1/2] class_incremental · av-events · finetune · seed 0: reused" in out
+        assert re.search(r"^\[missing 2/2\] .* replay · seed 0: +\d+\.\d s$", out, re.M)
+        # A run that fails inside its worker is listed with its error (runtime.device does not
+        # change a run's identity, so the run is submitted and fails in the worker).
+        broken = load_config("smoke", [f"runtime.output_dir={tmp_path / 'broken'}", "runtime.executor.name=pool",
+                                       "runtime.executor.parallelism=2", "runtime.device=cuda:7"])
+        with pytest.raises(SweepFailed) as failure:
+            make_executor(broken).run_jobs(broken, jobs, None, "broken")
+        message = str(failure.value)
+        assert message.startswith("broken: 2 of 2 runs failed (pool executor):\n  class_incremental · av-events · "
+                                  "finetune · seed 0: ConfigError: runtime.device: 'cuda:7' requested but CUDA is not "
+                                  "available")
+        # Workers ignore SIGINT: a Jupyter kernel shutting down interrupts its process group, and
+        # idle workers printed a KeyboardInterrupt traceback each (seen at the end of every notebook).
+        from mmcl.executors import worker_pool
+
+        assert worker_pool(2).submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
+    finally:
+        shutdown_pools()
+
+
+def test_auto_executor_is_the_pool_on_cpu_with_several_missing_runs_and_local_otherwise():
+    from mmcl.executors import auto_executor_name
+
+    config = load_config("smoke", [])
+    assert auto_executor_name(config, missing=5, cores=2) == "pool"
+    assert auto_executor_name(config, missing=1, cores=2) == "local"
+    assert auto_executor_name(config, missing=5, cores=1) == "local"
+    assert auto_executor_name(load_config("smoke", ["runtime.executor.parallelism=1"]), missing=5, cores=4) == "local"
+    with pytest.raises(ConfigError, match="runtime.executor.parallelism"):
+        load_config("smoke", ["runtime.executor.parallelism=0"])
