@@ -17,7 +17,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import MethodConfig, TextAnchoredMethod, register, targets_in
-from mmcl.models.exemplars import ReservoirBuffer
+from mmcl.models.exemplars import ReservoirBuffer, buffer_record
 
 
 def derpp_loss(logits: torch.Tensor, targets: torch.Tensor, replay_logits: torch.Tensor | None,
@@ -83,10 +83,8 @@ class DERpp(TextAnchoredMethod):
         return loss, parts
 
     def run_record(self) -> dict:
-        seen = sum(len(task.train) for task in self.context.tasks)
-        return {"buffer": {"per_class": self.hparams.per_class, "buffer_size": self.buffer.capacity,
-                           "size": len(self.buffer), "per_class_kept": self.buffer.counts(), "selection": "reservoir",
-                           "training_samples": seen, "share_of_training_data": len(self.buffer) / max(seen, 1)}}
+        return buffer_record(self.buffer, self.context.tasks, self.hparams.per_class, self.buffer.capacity,
+                             "reservoir")
 
     def get_extra_state(self):
         return {"buffer": self.buffer.state()}

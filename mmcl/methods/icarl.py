@@ -20,7 +20,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, distillation_loss, register
-from mmcl.models.exemplars import ExemplarBuffer, stack_items
+from mmcl.models.exemplars import ExemplarBuffer, buffer_record, stack_items
 from mmcl.models.prototypes import PrototypeBank
 
 
@@ -119,10 +119,8 @@ class ICaRL(TextAnchoredMethod):
         return self.means.logits(self.features(batch), label_space, self.encoder.logit_scale)
 
     def run_record(self) -> dict:
-        seen = sum(len(task.train) for task in self.context.tasks)
-        return {"buffer": {"per_class": self.hparams.per_class, "buffer_size": self.hparams.buffer_size,
-                           "size": len(self.buffer), "per_class_kept": self.buffer.counts(), "selection": "herding",
-                           "training_samples": seen, "share_of_training_data": len(self.buffer) / max(seen, 1)}}
+        return buffer_record(self.buffer, self.context.tasks, self.hparams.per_class, self.hparams.buffer_size,
+                             "herding")
 
     def get_extra_state(self):
         return {"buffer": self.buffer.state()}

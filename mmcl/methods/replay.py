@@ -16,7 +16,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import MethodConfig, TextAnchoredMethod, register
-from mmcl.models.exemplars import ExemplarBuffer
+from mmcl.models.exemplars import ExemplarBuffer, buffer_record
 
 
 @register
@@ -59,10 +59,7 @@ class Replay(TextAnchoredMethod):
 
     def run_record(self) -> dict:
         """The buffer after the last task: per class, in total, and as a share of the training data."""
-        seen = sum(len(task.train) for task in self.context.tasks)
-        return {"buffer": {"per_class": self.hparams.per_class, "buffer_size": self.hparams.buffer_size,
-                           "size": len(self.buffer), "per_class_kept": self.buffer.counts(),
-                           "training_samples": seen, "share_of_training_data": len(self.buffer) / max(seen, 1)}}
+        return buffer_record(self.buffer, self.context.tasks, self.hparams.per_class, self.hparams.buffer_size)
 
     def get_extra_state(self):
         return {"buffer": self.buffer.state()}

@@ -97,6 +97,17 @@ class ExemplarBuffer:
         self.per_class, self.capacity, self.groups = state["per_class"], state["capacity"], state["groups"]
 
 
+def buffer_record(buffer, tasks, per_class: int, buffer_size: int | None, selection: str | None = None) -> dict:
+    """``metrics.json``'s ``buffer`` entry of a rehearsal method: the budget, what the buffer holds
+    after the last task (in total and per class) and its share of the training data of ``tasks``."""
+    seen = sum(len(task.train) for task in tasks)
+    record = {"per_class": per_class, "buffer_size": buffer_size, "size": len(buffer),
+              "per_class_kept": buffer.counts()}
+    if selection:
+        record["selection"] = selection
+    return {"buffer": record | {"training_samples": seen, "share_of_training_data": len(buffer) / max(seen, 1)}}
+
+
 def reservoir_slot(seen: int, capacity: int, generator: torch.Generator) -> int | None:
     """Algorithm R: where the stream's sample number ``seen`` (0-based) goes in a reservoir of
     ``capacity`` slots, or None (dropped). Every sample of a stream of N ends up kept with
