@@ -148,7 +148,7 @@ def _list(what: str, profile: str) -> str:
 def _tune(args) -> int:
     from mmcl.methods import REGISTRY
     from mmcl.methods.base import method_class
-    from mmcl.tuning import tune, write_defaults
+    from mmcl.tuning import tune_many, write_defaults
 
     config = load_config(args.profile, args.overrides)
     if args.all == bool(args.method):
@@ -162,13 +162,15 @@ def _tune(args) -> int:
         if not args.scenario:
             raise ConfigError("mmcl tune: --scenario is required with --method")
         jobs = [(args.method, args.scenario)]
+    pairs = []
     for name, scenario in jobs:
         if not method_class(name).trains:
             print(f"skipped {name}: it trains nothing, so there is nothing to tune")
             continue
-        record = tune(config, scenario, name, seed=args.seed, benchmark=args.benchmark, trials=args.trials,
-                      output_dir=args.output_dir)
-        print(f"{name} · {scenario} · {record['benchmark']}: chose {record['chosen']} "
+        pairs.append((scenario, name))
+    for record in tune_many(config, pairs, seed=args.seed, benchmark=args.benchmark, trials=args.trials,
+                            output_dir=args.output_dir):
+        print(f"{record['method']} · {record['scenario']} · {record['benchmark']}: chose {record['chosen']} "
               f"(validation {record['chosen_score']:.2f} over {record['budget']} trials); record {record['record']}")
         if args.write_defaults:
             print(f"  defaults written to {write_defaults(record)}")

@@ -62,11 +62,30 @@ def job_label(job: dict) -> str:
     return f"{job['scenario']} · {job.get('benchmark') or '-'} · {name} · seed {job['seed']}"
 
 
+def split_job(config: Config, job: dict) -> tuple[Config, dict]:
+    """(configuration, keyword arguments of :func:`mmcl.engine.run`) of one job. A job runs under
+    the sweep's configuration unless it carries its own under ``"config"`` (a validation run of
+    ``mmcl tune``: the sweep's configuration with one grid point's hyper-parameters)."""
+    if "config" not in job:
+        return config, job
+    own = dict(job)
+    return own.pop("config"), own
+
+
+def locate_job(config: Config, job: dict, output_dir: str | Path | None):
+    """:func:`mmcl.engine.locate_run` of one job."""
+    from mmcl.engine import locate_run
+
+    job_config, arguments = split_job(config, job)
+    return locate_run(job_config, output_dir=output_dir, **arguments)
+
+
 def run_job(config: Config, job: dict, output_dir: str | Path | None) -> tuple[str, bool]:
     """The body of one job (in this process or a submitit subprocess): (run folder, reused)."""
     from mmcl.engine import run
 
-    result = run(config, output_dir=output_dir, **job)
+    job_config, arguments = split_job(config, job)
+    result = run(job_config, output_dir=output_dir, **arguments)
     return str(result.run_dir), bool(result.skipped)
 
 
@@ -157,9 +176,9 @@ class SubmititExecutor(Executor):
         return executor
 
     def execute(self, config, jobs, output_dir, what):
-        from mmcl.engine import is_reusable, locate_run
+        from mmcl.engine import is_reusable
 
-        locations = [locate_run(config, output_dir=output_dir, **job) for job in jobs]
+        locations = [locate_job(config, job, output_dir) for job in jobs]
         outcomes: list[Outcome | None] = [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
                                           for job, loc in zip(jobs, locations)]
         missing = [i for i, o in enumerate(outcomes) if o is None]
@@ -285,9 +304,9 @@ class PoolExecutor(Executor):
     def execute(self, config, jobs, output_dir, what):
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        from mmcl.engine import is_reusable, locate_run
+        from mmcl.engine import is_reusable
 
-        locations = [locate_run(config, output_dir=output_dir, **job) for job in jobs]
+        locations = [locate_job(config, job, output_dir) for job in jobs]
         outcomes: list[Outcome | None] = [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
                                           for job, loc in zip(jobs, locations)]
         number = 0
@@ -364,9 +383,9 @@ class AutoExecutor(Executor):
     name = "auto"
 
     def execute(self, config, jobs, output_dir, what):
-        from mmcl.engine import is_reusable, locate_run
+        from mmcl.engine import is_reusable
 
-        missing = sum(not is_reusable(locate_run(config, output_dir=output_dir, **job)) for job in jobs)
+        missing = sum(not is_reusable(locate_job(config, job, output_dir)) for job in jobs)
         chosen = PoolExecutor(config) if auto_executor_name(config, missing) == "pool" else LocalExecutor(config)
         self.name = f"auto: {chosen.name}"
         return chosen.execute(config, jobs, output_dir, what)

@@ -4,8 +4,10 @@ Every method declares a small grid of its hyper-parameters (``Method.tuning_grid
 ``lr_scale`` multiplies ``train.lr`` and every rate a method sets on its own parameter groups).
 A tuning of method M on scenario S runs ``tuning.trials`` grid points (the same number for every
 method; every shipped grid has exactly that many points, so each is searched whole; a larger grid
-is subsampled by a spread design, a smaller one is an error), each a normal engine run with ``train.eval_split=val`` (records, locks and resume
-apply) under ``<runs>/<profile>/tuning/<scenario>/<benchmark>/``, and chooses the point with the
+is subsampled by a spread design, a smaller one is an error), each a normal engine run with
+``train.eval_split=val`` (records, locks and resume apply) under
+``<runs>/<profile>/tuning/<scenario>/<benchmark>/``; the trials of all methods tuned by one
+command run as one sweep of the profile's executor (:func:`tune_many`). It chooses the point with the
 best final average validation accuracy of the scenario's primary evaluation mode (the first
 such point on a tie). The tuning record (grid, budget, every trial's values and score, the
 chosen values, the code version) is written beside those runs as ``<method>.json``.
@@ -152,10 +154,11 @@ def record_path(config: Config, scenario: str, benchmark: str, method: str,
     return tuning_root(config, output_dir) / scenario / benchmark / f"{method}.json"
 
 
-def tune(config: Config, scenario: str, method: str, seed: int = 0, benchmark: str | None = None,
-         trials: int | None = None, output_dir: str | Path | None = None) -> dict:
-    """Tune ``method`` on ``scenario``'s validation data; returns (and writes) the tuning record."""
-    from mmcl.engine import evaluation_modes, run, scenario_benchmark, with_method_overrides
+def plan(config: Config, scenario: str, method: str, seed: int = 0, benchmark: str | None = None,
+         trials: int | None = None) -> dict:
+    """The validation runs of one tuning (method on scenario): its grid points and, for each, an
+    executor job (:mod:`mmcl.executors`) carrying the configuration with that point's values."""
+    from mmcl.engine import evaluation_modes, scenario_benchmark, with_method_overrides
     from mmcl.methods.base import method_class
 
     method_cls = method_class(method)
@@ -167,20 +170,45 @@ def tune(config: Config, scenario: str, method: str, seed: int = 0, benchmark: s
     points = trial_points(method_cls, budget)
     benchmark = scenario_benchmark(config, scenario, benchmark)
     validation = config.model_copy(update={"train": config.train.model_copy(update={"eval_split": "val"})})
-    mode = evaluation_modes(scenario)[0]
-    rows = []
-    for point in points:
-        result = run(with_method_overrides(validation, method, point), scenario, method, seed=seed,
-                     benchmark=benchmark, output_dir=output_dir)
-        rows.append({"values": point, "val_score": result.metrics["modes"][mode]["final_accuracy"],
-                     "run_dir": str(result.run_dir), "identity": result.metrics["run"].get("identity")})
-    best = max(range(len(rows)), key=lambda i: (rows[i]["val_score"], -i))  # the first of equal scores
-    path = record_path(config, scenario, benchmark, method, output_dir)
-    record = {"profile": config.profile, "scenario": scenario, "benchmark": benchmark, "method": method,
-              "seed": seed, "grid": method_cls.tuning_grid, "budget": budget,
-              "selection": f"final average validation accuracy ({mode})",
-              "trials": rows, "chosen": rows[best]["values"], "chosen_score": rows[best]["val_score"],
-              "record": str(path), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "code_version": records.code_version()}
-    records.atomic_write_json(path, record)
-    return record
+    jobs = [{"config": with_method_overrides(validation, method, point), "scenario": scenario, "method": method,
+             "seed": seed, "benchmark": benchmark} for point in points]
+    return {"scenario": scenario, "method": method, "seed": seed, "benchmark": benchmark, "budget": budget,
+            "grid": method_cls.tuning_grid, "points": points, "jobs": jobs, "mode": evaluation_modes(scenario)[0]}
+
+
+def tune_many(config: Config, pairs: list[tuple[str, str]], seed: int = 0, benchmark: str | None = None,
+              trials: int | None = None, output_dir: str | Path | None = None, executor=None) -> list[dict]:
+    """Tune every (scenario, method) of ``pairs``; all their validation runs go to one sweep of
+    ``executor`` (default: the profile's, :func:`mmcl.executors.make_executor`), so a pool keeps
+    every core busy across methods. Returns (and writes) one tuning record per pair, in order."""
+    from mmcl.executors import make_executor
+
+    plans = [plan(config, scenario, method, seed, benchmark, trials) for scenario, method in pairs]
+    jobs = [job for p in plans for job in p["jobs"]]
+    run_dirs = (executor or make_executor(config)).run_jobs(config, jobs, output_dir, "tuning")
+    tuned, position = [], 0
+    for p in plans:
+        rows = []
+        for point in p["points"]:
+            run_dir = Path(run_dirs[position])
+            position += 1
+            metrics = records.read_json(run_dir / "metrics.json")
+            rows.append({"values": point, "val_score": metrics["modes"][p["mode"]]["final_accuracy"],
+                         "run_dir": str(run_dir), "identity": metrics["run"].get("identity")})
+        best = max(range(len(rows)), key=lambda i: (rows[i]["val_score"], -i))  # the first of equal scores
+        path = record_path(config, p["scenario"], p["benchmark"], p["method"], output_dir)
+        record = {"profile": config.profile, "scenario": p["scenario"], "benchmark": p["benchmark"],
+                  "method": p["method"], "seed": p["seed"], "grid": p["grid"], "budget": p["budget"],
+                  "selection": f"final average validation accuracy ({p['mode']})",
+                  "trials": rows, "chosen": rows[best]["values"], "chosen_score": rows[best]["val_score"],
+                  "record": str(path), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "code_version": records.code_version()}
+        records.atomic_write_json(path, record)
+        tuned.append(record)
+    return tuned
+
+
+def tune(config: Config, scenario: str, method: str, seed: int = 0, benchmark: str | None = None,
+         trials: int | None = None, output_dir: str | Path | None = None, executor=None) -> dict:
+    """Tune ``method`` on ``scenario``'s validation data; returns (and writes) the tuning record."""
+    return tune_many(config, [(scenario, method)], seed, benchmark, trials, output_dir, executor)[0]
