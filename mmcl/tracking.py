@@ -3,8 +3,11 @@
 A tracker receives what the engine records anyway: the loss of every optimizer step, each task's
 accuracies after training it, and the run's final metrics. Neither backend is a dependency:
 ``tensorboard`` (``pip install tensorboard``) writes event files into the run folder's
-``tensorboard/``; ``mlflow`` (``pip install mlflow``) logs to ``MLFLOW_TRACKING_URI`` (default:
-``./mlruns``), one MLflow run per mmcl run, named after its folder. Like all of ``runtime``, the
+``tensorboard/``; ``mlflow`` (``pip install mlflow``) logs to ``MLFLOW_TRACKING_URI`` (unset:
+MLflow's default, ``sqlite:///mlflow.db`` in the working directory since MLflow 3, which needs the
+full ``mlflow`` package; a server ``http://...`` works with ``mlflow-skinny``; a file store
+``file:./mlruns`` needs ``MLFLOW_ALLOW_FILE_STORE=true``), one MLflow run per mmcl run, named after
+its folder. A store MLflow cannot open is a one-line error naming ``runtime.tracking``. Like all of ``runtime``, the
 choice never changes a run's identity or numbers.
 """
 from __future__ import annotations
@@ -74,7 +77,12 @@ class MLflowTracker(Tracker):
         import mlflow
 
         self.mlflow = mlflow
-        mlflow.set_experiment(f"mmcl-{run_record.get('profile', 'runs')}")
+        try:
+            mlflow.set_experiment(f"mmcl-{run_record.get('profile', 'runs')}")
+        except Exception as error:  # noqa: BLE001 - MLflow raises its own types for an unusable store
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"runtime.tracking: 'mlflow' cannot open its tracking store "
+                              f"{mlflow.get_tracking_uri()!r} (set MLFLOW_TRACKING_URI): {first}") from error
         self.run = mlflow.start_run(run_name=str(Path(run_dir)))
         mlflow.log_params({k: str(v)[:250] for k, v in run_record.items()})
 
