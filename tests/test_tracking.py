@@ -58,6 +58,10 @@ def test_mlflow_logs_what_the_records_hold(tmp_path, monkeypatch):
     assert [m.value for m in curve] == pytest.approx([r["average_accuracy"]["standard"] for r in rows])
     assert logged.data.metrics["final.standard.final_accuracy"] == \
         pytest.approx(result.metrics["modes"]["standard"]["final_accuracy"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://store")  # a store MLflow cannot open
+    with pytest.raises(ConfigError, match=r"runtime.tracking: 'mlflow' cannot open its tracking store "
+                                          r"'nosuchscheme://store' \(set MLFLOW_TRACKING_URI\)"):
+        run(config, "class_incremental", "finetune", seed=1)
 
 
 def test_a_backend_that_is_not_installed_is_named(tmp_path, monkeypatch):
