@@ -83,8 +83,8 @@ def test_cached_states_and_embeddings_equal_the_frozen_forward(encoder_and_data,
         odd = images.clone()
         odd[0] = 255 - odd[0]
         assert encoder.tower_input(modality, odd).depth == 0 and cache.misses == 1
-    files = sorted(p.name for p in cache.folder.iterdir())
-    assert files == ["vision-block1-train+test.pt", "vision-final-train+test.pt"]
+    files = {p.name for p in cache.folder.iterdir()}  # the test cache is shared: other tests add theirs
+    assert files >= {"vision-block1-train+test.pt", "vision-final-train+test.pt"}
     assert cache.folder.parent == config.cache_dir() / "prefix"
 
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from mmcl.config import load_config
 from mmcl.methods.base import distillation_loss
-from mmcl.models.backbone import build_encoder
+from mmcl.models.backbone import build_encoder, class_token_block
 from mmcl.models.moe_adapter import AdapterSettings, CrossModalMoEAdapters
-from mmcl.models.prompts import encode_prompted
+from mmcl.models.prompts import PromptHooks, encode_prompted
 
 METHODS = Path(__file__).resolve().parents[1] / "mmcl" / "methods"
 
@@ -65,9 +65,39 @@ def test_run_blocks_in_pieces_equals_one_pass(encoder, images):
     state = encoder.tower_input("image", images)
     half = encoder.run_blocks(state, stop=1)
     assert state.depth == 0 and half.depth == 1  # states are never changed in place
-    assert torch.equal(encoder.tower_output(encoder.run_blocks(half)), encoder.encode("image", images))
+    assert torch.equal(encoder.tower_output(encoder.run_blocks(half, pooled_only=True)), encoder.encode("image", images))
     with pytest.raises(ValueError, match="all 2 blocks"):
         encoder.tower_output(half)
+
+
+def test_last_block_for_the_class_token_alone_equals_the_whole_block(encoder, images):
+    """encode() reads only the pooled class token, so its last vision block computes that token alone:
+    the same embedding as the whole block, with no hook, with deep prompts and with prefixes there."""
+    assert encoder.pools_class_token
+    state = encoder.tower_input("image", images)
+    whole, alone = encoder.run_blocks(state), encoder.run_blocks(state, pooled_only=True)
+    assert whole.tokens.shape[1] == 17 and alone.tokens.shape[1] == 1
+    assert torch.allclose(alone.tokens[:, 0], whole.tokens[:, 0], atol=1e-5)
+    assert torch.allclose(encoder.tower_output(alone), encoder.tower_output(whole), atol=1e-5)
+    depth = len(encoder.vision_blocks)
+    for style in ("prompt", "prefix"):  # prompts/prefixes in every block, the last one included
+        prompt = torch.randn(3, depth, 4, encoder.vision_width, generator=torch.Generator().manual_seed(4))
+        with PromptHooks(prompt, encoder.vision_blocks, style) as hooks:
+            full = encoder.tower_output(encoder.run_blocks(state, hooks=hooks))
+        with PromptHooks(prompt, encoder.vision_blocks, style) as hooks:
+            fast = encoder.tower_output(encoder.run_blocks(state, hooks=hooks, pooled_only=True))
+        assert torch.allclose(fast, full, atol=1e-5), style
+        assert not torch.allclose(fast, encoder.tower_output(whole), atol=1e-3)  # the prompts do act
+    block = encoder.vision_blocks[-1]
+    assert torch.allclose(class_token_block(block, whole.tokens), block(whole.tokens)[:, :1], atol=1e-5)
+    encoder.clip.visual.pool_type = "avg"  # a tower that pools every patch token needs them all
+    try:
+        del encoder.__dict__["pools_class_token"]
+        assert not encoder.pools_class_token
+        assert encoder.run_blocks(state, pooled_only=True).tokens.shape[1] == 17
+    finally:
+        encoder.clip.visual.pool_type = "tok"
+        del encoder.__dict__["pools_class_token"]
 
 
 def test_prompt_hook_equals_hand_written_reference(encoder, images):

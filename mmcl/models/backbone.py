@@ -138,15 +138,20 @@ class MultiModalEncoder(nn.Module):
         visual = self.clip.visual
         return TowerState(visual._embeds(self.pixels(images).to(visual.conv1.weight.dtype)), "vision", frames=frames)
 
-    def run_blocks(self, state: TowerState, stop: int | None = None, hooks: TowerHooks | None = None) -> TowerState:
+    def run_blocks(self, state: TowerState, stop: int | None = None, hooks: TowerHooks | None = None,
+                   pooled_only: bool = False) -> TowerState:
         """Blocks ``state.depth .. stop - 1`` (default: to the last) of the state's tower, with ``hooks``.
 
         A state already at ``stop`` or deeper (from the prefix cache) is returned as it is.
+        ``pooled_only``: the caller reads nothing but the pooled embedding (:meth:`tower_output`), so
+        where the vision tower pools its class token, the last block computes that token alone
+        (:func:`class_token_block`; the returned tokens are ``[N, 1, W]``).
         """
         blocks = self.blocks(state.tower)
         stop = len(blocks) if stop is None else stop
         if stop <= state.depth:
             return state
+        last_alone = pooled_only and stop == len(blocks) and state.tower == "vision" and self.pools_class_token
         x = state.tokens
         mask = None
         if state.tower == "text" and self.clip.attn_mask is not None:
@@ -157,7 +162,10 @@ class MultiModalEncoder(nn.Module):
             block = blocks[index]
             if mask is not None and x.shape[1] != mask.shape[0]:
                 raise ValueError("hooks may not change the text tower's token count (its causal mask)")
-            x = block(x, attn_mask=mask) if state.tower == "text" else block(x)
+            if state.tower == "text":
+                x = block(x, attn_mask=mask)
+            else:
+                x = class_token_block(block, x) if last_alone and index == stop - 1 else block(x)
             if hooks is not None:
                 x = hooks.after_block(index, x)
         return replace(state, tokens=x, depth=stop)
@@ -201,7 +209,17 @@ class MultiModalEncoder(nn.Module):
             cached = self.prefix_cache.final(self, modality, x)
             if cached is not None:
                 return cached
-        return self.tower_output(self.run_blocks(self.tower_input(modality, x), hooks=hooks))
+        return self.tower_output(self.run_blocks(self.tower_input(modality, x), hooks=hooks, pooled_only=True))
+
+    @functools.cached_property
+    def pools_class_token(self) -> bool:
+        """Whether the vision tower's embedding reads the class token alone after the last block
+        (open_clip ``pool_type='tok'``, no attentional pooler, plain residual blocks), so the last
+        block may compute that token alone."""
+        visual = self.clip.visual
+        return getattr(visual, "pool_type", None) == "tok" and getattr(visual, "attn_pool", None) is None and \
+            all(type(b) is open_clip.transformer.ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
+                for b in self.vision_blocks)
 
     @torch.no_grad()
     def class_text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
@@ -218,6 +236,20 @@ class MultiModalEncoder(nn.Module):
         if cache is not None:  # read back only while the method declares the text tower frozen
             cache.text_classifiers[key] = torch.stack(rows).clone()
         return torch.stack(rows)
+
+
+def class_token_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An open_clip residual block ``[N, L, W] -> [N, 1, W]`` computed for the class token only.
+
+    Every token still supplies keys and values (through ``block.attention``, so a prefix attention
+    swapped in by a hook applies), but only the class token is queried and passed through the
+    output projection and the MLP: the same class token as ``block(x)[:, :1]`` up to float
+    rounding, for about half the block's cost (the last block of a tower whose embedding is its
+    class token; :meth:`MultiModalEncoder.run_blocks`).
+    """
+    normed = block.ln_1(x)
+    token = x[:, :1] + block.ls_1(block.attention(q_x=normed[:, :1], k_x=normed, v_x=normed))
+    return token + block.ls_2(block.mlp(block.ln_2(token)))
 
 
 def freeze(module: nn.Module) -> nn.Module:

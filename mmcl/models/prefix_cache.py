@@ -194,7 +194,7 @@ class PrefixCache:
                 x = torch.stack([parts[p][r] for p, r in picks[start:start + BUILD_BATCH]]).to(device)
                 state = encoder.tower_input(modality, x)
                 if kind == "final":
-                    computed.append(encoder.tower_output(encoder.run_blocks(state)).float().cpu())
+                    computed.append(encoder.tower_output(encoder.run_blocks(state, pooled_only=True)).float().cpu())
                 else:
                     computed.append(encoder.run_blocks(state, stop=int(kind)).tokens.float().cpu())
                 row_bytes = computed[0][0].numel() * 2  # float16 at least
