@@ -25,6 +25,10 @@ modality ``m``:
     and, at the end of the task, the pool replaced by the Gaussian-weighted average of its states
     at the end of each epoch (:func:`gaussian_epoch_weights`). The momentum merge of a recurring
     modality applies after the aggregation.
+- **Class- and domain-incremental streams** (our reading): a sample has several modalities; each
+  tower input is prompted from its own modality's pool (blended as above, the modality known), the
+  prompted embeddings are mean-fused for the head, every pool of the task's modalities learns and is
+  revisited from the second task on, and ``R_t``'s target is each input's own modality.
 - **Re-alignment**: per-class Gaussians (mean, shrunk covariance) of the final embeddings; after
   each task, pseudo-features of old classes and real features of the current task fine-tune a
   light alignment layer (a linear map on the embeddings, or the head) *(SLCA-style)*.
