@@ -19,7 +19,7 @@ from mmcl.methods.comm import (
     promptsrc_regularisation,
     self_regularisation,
 )
-from mmcl.models.prompts import pool_frames
+from mmcl.models.prompts import as_images, encode_prompted, pool_frames
 
 from learning_check import assert_learning_verdict, learning_cases
 
@@ -90,7 +90,7 @@ def test_first_occurrence_teacher_is_the_frozen_model(comm_two_tasks):
     # A modality's first task has no earlier pool: the teacher is the frozen model without prompts
     # (before, it was the freshly initialised pool: a pull toward random prompts).
     method, task = comm_two_tasks
-    assert method.teacher is None and not method.pool_revisited
+    assert method.teachers == {} and method.revisited == []
     batch = next(task.train.batches(8))
     _, parts = method.training_loss(batch, task)
     modality, inputs = task.modality, batch.inputs[task.modality]
@@ -118,14 +118,14 @@ def test_recurring_modality_teacher_is_its_pool_before_the_task(comm_two_tasks):
         pool.prompts.add_(0.1)  # the pool as task 0 left it (as if trained)
     before = {k: v.clone() for k, v in pool.state_dict().items()}
     again = recur(method, method.context.tasks, first, 2)
-    assert method.pool_revisited and method.teacher is not None
-    assert all(torch.equal(v, before[k]) for k, v in method.teacher.module.state_dict().items())
+    assert method.revisited == [first.modality] and list(method.teachers) == [first.modality]
+    assert all(torch.equal(v, before[k]) for k, v in method.teachers[first.modality].module.state_dict().items())
     batch = next(again.train.batches(8))
     _, parts = method.training_loss(batch, again)
     assert parts["self"] == 0.0  # the student starts as its teacher
     with torch.no_grad():
         pool.prompts.add_(0.5)  # training moves the pool; the teacher stays
-    assert all(torch.equal(v, before[k]) for k, v in method.teacher.module.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in method.teachers[first.modality].module.state_dict().items())
     _, parts = method.training_loss(batch, again)
     assert parts["self"] > 0
 
@@ -177,7 +177,7 @@ def test_promptsrc_aggregates_the_pool_over_epochs(tmp_path):
     task = stream.tasks[0]
     method.context.seen_classes = sorted(task.classes)
     method.begin_task(task)
-    assert method.teacher is None
+    assert method.teachers == {}
     _, parts = method.training_loss(next(task.train.batches(8)), task)
     assert parts["self"] > 0  # fresh random prompts move the embedding away from the frozen model's
     pool = method.pools[task.modality]
@@ -294,3 +294,50 @@ def test_l2p_refuses_a_stream_with_text(tmp_path):
     config = load_config("smoke", [f"runtime.output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="methods.l2p: .*text task"):
         build_run(config, "modality_incremental", "l2p", seed=0, benchmark="modality-stream-text")
+
+
+# ------------------------------------------------------------------ class- and domain-incremental
+def test_each_tower_of_a_two_modality_sample_is_prompted_from_its_own_pool(smoke_config):
+    # av-events: video + audio. Every modality has a pool from the first task; the video frames get
+    # the video pool's prompts, the spectrogram the audio pool's (modality-aware, rho = 0 here), and
+    # the sample is the mean fusion of the two prompted embeddings.
+    config = smoke_config.model_copy(deep=True)
+    config.methods["comm"] = {"aware_share": 0.0}
+    method, stream = build_run(config, "class_incremental", "comm", seed=0)
+    assert method.modalities == ["video", "audio"] and sorted(method.pools) == ["audio", "video"]
+    task = stream.tasks[0]
+    method.context.seen_classes = sorted(task.classes)
+    method.begin_task(task)
+    assert method.seen_mask.tolist() == [True, True]
+    assert all(p.requires_grad for pool in method.pools.values() for p in pool.parameters())
+    with torch.no_grad():
+        method.pools["audio"].prompts.add_(3.0)  # tell the pools apart
+    batch = next(task.train.batches(4))
+    embeddings, queries, similarities = method.embed_batch(batch)
+    for modality in ("video", "audio"):
+        images = as_images(modality, batch.inputs[modality])
+        prompts, _, _ = method.pools[modality](queries[modality])
+        expected = pool_frames(modality, encode_prompted(method.encoder, images, prompts), len(batch))
+        assert torch.allclose(embeddings[modality], expected, atol=1e-6)
+        assert list(similarities[modality]) == [modality]  # rho = 0: no other pool is looked up
+    fused = method.combine(embeddings)
+    assert torch.allclose(fused, (F.normalize(embeddings["video"], dim=-1) + F.normalize(embeddings["audio"], dim=-1)) / 2)
+    # R_t's target is each tower input's own modality; no pseudo-queries (every modality is present)
+    logits = method.relevance(torch.cat([queries["video"], queries["audio"]]))
+    targets = torch.tensor([0] * len(queries["video"]) + [1] * len(queries["audio"]))
+    assert torch.isclose(method.relevance_loss(queries), F.cross_entropy(logits, targets))
+
+
+def test_second_class_incremental_task_revisits_every_pool(smoke_config):
+    method, stream = build_run(smoke_config, "class_incremental", "comm", seed=0)
+    first, second = stream.tasks
+    method.context.seen_classes = sorted(first.classes)
+    method.begin_task(first)
+    assert method.revisited == [] and method.teachers == {}
+    method.end_task(first)
+    assert len(method.queries) == 0 and method.features.classes == sorted(first.classes)  # fused features only
+    method.context.seen_classes = sorted(first.classes + second.classes)
+    method.begin_task(second)
+    assert method.revisited == ["video", "audio"] and sorted(method.teachers) == ["audio", "video"]
+    _, parts = method.training_loss(next(second.train.batches(8)), second)
+    assert parts["self"] == 0.0  # the student starts as its teacher, in both towers

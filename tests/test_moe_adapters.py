@@ -198,3 +198,36 @@ def test_adapters_start_as_the_frozen_towers_and_freezing_survives_a_checkpoint(
 @pytest.mark.parametrize("method, scenario, trained", learning_cases(["moe-adapters"]))
 def test_learns_what_zero_shot_cannot_read(tmp_path, method, scenario, trained):
     assert_learning_verdict(method, scenario, trained, tmp_path / "runs")
+
+
+# ------------------------------------------------------------------ the modality stream (our reading)
+def test_single_modality_cross_attention_reads_the_null_slot_only():
+    from mmcl.models.moe_adapter import CrossModalAttention
+
+    torch.manual_seed(0)
+    attention = CrossModalAttention(8, {"audio": 6}, dim=4, heads=2, null_slot=True)
+    with torch.no_grad():
+        attention.null.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 2.0, 0.0]]))  # key, value
+    h = torch.randn(3, 5, 8)  # one modality alone: no other modality's summary
+    out = attention(h, {}, frames=1)
+    # One slot: softmax over it is 1 whatever the query, so every token gets W_o v_null.
+    expected = attention.out(torch.tensor([0.5, -1.0, 2.0, 0.0])).expand(3, 5, 8)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert CrossModalAttention(8, {"audio": 6}, 4, 2, null_slot=False)(h, {}, 1).eq(0).all()
+
+
+def test_modality_stream_freezes_experts_of_the_task_modality_only(mmcl_cache):
+    config = load_config("smoke", ["train.epochs=1"])
+    device = torch.device("cpu")
+    method, stream = engine.build_run(config, "modality_incremental", "moe-adapters", seed=0, device=device)
+    first = stream.tasks[0]
+    assert sorted(method.adapters.modalities) == ["audio", "image"]
+    method.context.seen_classes = sorted(first.classes)
+    method.begin_task(first)
+    engine.train_task(method, first, [first.train], config, 0, device, False)
+    method.end_task(first)
+    frozen = {name: int(moe.frozen.sum()) for name, moe in method.adapters.moe_layers().items()}
+    assert frozen == {f"{m}.{i}": int(m == first.modality) for m in ("image", "audio") for i in (0, 1)}
+    # Modality-agnostic: the adapter sets trained so far in the batch's tower (the first modality's).
+    batch = next(stream.tasks[1].train.batches(4))
+    assert method.agnostic_adapter_sets(batch) == [first.modality]

@@ -25,6 +25,10 @@ modality ``m``:
     and, at the end of the task, the pool replaced by the Gaussian-weighted average of its states
     at the end of each epoch (:func:`gaussian_epoch_weights`). The momentum merge of a recurring
     modality applies after the aggregation.
+- **Class- and domain-incremental streams** (our reading): a sample has several modalities; each
+  tower input is prompted from its own modality's pool (blended as above, the modality known), the
+  prompted embeddings are mean-fused for the head, every pool of the task's modalities learns and is
+  revisited from the second task on, and ``R_t``'s target is each input's own modality.
 - **Re-alignment**: per-class Gaussians (mean, shrunk covariance) of the final embeddings; after
   each task, pseudo-features of old classes and real features of the current task fine-tune a
   light alignment layer (a linear map on the embeddings, or the head) *(SLCA-style)*.
@@ -47,6 +51,7 @@ from mmcl.methods.base import (
     Snapshot,
     apply_head_rules,
     at_most,
+    fuse,
     register,
     targets_in,
 )
@@ -60,7 +65,6 @@ from mmcl.models.prompts import (
     pool_frames,
     prefix_tokens_even,
     prompt_parameter_groups,
-    single_modality,
 )
 
 DEFAULT_MODALITY_WORDS = {"image": "photo", "video": "video", "audio": "sound", "depth": "depth map",
@@ -226,6 +230,11 @@ class RelevanceFunction(nn.Module):
         return self.net(query.float())
 
 
+def mean_of(terms: list[torch.Tensor]) -> torch.Tensor:
+    """The mean of loss terms (one term: itself, unchanged)."""
+    return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
+
+
 # ---------------------------------------------------------------------------------------- method
 @register
 class COMM(Method):
@@ -235,7 +244,9 @@ class COMM(Method):
     # 6 points like every method's grid. self_reg is not in it: its default (teacher) is what the
     # validation search of lr_scale x relevance_lr_scale x self_reg on tiny chose (docs/methods/comm.md).
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "relevance_lr_scale": [10.0, 100.0]}
-    compatible_scenarios = ("modality_incremental",)
+    # modality_incremental first: the ablation study runs on a method's first scenario. Class- and
+    # domain-incremental are our reading (docs/methods/comm.md, "COMM on the other scenarios").
+    compatible_scenarios = ("modality_incremental", "class_incremental", "domain_incremental")
     uses_modality_id = True
     description = "COMM (reconstructed): modality prompt pools, relevance blending, self-regularisation, re-alignment"
     ablations = {
@@ -307,7 +318,8 @@ class COMM(Method):
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
         h = hparams
-        self.modalities = list(dict.fromkeys(t.modality for t in context.tasks))
+        # Every modality of the stream, in order of first appearance; a pool for each from the start.
+        self.modalities = list(dict.fromkeys(m for t in context.tasks for m in t.modalities))
         unknown = [m for m in self.modalities if m not in h.modality_words]
         if unknown:
             raise ConfigError(f"methods.comm.modality_words: no word for the stream's modalities {unknown}")
@@ -327,10 +339,15 @@ class COMM(Method):
         self.register_buffer("seen_mask", torch.zeros(len(self.modalities), dtype=torch.bool))
         self.queries = GaussianBank(h.covariance_shrinkage)  # frozen queries, for R_t's pseudo-queries
         self.features = GaussianBank(h.covariance_shrinkage)  # final embeddings, for re-alignment
-        self.class_modality: dict[int, int] = {c: self.modalities.index(t.modality)
-                                               for t in context.tasks for c in t.classes}
-        self.teacher: Snapshot | None = None  # the current pool before this task (recurring modality)
-        self.aggregate: dict[str, torch.Tensor] | None = None  # PromptSRC: sum_e w_e P_e of this task
+        # The modality a class is taught in, for classes of single-modality tasks (R_t's pseudo-queries);
+        # a class of a multi-modal task has every modality of its samples and no such entry.
+        self.class_modality: dict[int, int] = {c: self.modalities.index(t.modalities[0])
+                                               for t in context.tasks if len(t.modalities) == 1 for c in t.classes}
+        # pool name -> the pool before this task (the task's modalities that were seen before)
+        self.teachers: dict[str, Snapshot] = {}
+        self.revisited: list[str] = []  # this task's pools that an earlier task trained
+        # PromptSRC: pool name -> sum_e w_e P_e of this task
+        self.aggregate: dict[str, dict[str, torch.Tensor]] | None = None
         self.steps = 0
         self.generator = torch.Generator()
 
@@ -341,9 +358,9 @@ class COMM(Method):
         if self.hparams.templates == "shared":
             return self.encoder.class_text_embeddings(names, self.context.config.model.classifier_templates)
         rows = torch.zeros(len(names), self.encoder.embed_dim, device=self.encoder.mean.device)
-        for task in self.context.tasks:
-            word = self.hparams.modality_words[task.modality]
-            templates = [t.replace("{modality}", word) for t in self.hparams.modality_templates]
+        for task in self.context.tasks:  # a multi-modal task: every modality's word (templates averaged)
+            templates = [t.replace("{modality}", self.hparams.modality_words[m])
+                         for m in task.modalities for t in self.hparams.modality_templates]
             rows[task.classes] = self.encoder.class_text_embeddings([names[c] for c in task.classes], templates)
         return rows
 
@@ -402,37 +419,66 @@ class COMM(Method):
     def classify(self, embeddings: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
         return self.head(self.align(F.normalize(embeddings.float(), dim=-1)), label_space)
 
+    @staticmethod
+    def combine(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A sample's representation ``[B, D]``: its one modality's embedding, or (several modalities,
+        class- and domain-incremental) the shared mean fusion of the modalities' prompted embeddings."""
+        return next(iter(embeddings.values())) if len(embeddings) == 1 else fuse(embeddings)
+
+    @staticmethod
+    def regularised(modalities) -> list[str]:
+        """The modalities the self-regularisation reads: those with prompts (text is the frozen text
+        tower's), or all of them when the sample has text only."""
+        return [m for m in modalities if m != "text"] or list(modalities)
+
+    def embed_batch(self, batch, known: bool = True, replace: dict[str, PromptPool] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, dict]]:
+        """Per modality of the batch: (prompted embeddings ``[B, D]``, queries, key similarities).
+        Each modality's tower input is prompted from that modality's pool (blended by ``R_t``), the
+        modality known to be its own when ``known``."""
+        embeddings, queries, similarities = {}, {}, {}
+        for modality, inputs in batch.inputs.items():
+            embeddings[modality], queries[modality], similarities[modality] = self.embed(
+                modality, inputs, known=modality if known else None, replace=replace)
+        return embeddings, queries, similarities
+
     # ------------------------------------------------------------------------------------- hooks
+    def current_pools(self, task) -> list[str]:
+        """The pools that learn in ``task``: those of its modalities (every modality of a multi-modal task)."""
+        return list(dict.fromkeys(self.pool_name(m) for m in task.modalities))
+
     def begin_task(self, task):
         apply_head_rules(self.head, self.hparams.head, task)
         self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
-        current = self.pool_name(task.modality)
-        self.pool_revisited = bool(self.seen_mask[self.modalities.index(task.modality)]) or \
-            (self.hparams.shared_pool and task.index > 0)
-        self.seen_mask[self.modalities.index(task.modality)] = True
-        for name, pool in self.pools.items():  # only the current modality's pool learns
-            pool.requires_grad_(name == current)
+        current = self.current_pools(task)
+        seen_before = {self.pool_name(m) for m in task.modalities if bool(self.seen_mask[self.modalities.index(m)])}
+        self.revisited = [name for name in current
+                          if name in seen_before or (self.hparams.shared_pool and task.index > 0)]
+        for modality in task.modalities:
+            self.seen_mask[self.modalities.index(modality)] = True
+        for name, pool in self.pools.items():  # only the current modalities' pools learn
+            pool.requires_grad_(name in current)
         h = self.hparams
-        # The teacher is the pool as it was before this task of its modality; a modality's first task
-        # has none (its pool is freshly initialised): the frozen model, without prompts, is the teacher.
+        # The teacher is each pool as it was before this task; a modality's first task has none (its
+        # pool is freshly initialised): the frozen model, without prompts, is the teacher.
         wanted = (h.self_reg == "teacher" and h.self_reg_weight > 0) or h.prompt_momentum > 0
-        self.teacher = Snapshot(self.pools[current]) if self.pool_revisited and wanted else None
+        self.teachers = {name: Snapshot(self.pools[name]) for name in self.revisited} if wanted else {}
         self.steps = 0
         self.aggregate = None
 
     def teacher_embeddings(self, modality: str, inputs: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """``[B, D]``: the self-regularisation teacher's embedding of the batch (no gradient): the
-        current pool before this task of the modality, or (first occurrence) the frozen model's
-        normalised embedding, which is the query (video: the mean of its frames' queries)."""
-        if self.teacher is None:
+        pools before this task, or (the modality's first task) the frozen model's normalised
+        embedding, which is the query (video: the mean of its frames' queries)."""
+        if self.pool_name(modality) not in self.teachers:
             return pool_frames(modality, query, len(inputs))
         with torch.no_grad():
-            embeddings, _, _ = self.embed(modality, inputs, known=modality,
-                                          replace={self.pool_name(modality): self.teacher.module}, query=query)
+            embeddings, _, _ = self.embed(modality, inputs, known=modality, query=query,
+                                          replace={name: t.module for name, t in self.teachers.items()})
         return embeddings
 
     def after_optimizer_step(self, task):
-        """PromptSRC form: at the end of every epoch, add ``w_e`` times the current pool to the aggregate."""
+        """PromptSRC form: at the end of every epoch, add ``w_e`` times each current pool to its aggregate."""
         h = self.hparams
         if h.self_reg != "promptsrc" or not h.src_aggregate:
             return
@@ -443,79 +489,95 @@ class COMM(Method):
             return
         epoch = self.steps // per_epoch  # 1-based
         weight = float(gaussian_epoch_weights(train.epochs, h.src_aggregate_mean, h.src_aggregate_std)[epoch - 1])
-        pool = self.pools[self.pool_name(task.modality)]
-        state = {name: weight * p.detach().clone() for name, p in pool.named_parameters()}
-        self.aggregate = state if self.aggregate is None else {k: self.aggregate[k] + v for k, v in state.items()}
+        aggregate = self.aggregate or {}
+        for pool_name in self.current_pools(task):
+            state = {name: weight * p.detach().clone() for name, p in self.pools[pool_name].named_parameters()}
+            aggregate[pool_name] = state if pool_name not in aggregate else \
+                {k: aggregate[pool_name][k] + v for k, v in state.items()}
+        self.aggregate = aggregate
 
-    def relevance_loss(self, query: torch.Tensor, modality: str) -> torch.Tensor:
-        """Cross-entropy of ``R_t`` on current queries and pseudo-queries of earlier modalities."""
-        target = torch.full((len(query),), self.modalities.index(modality), device=query.device)
-        inputs, targets = [query], [target]
-        old = [c for c in self.queries.classes if self.class_modality[c] != self.modalities.index(modality)]
+    def relevance_loss(self, queries: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of ``R_t``: each modality's queries to that modality, plus pseudo-queries of
+        classes taught in modalities absent from the batch (a multi-modal task has every modality:
+        none)."""
+        present = [self.modalities.index(m) for m in queries]
+        device = next(iter(queries.values())).device
+        inputs = list(queries.values())
+        targets = [torch.full((len(q),), index, device=device) for q, index in zip(inputs, present)]
+        old = [c for c in self.queries.classes if self.class_modality.get(c) not in present]
         if old and self.hparams.relevance_pseudo_batch > 0:
             picks = torch.randint(len(old), (self.hparams.relevance_pseudo_batch,), generator=self.generator)
             labels = torch.tensor(old)[picks]
-            inputs.append(F.normalize(self.queries.sample(labels, self.generator).to(query.device), dim=-1))
-            targets.append(torch.tensor([self.class_modality[int(c)] for c in labels], device=query.device))
+            inputs.append(F.normalize(self.queries.sample(labels, self.generator).to(device), dim=-1))
+            targets.append(torch.tensor([self.class_modality[int(c)] for c in labels], device=device))
         logits = self.relevance(torch.cat(inputs)).masked_fill(~self.seen_mask, float("-inf"))
         return F.cross_entropy(logits, torch.cat(targets))
 
     def training_loss(self, batch, task):
         h = self.hparams
-        modality, inputs = single_modality(batch)
-        embeddings, query, similarities = self.embed(modality, inputs, known=modality)
+        embeddings, queries, similarities = self.embed_batch(batch)
         classes = task.classes if h.ce_over == "current" else self.context.seen_classes
         space = torch.tensor(sorted(classes), device=batch.labels.device)
-        logits = self.classify(embeddings, space)
+        logits = self.classify(self.combine(embeddings), space)
         ce = F.cross_entropy(logits, targets_in(space, batch.labels))
         loss, parts = ce, {"ce": ce.item()}
-        current = self.pool_name(modality)
-        if h.matching_weight > 0 and current in similarities:
-            matching = key_query_matching_loss(similarities[current])
+        matched = [similarities[m][self.pool_name(m)] for m in embeddings if self.pool_name(m) in similarities[m]]
+        if h.matching_weight > 0 and matched:
+            matching = mean_of([key_query_matching_loss(s) for s in matched])
             loss, parts["match"] = loss + h.matching_weight * matching, matching.item()
+        regularised = self.regularised(embeddings)
         if h.self_reg == "teacher" and h.self_reg_weight > 0:
-            teacher = self.teacher_embeddings(modality, inputs, query)
-            regulariser = self_regularisation(embeddings, teacher, h.self_reg_kappa, h.self_reg_adaptive)
+            regulariser = mean_of([self_regularisation(
+                embeddings[m], self.teacher_embeddings(m, batch.inputs[m], queries[m]), h.self_reg_kappa,
+                h.self_reg_adaptive) for m in regularised])
             loss, parts["self"] = loss + h.self_reg_weight * regulariser, regulariser.item()
         elif h.self_reg == "promptsrc":
-            frozen = pool_frames(modality, query, len(inputs))  # the frozen model's (normalised) embedding
-            frozen_logits = self.head.scale * F.normalize(frozen.float(), dim=-1) @ self.zero_shot_weight[space].T
-            regulariser = promptsrc_regularisation(embeddings, frozen, logits, frozen_logits,
-                                                   h.src_feature_loss, h.src_feature_weight, h.src_logit_weight)
+            terms = []
+            for m in regularised:  # each modality against the frozen model's (normalised) embedding of it
+                frozen = pool_frames(m, queries[m], len(batch))
+                frozen_logits = self.head.scale * F.normalize(frozen.float(), dim=-1) @ self.zero_shot_weight[space].T
+                own = logits if len(embeddings) == 1 else self.classify(embeddings[m], space)
+                terms.append(promptsrc_regularisation(embeddings[m], frozen, own, frozen_logits, h.src_feature_loss,
+                                                      h.src_feature_weight, h.src_logit_weight))
+            regulariser = mean_of(terms)
             loss, parts["self"] = loss + regulariser, regulariser.item()
         if not h.shared_pool and h.relevance_weight > 0:
-            relevance = self.relevance_loss(query, modality)
+            relevance = self.relevance_loss(queries)
             loss, parts["relevance"] = loss + h.relevance_weight * relevance, relevance.item()
         return loss, parts
 
     @torch.no_grad()
     def end_task(self, task):
         h = self.hparams
-        current = self.pools[self.pool_name(task.modality)]
-        if self.aggregate is not None:  # PromptSRC: the Gaussian-weighted average of the epochs' pools
-            total = float(gaussian_epoch_weights(self.context.config.train.epochs, h.src_aggregate_mean,
-                                                 h.src_aggregate_std)[: self.steps // max(
-                task.train.num_batches(self.context.config.train.batch_size), 1)].sum())
-            for name, parameter in current.named_parameters():
-                parameter.copy_(self.aggregate[name] / total)
+        for pool_name in self.current_pools(task):
+            current = self.pools[pool_name]
+            if self.aggregate is not None:  # PromptSRC: the Gaussian-weighted average of the epochs' pools
+                total = float(gaussian_epoch_weights(self.context.config.train.epochs, h.src_aggregate_mean,
+                                                     h.src_aggregate_std)[: self.steps // max(
+                    task.train.num_batches(self.context.config.train.batch_size), 1)].sum())
+                for name, parameter in current.named_parameters():
+                    parameter.copy_(self.aggregate[pool_name][name] / total)
+            if pool_name in self.revisited and h.prompt_momentum > 0 and pool_name in self.teachers:
+                old = self.teachers[pool_name].module.prompts.to(current.prompts.device)
+                current.prompts.copy_(h.prompt_momentum * old + (1 - h.prompt_momentum) * current.prompts)
+            current.requires_grad_(False)
         self.aggregate = None
-        if self.pool_revisited and h.prompt_momentum > 0 and self.teacher is not None:
-            old = self.teacher.module.prompts.to(current.prompts.device)
-            current.prompts.copy_(h.prompt_momentum * old + (1 - h.prompt_momentum) * current.prompts)
-        self.teacher = None
-        current.requires_grad_(False)
+        self.teachers = {}
         was_training = self.training
         self.eval()
         device = self.seen_mask.device
+        single = len(task.modalities) == 1  # R_t's pseudo-queries: classes of single-modality tasks only
         queries, query_labels, embeddings, labels = [], [], [], []
         for batch in task.train.batches(256):
             batch = batch.to(device)
-            modality, inputs = single_modality(batch)
-            embedding, query, _ = self.embed(modality, inputs, known=modality)
-            frames = query.shape[0] // len(batch)
-            queries.append(query), query_labels.append(batch.labels.repeat_interleave(frames))
-            embeddings.append(F.normalize(embedding.float(), dim=-1)), labels.append(batch.labels)
-        self.queries.add(torch.cat(queries), torch.cat(query_labels))
+            embedded, query, _ = self.embed_batch(batch)
+            if single:
+                query = next(iter(query.values()))
+                frames = query.shape[0] // len(batch)
+                queries.append(query), query_labels.append(batch.labels.repeat_interleave(frames))
+            embeddings.append(F.normalize(self.combine(embedded).float(), dim=-1)), labels.append(batch.labels)
+        if single:
+            self.queries.add(torch.cat(queries), torch.cat(query_labels))
         embeddings, labels = torch.cat(embeddings), torch.cat(labels)
         old = [c for c in self.features.classes if c not in task.classes]
         self.features.add(embeddings, labels)
@@ -560,9 +622,8 @@ class COMM(Method):
             self.head.weight.requires_grad_(h.head.train)
 
     def predict(self, batch, label_space, modality_known=True):
-        modality, inputs = single_modality(batch)
-        embeddings, _, _ = self.embed(modality, inputs, known=modality if modality_known else None)
-        return self.classify(embeddings, label_space)
+        embeddings, _, _ = self.embed_batch(batch, known=modality_known)
+        return self.classify(self.combine(embeddings), label_space)
 
     def optimizer_parameter_groups(self):
         lr = self.context.config.train.lr

@@ -108,7 +108,12 @@ class MoEAdapters(Method):
     name = "moe-adapters"
     family = "paper"
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "kd_weight": [0.5, 1.0]}
-    compatible_scenarios = ("class_incremental", "domain_incremental")
+    # Modality-incremental is our reading (docs/methods/moe_adapters.md, "On the modality stream"):
+    # one modality per sample, its cross-attention reads the null slot only.
+    compatible_scenarios = ("class_incremental", "domain_incremental", "modality_incremental")
+    # Each modality has its own adapters: in a modality stream that is the modality ID, so the
+    # modality-agnostic evaluation has to do without it (predict: the most confident adapter set).
+    uses_modality_id = True
     description = "cross-modality MoE adapters + alignment + relation preservation (Paper B, no buffer)"
 
     @dataclass(config={"extra": "forbid"})
@@ -209,8 +214,38 @@ class MoEAdapters(Method):
         return output, fuse_embeddings(output.embeddings, self.hparams.fusion), teacher
 
     def predict(self, batch: Batch, label_space: torch.Tensor, modality_known: bool = True) -> torch.Tensor:
-        output = self.adapters.encode(self.encoder, batch.inputs)
-        return self.head(fuse_embeddings(output.embeddings, self.hparams.fusion), label_space)
+        candidates = [] if modality_known else self.agnostic_adapter_sets(batch)
+        if not candidates:
+            output = self.adapters.encode(self.encoder, batch.inputs)
+            return self.head(fuse_embeddings(output.embeddings, self.hparams.fusion), label_space)
+        # Modality-agnostic (design choice): every trained adapter set of the batch's tower scores each
+        # sample; the set whose prediction is the most confident (largest softmax probability) wins.
+        (modality,) = batch.inputs
+        states = self.adapters.prefix(self.encoder, batch.inputs)
+        best_logits, best_confidence = None, None
+        for adapter_set in candidates:
+            output = self.adapters(self.encoder, states, adapter_sets={modality: adapter_set})
+            logits = self.head(fuse_embeddings(output.embeddings, self.hparams.fusion), label_space)
+            confidence = logits.float().softmax(dim=-1).amax(dim=-1)
+            if best_logits is None:
+                best_logits, best_confidence = logits, confidence
+                continue
+            better = confidence > best_confidence
+            best_logits = torch.where(better.unsqueeze(-1), logits, best_logits)
+            best_confidence = torch.where(better, confidence, best_confidence)
+        return best_logits
+
+    def agnostic_adapter_sets(self, batch: Batch) -> list[str]:
+        """The adapter sets a single-modality batch may be read with when its modality is not known:
+        those of the modalities trained so far (tasks whose classes are all seen) in the same tower,
+        in stream order; none for a multi-modal batch (its modalities are its inputs' names)."""
+        if len(batch.inputs) != 1:
+            return []
+        (modality,) = batch.inputs
+        seen = set(self.context.seen_classes)
+        tower = "text" if modality == "text" else "vision"
+        trained = [m for task in self.context.tasks if set(task.classes) <= seen for m in task.modalities]
+        return [m for m in dict.fromkeys(trained) if ("text" if m == "text" else "vision") == tower]
 
     # --------------------------------------------------------------------------- hooks
     def begin_task(self, task):
@@ -269,6 +304,8 @@ class MoEAdapters(Method):
                     self.influence[name] += mass.to(self.influence[name].device)
             self.train(was_training)
         for name, moe in self.adapters.moe_layers().items():
+            if name.split(".")[0] not in task.modalities:  # a modality absent from the task (a modality
+                continue  # stream): its mixtures saw no data, none of their experts is influential
             trainable = [e for e in range(moe.num_experts) if not bool(moe.frozen[e])]
             count = min(h.experts_frozen_per_task, len(trainable) - h.min_trainable_experts)
             if count > 0:

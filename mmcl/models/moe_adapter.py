@@ -271,9 +271,17 @@ class CrossModalMoEAdapters(nn.Module):
             pooled = x.mean(dim=1)
         return pooled.view(-1, state.frames, x.shape[-1]).mean(dim=1)
 
-    def forward(self, encoder: MultiModalEncoder, states: dict[str, TowerState]) -> AdapterOutput:
-        """The last L blocks of every tower in lock-step with the adapters -> embeddings ``[B, D]``."""
+    def forward(self, encoder: MultiModalEncoder, states: dict[str, TowerState],
+                adapter_sets: dict[str, str] | None = None) -> AdapterOutput:
+        """The last L blocks of every tower in lock-step with the adapters -> embeddings ``[B, D]``.
+
+        A batch with one modality (modality-incremental) has no other modality to attend to: its
+        cross-attention sees the null slot only. ``adapter_sets`` (modality -> modality) runs a
+        modality's tokens through another modality's adapters of the same tower (modality-agnostic
+        evaluation tries each trained set); by default every modality has its own.
+        """
         states = dict(states)
+        adapter_sets = adapter_sets or {}
         balance, count, mass = None, 0, {}
         for step in range(self.steps):
             states = {m: encoder.run_blocks(s, stop=s.depth + 1) for m, s in states.items()}
@@ -281,7 +289,8 @@ class CrossModalMoEAdapters(nn.Module):
                 if self.settings.cross_attention and len(states) > 1 else {}
             for modality, state in states.items():
                 context = {m: c for m, c in summaries.items() if m != modality}
-                tokens, term, gate_mass = self.adapters[modality][step](state.tokens, context, state.frames)
+                adapters = self.adapters[adapter_sets.get(modality, modality)]
+                tokens, term, gate_mass = adapters[step](state.tokens, context, state.frames)
                 states[modality] = replace(state, tokens=tokens)
                 balance = term if balance is None else balance + term
                 count += 1
