@@ -162,7 +162,8 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
     if config.runtime.prefix_cache:  # the frozen computation, once per backbone and benchmark
         prefix_cache.attach(encoder, data, config, stream.data_sha256)
     # The method sees training views: no task's test or validation data (the engine keeps those).
-    context = RunContext(config, scenario, stream.class_names, device, [t.training_view() for t in stream.tasks])
+    context = RunContext(config, scenario, stream.class_names, device, [t.training_view() for t in stream.tasks],
+                         benchmark=benchmark)
     seed_everything(seed)
     method_obj = method_cls(encoder, context, hparams).to(device)
     if encoder.prefix_cache is not None:

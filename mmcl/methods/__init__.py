@@ -5,6 +5,7 @@ from mmcl.methods import slca  # noqa: F401  (registration; slow learner)
 from mmcl.methods import moe_adapters  # noqa: F401  (registration; Paper B)
 from mmcl.methods import aper, ranpac, simplecil  # noqa: F401  (registration; prototype methods)
 from mmcl.methods import derpp, icarl  # noqa: F401  (registration; rehearsal methods)
+from mmcl.methods import av_cil  # noqa: F401  (registration; the audio-visual anchor)
 from mmcl.methods.base import REGISTRY, Method, MethodConfig, RunContext, Task, method_class, register
 
 __all__ = ["REGISTRY", "Method", "MethodConfig", "RunContext", "Task", "method_class", "register"]

@@ -108,6 +108,7 @@ class RunContext:
     device: torch.device
     tasks: list[Task] = field(default_factory=list)
     seen_classes: list[int] = field(default_factory=list)
+    benchmark: str = ""  # the stream's benchmark (benchmarks.<name>), for errors naming it
 
     @property
     def num_classes(self) -> int:

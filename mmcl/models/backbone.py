@@ -189,6 +189,18 @@ class MultiModalEncoder(nn.Module):
         pooled, _ = visual._pool(tokens)
         return pooled @ visual.proj if visual.proj is not None else pooled
 
+    def visual_patches(self, state: TowerState) -> tuple[torch.Tensor, torch.Tensor]:
+        """A vision state after the last block -> (pooled embeddings ``[B * frames, D]``, the patch tokens
+        through the same final norm and projection ``[B * frames, P, D]``), per frame (not normalised):
+        the spatial map that an attention over image regions (AV-CIL's audio-guided one) reads."""
+        if state.tower != "vision" or state.depth != len(self.vision_blocks):
+            raise ValueError("visual_patches needs a vision state after its last block")
+        visual = self.clip.visual
+        pooled, patches = visual._pool(state.tokens)
+        if visual.proj is not None:
+            pooled, patches = pooled @ visual.proj, patches @ visual.proj
+        return pooled, patches
+
     def encode_visual(self, images: torch.Tensor, hooks: TowerHooks | None = None) -> torch.Tensor:
         """uint8 images ``[B, 3, S, S]`` -> embeddings ``[B, D]`` (not normalised)."""
         return self.encode("image", images, hooks)
