@@ -56,7 +56,8 @@ def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = No
     """The runs of a scenario sweep (keyword arguments of :func:`mmcl.engine.run`); with
     ``benchmarks=None`` the profile's benchmark for the scenario, its ``also_on`` benchmarks and its
     appendix benchmarks. Every
-    compatible method runs with its defaults and, where the scenario is one of its
+    compatible method (:attr:`~mmcl.methods.base.Method.required_modalities`: left out of a
+    benchmark whose samples lack what it needs) runs with its defaults and, where the scenario is one of its
     ``comparison_scenarios``, with each of its fair-comparison variants (``Method.comparisons``)."""
     from mmcl.engine import scenario_benchmark
     from mmcl.methods import REGISTRY
@@ -69,6 +70,8 @@ def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = No
     for benchmark in benchmarks:
         for method in compatible_methods(scenario, methods):
             cls = REGISTRY[method]
+            if benchmark in config.benchmarks and cls.inapplicable(config.benchmarks[benchmark].modalities):
+                continue  # e.g. av-cil on a benchmark without audio: no row (its docs say why)
             comparisons = cls.comparisons.items() if scenario in cls.comparison_scenarios else ()
             for variant, overrides in [(None, None), *comparisons]:
                 for seed in seeds:
@@ -106,6 +109,8 @@ def ablation_jobs(config: Config, methods: Sequence[str] | None = None, seeds: S
         for scenario in chosen[:1] if scenarios is None else chosen:
             also = config.scenarios[scenario].ablations_also_on if scenario in config.scenarios else []
             for benchmark in [scenario_benchmark(config, scenario, None), *also]:
+                if benchmark in config.benchmarks and cls.inapplicable(config.benchmarks[benchmark].modalities):
+                    continue
                 for variant, overrides in [(None, None), *cls.ablations.items()]:
                     for seed in seeds:
                         jobs.append({"scenario": scenario, "benchmark": benchmark, "method": method,

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mmcl import engine
+from mmcl import engine, reproduce
 from mmcl.config import ConfigError
 from mmcl.methods.av_cil import (
     AudioGuidedVisualAttention,
@@ -117,6 +117,15 @@ def test_refuses_a_benchmark_without_audio_and_a_stream_without_both_modalities(
         engine.build_run(smoke_config, "class_incremental", "av-cil", seed=0, benchmark="ego-activities")
     with pytest.raises(ConfigError, match="not compatible with scenario 'modality_incremental'"):
         engine.build_run(smoke_config, "modality_incremental", "av-cil", seed=0)
+    cls = method_class("av-cil")
+    assert cls.inapplicable(["video", "acc", "gyro"]) == "av-cil needs audio in every sample"
+    assert cls.inapplicable(["text"]) == "av-cil needs audio and video or image in every sample"
+    assert cls.inapplicable(["image", "audio"]) is None
+    # The sweeps leave it out where it cannot run, and keep every other method there.
+    jobs = reproduce.sweep_jobs(smoke_config, "class_incremental", benchmarks=["av-events", "ego-activities"])
+    pairs = {(job["benchmark"], job["method"]) for job in jobs}
+    assert ("av-events", "av-cil") in pairs and ("ego-activities", "av-cil") not in pairs
+    assert ("ego-activities", "icarl") in pairs
 
 
 def test_family_scenarios_and_grid():

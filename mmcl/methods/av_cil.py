@@ -108,6 +108,7 @@ class AVCIL(TextAnchoredMethod):
     name = "av-cil"
     family = "rehearsal"
     compatible_scenarios = ("class_incremental", "domain_incremental")
+    required_modalities = (("audio",), VISUAL_MODALITIES)
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "avsc_weight": [0.5, 2.0]}
     description = "audio-visual CIL: audio-guided visual attention, D-AVSC, VAD, exemplars (5 per class)"
     ablations = {"no-avsc": {"avsc_weight": 0.0}, "instance-only": {"class_weight": 0.0},
@@ -127,9 +128,10 @@ class AVCIL(TextAnchoredMethod):
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
         for task in context.tasks:
-            if "audio" not in task.modalities or not set(VISUAL_MODALITIES) & set(task.modalities):
-                raise ConfigError(f"benchmarks.{context.benchmark or '?'}.modalities: av-cil needs audio and video "
-                                  f"(or image) in every task; task {task.index} has {task.modalities}")
+            reason = self.inapplicable(task.modalities)
+            if reason:
+                raise ConfigError(f"benchmarks.{context.benchmark or '?'}.modalities: {reason}; "
+                                  f"task {task.index} has {task.modalities}")
         self.attention = AudioGuidedVisualAttention(encoder.embed_dim, hparams.attention_hidden)
         self.buffer = ExemplarBuffer(hparams.per_class, hparams.buffer_size)
         self.generator = torch.Generator()

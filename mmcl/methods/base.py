@@ -209,6 +209,10 @@ class Method(nn.Module):
     trains: ClassVar[bool] = True
     trains_on_all_seen_data: ClassVar[bool] = False  # joint training: the engine passes the union
     uses_modality_id: ClassVar[bool] = False  # evaluated twice in modality-incremental streams
+    # Modalities every sample must carry, as groups of alternatives: ``(("audio",), ("video",
+    # "image"))`` reads "audio, and video or image". A benchmark without them is left out of the
+    # method's sweeps (:meth:`inapplicable`) and is a one-line error when asked for by name.
+    required_modalities: ClassVar[tuple[tuple[str, ...], ...]] = ()
     description: ClassVar[str] = ""
     # What kind of method it is, for tables and the claims' rivals: classic, rehearsal, prompt,
     # fine-tuning (a pre-trained representation fine-tuned: SLCA), adapter, paper (a reproduced
@@ -230,6 +234,12 @@ class Method(nn.Module):
     # backbone weight trains): tower -> its first hooked block (a tower not named is left alone).
     # The frozen prefix cache reads it through frozen_blocks / frozen_weights; None: not such a method.
     hooked_from: ClassVar[dict[str, int] | None] = None
+
+    @classmethod
+    def inapplicable(cls, modalities: list[str] | tuple[str, ...]) -> str | None:
+        """Why the method cannot run on samples of ``modalities`` (None: it can)."""
+        missing = [" or ".join(group) for group in cls.required_modalities if not set(group) & set(modalities)]
+        return f"{cls.name} needs {' and '.join(missing)} in every sample" if missing else None
 
     def __init__(self, encoder: MultiModalEncoder, context: RunContext, hparams):
         super().__init__()
