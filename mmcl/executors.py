@@ -31,8 +31,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,22 +243,6 @@ def _init_worker() -> None:
         pass
 
 
-@contextmanager
-def single_threaded_workers() -> Iterator[None]:
-    """Inside: the environment pool workers are spawned (on demand) with, one thread each (see
-    :func:`_init_worker`); the caller's environment is restored after."""
-    saved = {key: os.environ.get(key) for key in _SINGLE_THREAD_ENV}
-    os.environ.update(_SINGLE_THREAD_ENV)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _timed_job(config: Config, job: dict, output_dir) -> tuple[str, bool, float]:
     """:func:`run_job` in a pool worker, with its seconds (not counting the wait in the queue)."""
     begun = time.perf_counter()
@@ -316,7 +299,9 @@ class PoolExecutor(Executor):
         if not missing:
             return outcomes
         workers = resolved_parallelism(self.settings)
-        with single_threaded_workers():
+        saved = {key: os.environ.get(key) for key in _SINGLE_THREAD_ENV}
+        os.environ.update(_SINGLE_THREAD_ENV)  # workers are spawned (on demand) with this environment
+        try:
             pool = worker_pool(workers)
             running = {pool.submit(_timed_job, config, jobs[i], output_dir): i for i in missing}
             while running:
@@ -331,6 +316,12 @@ class PoolExecutor(Executor):
                         outcomes[i] = Outcome(jobs[i], locations[i].run_dir, "failed", error=_last_error_line(text))
                     number += 1
                     _progress(what, number, len(jobs), outcomes[i])
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         return outcomes
 
 

@@ -582,8 +582,5 @@ def test_prepare_data_generates_the_benchmarks_in_a_worker_while_pre_training(tm
 
     monkeypatch.setattr(executors, "cpu_cores", lambda: 2)
     monkeypatch.setattr(benchmark_module, "generate_synthetic", not_here)  # the spawned worker has its own
-    try:
-        prepared = reproduce.prepare_data(config_in(tmp_path / "worker"))
-    finally:
-        executors.shutdown_pools()
+    prepared = reproduce.prepare_data(config_in(tmp_path / "worker"))
     assert {name: b.digest() for name, b in prepared.items()} == expected
