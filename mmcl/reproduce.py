@@ -142,14 +142,30 @@ def prepare_data(config: Config, benchmarks: Sequence[str] | None = None, raw_ro
     benchmarks are prepared by ``data_prep`` from ``<raw_root>/<dataset>`` into the folder the
     profile names, unless already complete.
     """
-    from mmcl.data.benchmarks import load_benchmark
-    from mmcl.models.backbone import build_encoder
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from mmcl.data.benchmarks import generate_cached, load_benchmark, synthetic_cache_path
+    from mmcl.executors import cpu_cores
+    from mmcl.models.backbone import build_encoder, pretrained_backbone_missing
 
     names = list(benchmarks or config.benchmarks)
     processed = [n for n in names if config.benchmarks[n].source == "processed"]
     if processed:
         prepare_real_datasets(config, processed, raw_root)
-    encoder = build_encoder(config, "cpu", progress=progress)  # pre-trains and caches the tiny backbone once
+    missing = [n for n in names if (path := synthetic_cache_path(config, n)) is not None and not path.is_file()]
+    if not (missing and pretrained_backbone_missing(config) and cpu_cores() > 1):
+        encoder = build_encoder(config, "cpu", progress=progress)  # pre-trains and caches the tiny backbone once
+        return {name: load_benchmark(config, name, encoder.tokenizer, progress=progress) for name in names}
+    # Pre-training runs on one thread: a spawned process generates the benchmarks meanwhile. It
+    # inherits this process's environment as it is (no single-thread settings, unlike the sweeps'
+    # workers): the generator's numpy products round differently under another BLAS thread count,
+    # and the files must be the ones this process would write.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        generating = [pool.submit(generate_cached, config, name) for name in missing]
+        encoder = build_encoder(config, "cpu", progress=progress)
+        for future in generating:
+            future.result()
     return {name: load_benchmark(config, name, encoder.tokenizer, progress=progress) for name in names}
 
 

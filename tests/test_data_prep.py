@@ -562,3 +562,25 @@ def test_hmdb51_split_lists_and_videos(tmp_path):
 
     frames = decode.video_frames(items[0].files["video"], 2)
     assert frames.shape[0] == 2
+
+
+def test_prepare_data_generates_the_benchmarks_in_a_worker_while_pre_training(tmp_path, monkeypatch):
+    from mmcl import executors, reproduce
+    from mmcl.data import benchmarks as benchmark_module
+    from mmcl.models.backbone import build_encoder
+
+    def config_in(folder):  # a backbone of 5 steps: not in any cache, so prepare_data pre-trains it
+        return load_config("smoke", [f"data.cache_dir={folder}", "model.pretrain.steps=5"])
+
+    reference = config_in(tmp_path / "here")  # the benchmarks generated in this process
+    tokenizer = build_encoder(reference).tokenizer
+    expected = {name: benchmark_module.load_benchmark(reference, name, tokenizer).digest()
+                for name in reference.benchmarks}
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("generated in the process that pre-trains")
+
+    monkeypatch.setattr(executors, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(benchmark_module, "generate_synthetic", not_here)  # the spawned worker has its own
+    prepared = reproduce.prepare_data(config_in(tmp_path / "worker"))
+    assert {name: b.digest() for name, b in prepared.items()} == expected

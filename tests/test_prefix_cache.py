@@ -1,5 +1,7 @@
 """The frozen prefix cache: the same numbers as the uncached path, for every method; tables on disk,
 rebuilt when damaged; batches it does not hold take the uncached path."""
+import threading
+
 import pytest
 import torch
 
@@ -83,8 +85,8 @@ def test_cached_states_and_embeddings_equal_the_frozen_forward(encoder_and_data,
         odd = images.clone()
         odd[0] = 255 - odd[0]
         assert encoder.tower_input(modality, odd).depth == 0 and cache.misses == 1
-    files = {p.name for p in cache.folder.iterdir()}  # the test cache is shared: other tests add theirs
-    assert files >= {"vision-block1-train+test.pt", "vision-final-train+test.pt"}
+    files = {p.name for p in cache.folder.glob("*.pt")}  # beside them, their build locks; the test
+    assert files >= {"vision-block1-train+test.pt", "vision-final-train+test.pt"}  # cache is shared
     assert cache.folder.parent == config.cache_dir() / "prefix"
 
 
@@ -105,6 +107,33 @@ def test_a_damaged_table_is_rebuilt(encoder_and_data, caplog):
     torch.testing.assert_close(rebuilt.tokens, first)
     assert torch.load(path, weights_only=True)["values"].shape[1:] == first.shape[1:]
 
+
+
+def test_a_table_being_built_elsewhere_is_waited_for_and_loaded(encoder_and_data, monkeypatch):
+    # two pool workers starting runs on one benchmark: the second waits for the first's table
+    config, encoder, data = encoder_and_data
+    computed = []
+    compute = prefix_cache.PrefixCache._compute
+    monkeypatch.setattr(prefix_cache.PrefixCache, "_compute",
+                        lambda self, *a: computed.append(a[1:3]) or compute(self, *a))
+    first = prefix_cache.attach(encoder, data, config, data.digest())
+    first.declare(Declares(encoder, 1, False))
+    path = first.path("vision", "1")
+    values = first.table(encoder, "vision", "1").values  # built here, or loaded from an earlier test's cache
+    stored = path.read_bytes()
+    computed.clear()
+    path.unlink()
+    second = prefix_cache.attach(encoder, data, config, data.digest())
+    second.declare(Declares(encoder, 1, False))
+    with prefix_cache.build_lock(path):  # another process is building the table
+        waiter = threading.Thread(target=second.table, args=(encoder, "vision", "1"))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive()  # it waits, and computes nothing
+        path.write_bytes(stored)  # the other process's table
+    waiter.join(timeout=60)
+    assert computed == []  # loaded what the other process wrote
+    assert torch.equal(second.tables["vision", "1"].values, values)
 
 def test_a_teacher_snapshot_shares_the_cache(encoder_and_data):
     config, encoder, data = encoder_and_data

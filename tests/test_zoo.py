@@ -64,6 +64,25 @@ def test_ridge_choice_scores_each_candidate_on_the_held_out_part():
     assert chosen == candidates[min(range(3), key=expected.__getitem__)]
 
 
+
+def test_ridge_choice_with_fewer_samples_than_features_equals_the_direct_solve():
+    # 16 fitted samples, 40 features (RanPAC: a task's few hundred samples, 2048 projected features):
+    # the n x n kernel form scores each candidate as the M x M direct solve does
+    generator = torch.Generator().manual_seed(1)
+    features = torch.relu(torch.randn(20, 40, generator=generator))
+    targets = F.one_hot(torch.arange(20) % 4, 4).float()
+    candidates = [1e-2, 1.0, 1e2, 1e4]
+    chosen, errors = choose_ridge(features, targets, candidates, torch.Generator().manual_seed(3))
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(3))
+    fit, held = order[:16], order[16:]
+    h, y = features.double(), targets.double()
+    expected = []
+    for ridge in candidates:  # float64 throughout, as choose_ridge computes
+        weights = ridge_solution(h[fit].T @ h[fit], h[fit].T @ y[fit], ridge)
+        expected.append(float(((h[held] @ weights - y[held]) ** 2).mean()))
+    assert errors == pytest.approx(expected, rel=1e-9)
+    assert len(set(expected)) == 4 and chosen == candidates[min(range(4), key=expected.__getitem__)]
+
 # ------------------------------------------------------------------------------------------------- iCaRL
 def test_herding_picks_by_hand_on_two_dimensional_features():
     # mean of the three = (0.533, 0.6). Pick 1: (0.6, 0.8) is closest (0.211). Pick 2: with (1, 0) the

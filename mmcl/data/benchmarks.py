@@ -120,9 +120,22 @@ def carve_validation(train: MultiModalDataset, fraction: float, seed: int
     return train.subset(torch.nonzero(~held).flatten()), train.subset(torch.nonzero(held).flatten())
 
 
-def _cached_synthetic(config: Config, name: str, spec: BenchmarkConfig, progress: bool):
+def synthetic_cache_path(config: Config, name: str) -> Path | None:
+    """Where the generated benchmark ``name`` is cached; None for a benchmark that is not generated."""
+    spec = benchmark_spec(config, name)
+    if spec.source != "synthetic":
+        return None
     key = config.fingerprint("data") + "-" + _spec_hash(spec)
-    path = config.cache_dir() / "benchmarks" / f"{name}-v{synthetic.GENERATOR_VERSION}-{key}.pt"
+    return config.cache_dir() / "benchmarks" / f"{name}-v{synthetic.GENERATOR_VERSION}-{key}.pt"
+
+
+def generate_cached(config: Config, name: str) -> None:
+    """Generate benchmark ``name`` into its cache, unless there (for a worker process: nothing returned)."""
+    _cached_synthetic(config, name, benchmark_spec(config, name), progress=False)
+
+
+def _cached_synthetic(config: Config, name: str, spec: BenchmarkConfig, progress: bool):
+    path = synthetic_cache_path(config, name)
     if path.is_file():
         try:
             stored = torch.load(path, weights_only=False)

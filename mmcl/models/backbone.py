@@ -341,6 +341,12 @@ def _tiny_cache_path(config: Config) -> Path:
     return config.cache_dir() / "backbones" / f"{config.model.name}-{digest}.pt"
 
 
+def pretrained_backbone_missing(config: Config) -> bool:
+    """Whether building the profile's backbone pre-trains it first (``pretrained: self``, not cached)."""
+    return config.model.pretrained == "self" and config.model.name in LOCAL_CONFIGS \
+        and not _tiny_cache_path(config).is_file()
+
+
 def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
     """Pre-train a tiny CLIP on image-caption pairs of the pre-training concepts; cached by config.
 

@@ -26,10 +26,13 @@ paper profile's ViT-B token states); they are cast back to the tower's dtype whe
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
@@ -160,27 +163,45 @@ class PrefixCache:
             return None
         check = hashlib.sha256(b"".join(index)).hexdigest()
         path = self.path(tower, kind)
-        if path is not None and path.is_file() and path.stat().st_size > self.max_bytes:
-            log.warning("prefix cache: %s is over runtime.prefix_cache_max_gb; not used", path)
-            return None
-        if path is not None and path.is_file():
-            try:
-                stored = torch.load(path, map_location="cpu", weights_only=True)
-                if stored["version"] == VERSION and stored["keys"] == check and len(stored["values"]) == len(index):
-                    return _Table(stored["values"], index)
-                log.warning("prefix cache %s does not fit this run's data; rebuilding it", path)
-            except Exception as error:  # noqa: BLE001 - a damaged file of any kind is rebuilt
-                log.warning("prefix cache %s is damaged (%s); rebuilding it", path,
-                            str(error).splitlines()[0] if str(error) else type(error).__name__)
-        values = self._compute(encoder, tower, kind, parts, picks)
-        if values is None:
-            return None
-        if path is not None:
+        if path is None:
+            values = self._compute(encoder, tower, kind, parts, picks)
+            return _Table(values, index) if values is not None else None
+        existed = path.is_file()
+        found = self._stored(path, check, len(index))
+        if found is not None:
+            return _Table(found, index) if isinstance(found, torch.Tensor) else None
+        # One process builds a table; the others (the pool's workers, starting runs on the same
+        # benchmark at once) wait for it and load what it wrote instead of computing it again.
+        with build_lock(path):
+            found = None if existed else self._stored(path, check, len(index))
+            if found is not None:
+                return _Table(found, index) if isinstance(found, torch.Tensor) else None
+            values = self._compute(encoder, tower, kind, parts, picks)
+            if values is None:
+                return None
             try:
                 atomic_torch_save({"version": VERSION, "keys": check, "values": values}, path)
             except OSError as error:  # a read-only or full cache: this run keeps the table in memory
                 log.warning("prefix cache %s not written (%s); kept in memory for this run", path, error)
         return _Table(values, index)
+
+    def _stored(self, path: Path, check: str, rows: int) -> torch.Tensor | bool | None:
+        """The table stored at ``path`` when it fits (``check``: the digest of its input keys), False
+        when it is over ``runtime.prefix_cache_max_gb`` (not used), None when it must be built."""
+        if not path.is_file():
+            return None
+        if path.stat().st_size > self.max_bytes:
+            log.warning("prefix cache: %s is over runtime.prefix_cache_max_gb; not used", path)
+            return False
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if stored["version"] == VERSION and stored["keys"] == check and len(stored["values"]) == rows:
+                return stored["values"]
+            log.warning("prefix cache %s does not fit this run's data; rebuilding it", path)
+        except Exception as error:  # noqa: BLE001 - a damaged file of any kind is rebuilt
+            log.warning("prefix cache %s is damaged (%s); rebuilding it", path,
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return None
 
     @torch.no_grad()
     def _compute(self, encoder, tower: str, kind: str, parts: list[torch.Tensor],
@@ -210,6 +231,23 @@ class PrefixCache:
         log.info("prefix cache: %s %s, %d rows, %.1f MB (%s)", tower, kind, len(values),
                  values.numel() * values.element_size() / 2**20, values.dtype)
         return values
+
+
+@contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Held while ``path`` is built: an ``flock`` on ``<path>.lock`` (released by the kernel if the
+    holder dies). Without a writable folder the build goes ahead unlocked."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing the only descriptor releases the flock
 
 
 def benchmark_inputs(datasets: Iterable) -> dict[str, list[torch.Tensor]]:
