@@ -230,6 +230,33 @@ def test_pretrained_weights_do_not_depend_on_the_thread_count(tmp_path):
     assert digests[0] == digests[1]
 
 
+def test_benchmarks_are_generated_on_one_blas_and_one_torch_thread(small_config, monkeypatch):
+    """Version 3's modality streams came out with other last bits under OPENBLAS_NUM_THREADS=1 than on
+    two threads (a multi-threaded numpy product sums in another order): every chunk is now generated
+    with one BLAS and one torch thread, whatever the process has (checked where it happens)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import mmcl.data.benchmarks as benchmarks
+
+    seen = []
+    generate = benchmarks._generate_modality
+
+    def watched(*args, **kwargs):
+        seen.append((torch.get_num_threads(), {pool["num_threads"] for pool in threadpool_info()}))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(benchmarks, "_generate_modality", watched)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threadpool_limits(limits=2):
+            generate_synthetic(small_config, small_config.benchmarks["modality-stream"])
+        assert torch.get_num_threads() == 2  # restored afterwards
+    finally:
+        torch.set_num_threads(previous)
+    assert seen and all(threads == 1 and pools <= {1} for threads, pools in seen)
+
+
 def test_benchmark_digest_is_the_content(small_config):
     spec = small_config.benchmarks["ego-activities"].model_copy(update={"modalities": ["acc"]})
     config = small_config.model_copy(update={"benchmarks": {**small_config.benchmarks, "ego-activities": spec}})

@@ -172,7 +172,21 @@ def _from_stored(stored: dict) -> MultiModalDataset:
 
 def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = False,
                        label: str = "benchmark") -> tuple[MultiModalDataset, MultiModalDataset]:
-    """Generate the embedded benchmark described by ``spec`` at the profile's data sizes."""
+    """Generate the embedded benchmark described by ``spec`` at the profile's data sizes.
+
+    On one BLAS and one torch thread: the sum order of a multi-threaded product depends on the
+    thread count, and with it the last bits of some pixels, so the bytes (and ``Benchmark.digest``)
+    would depend on the machine and on ``OPENBLAS_NUM_THREADS``."""
+    from threadpoolctl import threadpool_limits
+
+    from mmcl.models.backbone import torch_threads
+
+    with threadpool_limits(limits=1), torch_threads(1):
+        return _generate_synthetic(config, spec, progress, label)
+
+
+def _generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool,
+                        label: str) -> tuple[MultiModalDataset, MultiModalDataset]:
     concepts = synthetic.continual_concepts()
     if spec.num_classes > len(concepts):
         raise ConfigError(f"benchmarks.{label}.num_classes: the embedded benchmark has at most "

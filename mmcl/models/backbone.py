@@ -359,7 +359,9 @@ def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
     path = _tiny_cache_path(config)
     if path.is_file():
         return path
-    with torch_threads(1):
+    from threadpoolctl import threadpool_limits
+
+    with torch_threads(1), threadpool_limits(limits=1):  # its images too (numpy): one BLAS thread
         _pretrain_tiny_clip(config, path, progress)
     return path
 
