@@ -228,6 +228,12 @@ def test_pretrained_weights_do_not_depend_on_the_thread_count(tmp_path):
         finally:
             torch.set_num_threads(previous)
     assert digests[0] == digests[1]
+    # Recipe 2's bytes: a change to the tower forward that moves the last bits (the class-token
+    # last block did) grows into other weights, other zero-shot accuracies and other results.
+    from mmcl.environment import read_lock
+
+    if torch.__version__.split("+")[0] == read_lock().get("torch"):  # the locked torch build only
+        assert digests[0] == "1156f686d00166681e4051f0ef617f3574a8094aa652bbfdc3c8c9d73c67190f"
 
 
 def test_benchmarks_are_generated_on_one_blas_and_one_torch_thread(small_config, monkeypatch):

@@ -398,7 +398,10 @@ def _pretrain_tiny_clip(config: Config, path: Path, progress: bool) -> None:
     bar = tqdm(range(recipe.steps), desc=f"pre-training {config.model.name}", disable=not progress, leave=False)
     for _ in bar:
         picks = torch.randint(len(images), (recipe.batch_size,), generator=generator)
-        image_features = F.normalize(encoder.encode_visual(images[picks]), dim=-1)
+        # Every token through every block (not encode()'s class-token last block): recipe 2's
+        # weights were computed so, and 600 steps grow a last-bit difference into other weights.
+        image_state = encoder.run_blocks(encoder.tower_input("image", images[picks]))
+        image_features = F.normalize(encoder.tower_output(image_state), dim=-1)
         text_features = F.normalize(encoder.encode_text(tokens[picks]), dim=-1)
         loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
