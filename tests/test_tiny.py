@@ -61,13 +61,18 @@ def test_training_learns_what_zero_shot_cannot_read(tiny):
 # Published L2P masks the logits of other tasks' classes in training, so nothing in its loss moves a
 # new modality out of the old classes: 97 % of its depth predictions land there (measured: depth 2 %
 # vs zero-shot 2 %, audio 25 % vs 9 %, 0.09 of zero-shot's errors fixed); its unmasked variant
-# learns both (51 %, 30 %; 0.37).
+# learns both, but at the validation-tuned defaults of L2P (lr_scale 1.0, which the variant inherits)
+# not a third of zero-shot's errors on the weakest tasks: audio 48.7 % vs 4.7 %, depth 17.3 % vs
+# 2.7 % (0.30 fixed; at the earlier lr_scale 3.0: 51 %, 30 %, 0.37). Depth is the benchmark's known
+# weak spot (joint training reaches 16 % there, the xfail above).
 PROMPT_LEARNING_CASES = [
     pytest.param("comm", None, True, id="comm-trained"),
     pytest.param("comm", None, False, id="comm-untrained"),
     pytest.param("l2p", None, True, id="l2p-trained", marks=pytest.mark.xfail(
         strict=True, reason="L2P's train-time mask: depth 2 % vs zero-shot 2 %")),
-    pytest.param("l2p", "unmasked", True, id="l2p~unmasked-trained"),
+    pytest.param("l2p", "unmasked", True, id="l2p~unmasked-trained", marks=pytest.mark.xfail(
+        strict=True, reason="unmasked L2P at L2P's tuned lr_scale 1.0: 0.30 of zero-shot's errors fixed "
+                            "(depth 17.3 % vs 2.7 %, audio 48.7 % vs 4.7 %; seed 0)")),
     pytest.param("l2p", None, False, id="l2p-untrained"),
     # The papers' train-time masks (DualPrompt's, CODA-Prompt's defaults) are checked below in their
     # unmasked variants (measured, seed 0, share of zero-shot's errors fixed: dualprompt 0.34,
