@@ -63,7 +63,16 @@ def write_expected(runs: pd.DataFrame, path: str | Path, profile: str, command: 
     there are kept when ``keep_paper``)."""
     path = Path(path)
     paper = [e for e in read_expected(path)["results"] if e["source"] == "paper"] if keep_paper and path.is_file() else []
+    def distinct(column: str) -> list:
+        return sorted({str(v) for v in runs[column].dropna()}) if column in runs else []
+
     document = {"profile": profile, "command": command,
+                # what produced the numbers: the code (commit, dirty flag, source fingerprint) and the
+                # inputs (backbone file and benchmark data digests) recorded by the runs' manifests
+                "produced_by": {"git_commit": distinct("git_commit"), "git_dirty": distinct("git_dirty"),
+                                "source_fingerprint": distinct("source_fingerprint"),
+                                "backbone_sha256": distinct("backbone_sha256"),
+                                "data_sha256": distinct("data_sha256")},
                 "tolerance": f"max({TOLERANCE_SIGMAS:g} x seed std, {MIN_TOLERANCE:g} points); one seed: "
                              f"{MIN_TOLERANCE:g} points",
                 "results": expected_entries(runs) + paper}

@@ -72,8 +72,13 @@ def test_paper_entries_survive_a_rewrite_and_bad_files_are_named(smoke_runs, tmp
     paper = {"scenario": "class_incremental", "benchmark": "av-events", "mode": "standard", "method": "comm",
              "metric": "final_accuracy", "source": "paper", "expected": 70.0, "tolerance": 2.0, "reference": "Table 1"}
     path.write_text(yaml.safe_dump({"results": [paper]}))
-    verify.write_expected(results.load_runs(smoke_runs / "smoke"), path, "smoke", "test")
+    runs = results.load_runs(smoke_runs / "smoke")
+    verify.write_expected(runs, path, "smoke", "test")
     assert verify.read_expected(path)["results"][-1] == paper
+    produced = yaml.safe_load(path.read_text())["produced_by"]  # the code and inputs behind the numbers
+    assert produced["git_commit"] == sorted(set(runs["git_commit"])) and len(produced["git_commit"]) == 1
+    assert produced["backbone_sha256"] == sorted(set(runs["backbone_sha256"]))
+    assert produced["data_sha256"] == sorted(set(runs["data_sha256"])) and produced["data_sha256"]
     path.write_text(yaml.safe_dump({"results": [{k: v for k, v in paper.items() if k != "tolerance"}]}))
     with pytest.raises(ConfigError, match=r"expected\.yaml: results\[0\]: missing key 'tolerance'"):
         verify.read_expected(path)
