@@ -366,6 +366,16 @@ def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
     return path
 
 
+def pretraining_features(encoder: MultiModalEncoder, images: torch.Tensor,
+                         tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-training's normalised image and caption features: open_clip's own forward of both towers,
+    bit for bit (every token through every block, not :meth:`MultiModalEncoder.encode`'s class-token
+    last block, whose last bits differ and over 600 steps grow into other weights)."""
+    image_state = encoder.run_blocks(encoder.tower_input("image", images))
+    return (F.normalize(encoder.tower_output(image_state), dim=-1),
+            F.normalize(encoder.encode_text(tokens), dim=-1))
+
+
 def _pretrain_tiny_clip(config: Config, path: Path, progress: bool) -> None:
     from mmcl.data import synthetic
     from mmcl.data.modalities import images_to_tensor
@@ -398,11 +408,7 @@ def _pretrain_tiny_clip(config: Config, path: Path, progress: bool) -> None:
     bar = tqdm(range(recipe.steps), desc=f"pre-training {config.model.name}", disable=not progress, leave=False)
     for _ in bar:
         picks = torch.randint(len(images), (recipe.batch_size,), generator=generator)
-        # Every token through every block (not encode()'s class-token last block): recipe 2's
-        # weights were computed so, and 600 steps grow a last-bit difference into other weights.
-        image_state = encoder.run_blocks(encoder.tower_input("image", images[picks]))
-        image_features = F.normalize(encoder.tower_output(image_state), dim=-1)
-        text_features = F.normalize(encoder.encode_text(tokens[picks]), dim=-1)
+        image_features, text_features = pretraining_features(encoder, images[picks], tokens[picks])
         loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
