@@ -197,11 +197,15 @@ def _verify(args) -> int:
         print(f"mmcl verify: no expected results for the {config.profile} profile ({path}); "
               f"`mmcl verify --write-expected --runs DIR` writes them from a full reproduction")
         return 0
-    table = verify.verify_profile(config.profile, runs_root, path)
+    runs, expected = verify.profile_runs(config.profile, runs_root), verify.read_expected(path)
+    table = verify.verify(runs, expected)
     shown = table if args.all else table[table["verdict"] != "pass"]
     if len(shown):
         print(results.to_markdown(shown.astype(object).where(shown.notna(), "-")))
     print(f"mmcl verify ({config.profile}, {runs_root / config.profile} against {path}): {verify.summary(table)}")
+    note = verify.inputs_note(runs, expected)
+    if note:
+        print(note)
     return 0 if (table["verdict"] == "pass").all() else 1
 
 

@@ -125,6 +125,27 @@ def verify(runs: pd.DataFrame, expected: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
+def inputs_note(runs: pd.DataFrame, expected: dict) -> str | None:
+    """A line naming the inputs (backbone weights, benchmark data) the runs read that the expected
+    numbers were not produced from (``produced_by`` of the file), or None when they agree or the file
+    does not say. The tiny backbone and the benchmarks are generated on this machine: bitwise the
+    same on the same torch build and CPU instruction set, other bytes on another (last-bit rounding
+    that pre-training grows into other weights), and then numbers may leave their tolerance."""
+    produced = expected.get("produced_by") or {}
+    differ = []
+    for column, name in (("backbone_sha256", "backbone"), ("data_sha256", "data")):
+        known = set(produced.get(column) or [])
+        ours = {str(v) for v in runs[column].dropna()} if column in runs else set()
+        if known and ours - known:
+            differ.append(f"{name} {', '.join(sorted(d[:12] for d in ours - known))} "
+                          f"(expected file: {', '.join(sorted(d[:12] for d in known))})")
+    if not differ:
+        return None
+    return ("note: these runs read other inputs than the expected numbers came from: " + "; ".join(differ)
+            + ". Pre-training and benchmark generation are bitwise reproducible on the same torch build and "
+              "CPU instruction set only; on another, numbers can move beyond a seed-spread tolerance.")
+
+
 def summary(table: pd.DataFrame) -> str:
     """One line: how many entries pass, fail, are missing."""
     counts = table["verdict"].value_counts()
@@ -135,10 +156,13 @@ def summary(table: pd.DataFrame) -> str:
 
 def verify_profile(profile: str, runs_root: str | Path, expected_path: str | Path | None = None) -> pd.DataFrame:
     """:func:`verify` of the runs under ``<runs_root>/<profile>`` against the profile's file."""
-    expected = read_expected(expected_path or expected_file(profile))
+    return verify(profile_runs(profile, runs_root), read_expected(expected_path or expected_file(profile)))
+
+
+def profile_runs(profile: str, runs_root: str | Path) -> pd.DataFrame:
+    """The complete runs under ``<runs_root>/<profile>`` (an empty frame when there are none)."""
     root = Path(runs_root) / profile
-    runs = results.load_runs(root) if results.find_run_dirs(root) else pd.DataFrame()
-    return verify(runs, expected)
+    return results.load_runs(root) if results.find_run_dirs(root) else pd.DataFrame()
 
 
 def report(profile: str, runs_root: str | Path) -> pd.DataFrame | None:
@@ -149,6 +173,10 @@ def report(profile: str, runs_root: str | Path) -> pd.DataFrame | None:
         print(f"no expected results for the {profile} profile ({path.name}); `mmcl verify --write-expected` "
               f"writes them from a reproduction")
         return None
-    table = verify_profile(profile, runs_root, path)
+    runs, expected = profile_runs(profile, runs_root), read_expected(path)
+    table = verify(runs, expected)
     print(f"mmcl verify: {summary(table)}")
+    note = inputs_note(runs, expected)
+    if note:
+        print(note)
     return table

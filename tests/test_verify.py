@@ -102,3 +102,20 @@ def test_a_profile_without_expected_results_says_so_and_does_not_fail(tmp_path, 
     assert "no expected results for the smoke profile" in capsys.readouterr().out
     # an expected file named on the command line must exist
     assert main(["verify", "--profile", "smoke", "--runs", str(tmp_path), "--expected", str(tmp_path / "x.yaml")]) == 2
+
+
+def test_runs_on_other_inputs_than_the_expected_numbers_are_named(smoke_runs, tmp_path, capsys):
+    """Another CPU instruction set pre-trains other weights from the same code: verify says which
+    inputs differ from the ones the expected numbers were produced from."""
+    path = tmp_path / "smoke.yaml"
+    runs = results.load_runs(smoke_runs / "smoke")
+    verify.write_expected(runs, path, "smoke", "test")
+    document = verify.read_expected(path)
+    backbone = document["produced_by"]["backbone_sha256"]
+    assert backbone and verify.inputs_note(runs, document) is None
+    document["produced_by"]["backbone_sha256"] = ["f" * 64]
+    path.write_text(yaml.safe_dump(document))
+    capsys.readouterr()
+    assert main(["verify", "--profile", "smoke", "--runs", str(smoke_runs), "--expected", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"backbone {backbone[0][:12]} (expected file: ffffffffffff)" in out and "data" not in out.split("note:")[1].split(".")[0]
