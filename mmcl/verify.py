@@ -63,8 +63,11 @@ def write_expected(runs: pd.DataFrame, path: str | Path, profile: str, command: 
     there are kept when ``keep_paper``)."""
     path = Path(path)
     paper = [e for e in read_expected(path)["results"] if e["source"] == "paper"] if keep_paper and path.is_file() else []
+    entries = expected_entries(runs)
+    feeding = feeding_runs(runs, entries)
+
     def distinct(column: str) -> list:
-        return sorted({str(v) for v in runs[column].dropna()}) if column in runs else []
+        return sorted({str(v) for v in feeding[column].dropna()}) if column in feeding else []
 
     document = {"profile": profile, "command": command,
                 # what produced the numbers: the code (commit, dirty flag, source fingerprint) and the
@@ -75,7 +78,7 @@ def write_expected(runs: pd.DataFrame, path: str | Path, profile: str, command: 
                                 "data_sha256": distinct("data_sha256")},
                 "tolerance": f"max({TOLERANCE_SIGMAS:g} x seed std, {MIN_TOLERANCE:g} points); one seed: "
                              f"{MIN_TOLERANCE:g} points",
-                "results": expected_entries(runs) + paper}
+                "results": entries + paper}
     header = (f"# Expected main-table numbers of the {profile} profile (mmcl verify). Written by the command\n"
               f"# below from its runs; entries with source: paper are numbers a paper reports.\n")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,16 @@ def verify(runs: pd.DataFrame, expected: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
+def feeding_runs(runs: pd.DataFrame, entries: list[dict]) -> pd.DataFrame:
+    """The runs behind ``entries``' rows (same scenario, benchmark, mode and table label), not
+    others in the same folder (e.g. ``mmcl calibrate``'s single-modality zero-shot runs)."""
+    if runs.empty or not {"scenario", "benchmark", "mode", "label"} <= set(runs.columns):
+        return runs
+    keys = {(e["scenario"], e["benchmark"], e["mode"], e["method"]) for e in entries}
+    rows = [key in keys for key in zip(runs["scenario"], runs["benchmark"], runs["mode"], runs["label"])]
+    return runs[rows]
+
+
 def inputs_note(runs: pd.DataFrame, expected: dict) -> str | None:
     """A line naming the inputs (backbone weights, benchmark data) the runs read that the expected
     numbers were not produced from (``produced_by`` of the file), or None when they agree or the file
@@ -132,6 +145,7 @@ def inputs_note(runs: pd.DataFrame, expected: dict) -> str | None:
     same on the same torch build and CPU instruction set, other bytes on another (last-bit rounding
     that pre-training grows into other weights), and then numbers may leave their tolerance."""
     produced = expected.get("produced_by") or {}
+    runs = feeding_runs(runs, expected["results"])
     differ = []
     for column, name in (("backbone_sha256", "backbone"), ("data_sha256", "data")):
         known = set(produced.get(column) or [])

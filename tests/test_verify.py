@@ -113,6 +113,10 @@ def test_runs_on_other_inputs_than_the_expected_numbers_are_named(smoke_runs, tm
     document = verify.read_expected(path)
     backbone = document["produced_by"]["backbone_sha256"]
     assert backbone and verify.inputs_note(runs, document) is None
+    # only the runs behind the entries count (not, say, calibration runs in the same folder)
+    assert len(verify.feeding_runs(runs, document["results"])) == len(runs)
+    finetune = [e for e in document["results"] if e["method"] == "finetune"]
+    assert set(verify.feeding_runs(runs, finetune)["method"]) == {"finetune"}
     document["produced_by"]["backbone_sha256"] = ["f" * 64]
     path.write_text(yaml.safe_dump(document))
     capsys.readouterr()
