@@ -321,7 +321,8 @@ def plot_modality_stream(runs: pd.DataFrame, benchmark: str, label: str = "comm"
             axis.set_xticks(range(len(order)), names, rotation=45, ha="right")
             axis.set_ylim(0, 101)
             axis.set_xlabel("after task")
-            axis.set_title(f"{benchmark} · {label} · seed {run.seed}")
+            axis.set_title(f"seed {run.seed}")
+        figure.suptitle(f"{benchmark} · {label}: each modality's accuracy along the stream")
         axes[0].set_ylabel(f"modality accuracy (%)\n{results.MODE_TITLES.get(mode, mode)}")
         handles = [plt.Line2D([], [], color=MODALITY_COLORS.get(m, "#444444"), marker="o", label=m) for m in present]
         figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
