@@ -39,6 +39,17 @@ METHOD_COLORS = {
     "moe-adapters": "#0072B2",
     "comm": "#D55E00",
     "joint": "#000000",
+    # the zoo, from Paul Tol's "muted" scheme (colour-blind safe) and its rose; one colour each, so a
+    # wide figure does not draw five methods in one hue
+    "av-cil": "#117733",
+    "derpp": "#999933",
+    "icarl": "#44AA99",
+    "slca": "#6699CC",
+    "coda-prompt": "#AA4499",
+    "dualprompt": "#661100",
+    "aper": "#DDCC77",
+    "ranpac": "#CC6677",
+    "simplecil": "#332288",
 }
 # Paul Tol's "muted" scheme (colour-blind safe), for methods registered later.
 RESERVE_COLORS = ("#332288", "#117733", "#44AA99", "#999933", "#AA4499", "#DDCC77", "#661100", "#6699CC")

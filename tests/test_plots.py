@@ -44,9 +44,11 @@ def _bar_colors(figure) -> dict[str, str]:
 
 
 def test_method_colours_are_fixed_distinct_and_cover_later_methods():
-    known = ["zero-shot", "finetune", "joint", "lwf", "ewc", "replay", "comm", "l2p", "moe-adapters"]
+    from mmcl.methods import REGISTRY
+
+    known = sorted(REGISTRY)  # every registered method: one colour each
     colours = [plots.method_color(m) for m in known]
-    assert len(set(colours)) == len(known)
+    assert len(set(colours)) == len(known), dict(zip(known, colours))
     assert plots.method_color("comm") == plots.METHOD_COLORS["comm"].lower()
     # A method nobody has registered yet still gets a stable colour from the reserve palette.
     assert plots.method_color("new-method") in [c.lower() for c in plots.RESERVE_COLORS]
