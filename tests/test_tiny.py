@@ -43,7 +43,7 @@ def test_rehearsal_and_lwf_forget_less_than_finetuning(class_incremental):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "generator v3 depth is nearly unreadable by the frozen tiny tower: joint 16.0 % vs zero-shot 2.7 % on depth "
+    "the generator's depth maps (v3, v4) are nearly unreadable by the frozen tiny tower: joint 16.0 % vs zero-shot 2.7 % on depth "
     "(audio 76.7 % vs 0.0 %), seed 0; the same cause leaves modality-stream joint below its 70 % calibration "
     "target (docs/benchmark.md)"))
 def test_training_learns_what_zero_shot_cannot_read(tiny):
@@ -61,18 +61,22 @@ def test_training_learns_what_zero_shot_cannot_read(tiny):
 # Published L2P masks the logits of other tasks' classes in training, so nothing in its loss moves a
 # new modality out of the old classes: 97 % of its depth predictions land there (measured: depth 2 %
 # vs zero-shot 2 %, audio 25 % vs 9 %, 0.09 of zero-shot's errors fixed); its unmasked variant
-# learns both, but at the validation-tuned defaults of L2P (lr_scale 1.0, which the variant inherits)
-# not a third of zero-shot's errors on the weakest tasks: audio 48.7 % vs 4.7 %, depth 17.3 % vs
-# 2.7 % (0.30 fixed; at the earlier lr_scale 3.0: 51 %, 30 %, 0.37). Depth is the benchmark's known
-# weak spot (joint training reaches 16 % there, the xfail above).
+# learns both, by how much depends on the machine: the tiny backbone's weights depend on the CPU's
+# instruction set (docs/benchmark.md), and at the validation-tuned defaults of L2P (lr_scale 1.0,
+# which the variant inherits) the variant fixed 0.30 of zero-shot's errors on one machine (audio
+# 48.7 % vs 4.7 %, depth 17.3 % vs 2.7 %) and 0.48 on an AVX-512 one (audio 76.7 % vs 13.3 %, depth
+# 27.3 % vs 3.3 %), the bar being 0.33: a non-strict expected failure, with both numbers. Depth is
+# the benchmark's known weak spot (joint training reaches 16 % there, the xfail above).
+MACHINE_DEPENDENT = ("the tiny backbone's weights depend on the CPU's instruction set, and this result "
+                     "with them: ")
 PROMPT_LEARNING_CASES = [
     pytest.param("comm", None, True, id="comm-trained"),
     pytest.param("comm", None, False, id="comm-untrained"),
     pytest.param("l2p", None, True, id="l2p-trained", marks=pytest.mark.xfail(
         strict=True, reason="L2P's train-time mask: depth 2 % vs zero-shot 2 %")),
     pytest.param("l2p", "unmasked", True, id="l2p~unmasked-trained", marks=pytest.mark.xfail(
-        strict=True, reason="unmasked L2P at L2P's tuned lr_scale 1.0: 0.30 of zero-shot's errors fixed "
-                            "(depth 17.3 % vs 2.7 %, audio 48.7 % vs 4.7 %; seed 0)")),
+        strict=False, reason=MACHINE_DEPENDENT + "unmasked L2P at L2P's tuned lr_scale 1.0 fixed 0.30 of "
+                             "zero-shot's errors on one machine, 0.48 on an AVX-512 one (bar 0.33; seed 0)")),
     pytest.param("l2p", None, False, id="l2p-untrained"),
     # The papers' train-time masks (DualPrompt's, CODA-Prompt's defaults) are checked below in their
     # unmasked variants (measured, seed 0, share of zero-shot's errors fixed: dualprompt 0.34,
@@ -81,10 +85,13 @@ PROMPT_LEARNING_CASES = [
       for method, variant in (("dualprompt", "unmasked"), ("coda-prompt", "unmasked"), ("slca", None))),
     *(pytest.param(method, None, False, id=f"{method}-untrained") for method in ("dualprompt", "coda-prompt", "slca")),
     # The masks, as L2P's: new modalities stay in the old classes (measured, seed 0, modality-aware:
-    # dualprompt 0.05, coda-prompt 0.10 of zero-shot's errors fixed; depth 2.0 % / 2.7 % vs zero-shot 2.7 %).
+    # dualprompt 0.05, coda-prompt 0.10 of zero-shot's errors fixed; depth 2.0 % / 2.7 % vs zero-shot
+    # 2.7 %; on an AVX-512 machine 0.06 and 0.28: CODA-Prompt's audio 63 % vs 13 %, so within reach of
+    # the bar on a third machine, hence not strict).
     *(pytest.param(method, None, True, id=f"{method}-trained", marks=pytest.mark.xfail(
-        strict=True, reason=f"{method}'s train-time mask: {fixed} of zero-shot's errors fixed"))
-      for method, fixed in (("dualprompt", 0.05), ("coda-prompt", 0.10))),
+        strict=strict, reason=f"{'' if strict else MACHINE_DEPENDENT}{method}'s train-time mask: {fixed} of "
+                              f"zero-shot's errors fixed"))
+      for method, fixed, strict in (("dualprompt", "0.05-0.06", True), ("coda-prompt", "0.10-0.28", False))),
 ]
 
 
