@@ -168,11 +168,6 @@ def summary(table: pd.DataFrame) -> str:
             f" ({counts.get('fail', 0)} fail, {counts.get('missing', 0)} missing)")
 
 
-def verify_profile(profile: str, runs_root: str | Path, expected_path: str | Path | None = None) -> pd.DataFrame:
-    """:func:`verify` of the runs under ``<runs_root>/<profile>`` against the profile's file."""
-    return verify(profile_runs(profile, runs_root), read_expected(expected_path or expected_file(profile)))
-
-
 def profile_runs(profile: str, runs_root: str | Path) -> pd.DataFrame:
     """The complete runs under ``<runs_root>/<profile>`` (an empty frame when there are none)."""
     root = Path(runs_root) / profile
