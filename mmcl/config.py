@@ -9,6 +9,7 @@ naming the dotted key.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from importlib import resources
@@ -278,6 +279,18 @@ def available_profiles() -> list[str]:
     return sorted(Path(str(f)).stem for f in files if str(f).endswith(".yaml"))
 
 
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, through libyaml's parser where PyYAML has it (the same resolver and
+    constructors, so the same values), and parsed once per distinct text: a sweep reads the profile,
+    its defaults and the tuned values once per run. The caller gets its own copy."""
+    return copy.deepcopy(_parse_yaml_once(text))
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_yaml_once(text: str) -> Any:
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def _read_profile(profile: str | Path) -> dict[str, Any]:
     path = Path(str(profile))
     if path.suffix in (".yaml", ".yml"):
@@ -289,7 +302,7 @@ def _read_profile(profile: str | Path) -> dict[str, Any]:
             raise ConfigError(f"unknown profile {profile!r}; available: {available_profiles()}")
         text = resources.files("mmcl.profiles").joinpath(f"{profile}.yaml").read_text()
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"profile {profile}: invalid YAML: {error}") from error
     if not isinstance(data, dict):

@@ -36,7 +36,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from mmcl import records, tracking
-from mmcl.config import Config, ConfigError, config_to_yaml, profile_defaults
+from mmcl.config import Config, ConfigError, config_to_yaml, parse_yaml, profile_defaults
 from mmcl.data.benchmarks import load_benchmark
 from mmcl.data.dataset import MultiModalDataset, concatenate
 from mmcl.data.scenarios import Stream, build_stream
@@ -430,7 +430,7 @@ def stored_identity(run_dir: Path) -> tuple[str | None, dict | None]:
     run_record = manifest.get("run", {})
     mapping = None
     try:
-        stored = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        stored = Config.model_validate(parse_yaml((run_dir / "config.yaml").read_text()))
         # Without a manifest (a crash right after config.yaml), the folder names both:
         # <benchmark>/<method>[~<variant>][@<digest>]/seed<k>.
         method = run_record.get("method") or run_dir.parent.name.split("@")[0].split("~")[0]

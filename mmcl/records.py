@@ -137,6 +137,25 @@ def atomic_torch_save(obj: Any, path: Path, fault: Fault | None = None) -> None:
     _atomic(path, write, fault)
 
 
+@contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """Held while the cache file ``path`` is built: an ``flock`` on ``<path>.lock`` (released by the
+    kernel if the holder dies). Processes sharing a cache (a sweep's pool workers, a cluster's jobs,
+    the test suite's workers) build each file once: the others wait, then read what it wrote.
+    Without a writable folder the build goes ahead unlocked."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing the only descriptor releases the flock
+
+
 def write_jsonl(path: Path, rows: Iterable[dict], fault: Fault | None = None) -> None:
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows), fault)
 

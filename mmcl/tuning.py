@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from mmcl import records
-from mmcl.config import Config, ConfigError
+from mmcl.config import Config, ConfigError, parse_yaml
 
 TUNED_DIR = Path(__file__).resolve().parent / "profiles" / "tuned"
 
@@ -104,7 +104,7 @@ def read_tuned(profile: str) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(data, dict):

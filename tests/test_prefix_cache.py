@@ -1,11 +1,12 @@
 """The frozen prefix cache: the same numbers as the uncached path, for every method; tables on disk,
 rebuilt when damaged; batches it does not hold take the uncached path."""
 import threading
+import uuid
 
 import pytest
 import torch
 
-from mmcl import engine
+from mmcl import engine, records
 from mmcl.config import load_config
 from mmcl.data.benchmarks import load_benchmark
 from mmcl.methods.base import REGISTRY, Snapshot, method_class
@@ -48,8 +49,12 @@ def test_cached_path_gives_the_uncached_accuracy_matrix(tmp_path, monkeypatch, m
 
 @pytest.fixture
 def encoder_and_data(smoke_config):
+    """The smoke encoder and benchmark; ``data.digest()`` names a prefix folder of this test's own
+    (these tests damage and delete tables: other xdist workers' runs must not read them)."""
     encoder = build_encoder(smoke_config)
     data = load_benchmark(smoke_config, "av-events", encoder.tokenizer)
+    private = uuid.uuid4().hex
+    data.digest = lambda: private
     return smoke_config, encoder, data
 
 
@@ -85,8 +90,8 @@ def test_cached_states_and_embeddings_equal_the_frozen_forward(encoder_and_data,
         odd = images.clone()
         odd[0] = 255 - odd[0]
         assert encoder.tower_input(modality, odd).depth == 0 and cache.misses == 1
-    files = {p.name for p in cache.folder.glob("*.pt")}  # beside them, their build locks; the test
-    assert files >= {"vision-block1-train+test.pt", "vision-final-train+test.pt"}  # cache is shared
+    files = {p.name for p in cache.folder.glob("*.pt")}  # beside them, their build locks
+    assert files >= {"vision-block1-train+test.pt", "vision-final-train+test.pt"}
     assert cache.folder.parent == config.cache_dir() / "prefix"
 
 
@@ -119,13 +124,13 @@ def test_a_table_being_built_elsewhere_is_waited_for_and_loaded(encoder_and_data
     first = prefix_cache.attach(encoder, data, config, data.digest())
     first.declare(Declares(encoder, 1, False))
     path = first.path("vision", "1")
-    values = first.table(encoder, "vision", "1").values  # built here, or loaded from an earlier test's cache
+    values = first.table(encoder, "vision", "1").values  # built here
     stored = path.read_bytes()
     computed.clear()
     path.unlink()
     second = prefix_cache.attach(encoder, data, config, data.digest())
     second.declare(Declares(encoder, 1, False))
-    with prefix_cache.build_lock(path):  # another process is building the table
+    with records.build_lock(path):  # another process is building the table
         waiter = threading.Thread(target=second.table, args=(encoder, "vision", "1"))
         waiter.start()
         waiter.join(timeout=1.0)

@@ -18,7 +18,7 @@ from mmcl.config import BenchmarkConfig, Config, ConfigError
 from mmcl.data import modalities as pipeline
 from mmcl.data import synthetic
 from mmcl.data.dataset import MultiModalDataset
-from mmcl.records import atomic_torch_save
+from mmcl.records import atomic_torch_save, build_lock
 
 log = logging.getLogger(__name__)
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
@@ -136,15 +136,29 @@ def generate_cached(config: Config, name: str) -> None:
 
 def _cached_synthetic(config: Config, name: str, spec: BenchmarkConfig, progress: bool):
     path = synthetic_cache_path(config, name)
-    if path.is_file():
-        try:
-            stored = torch.load(path, weights_only=False)
-            return _from_stored(stored["train"]), _from_stored(stored["test"])
-        except Exception as error:  # a corrupt cache is rebuilt, never trusted
-            log.warning("benchmark cache %s is unreadable (%s); rebuilding", path, error)
-    train, test = generate_synthetic(config, spec, progress=progress, label=name)
-    atomic_torch_save({"train": _to_stored(train), "test": _to_stored(test)}, path)
+    found = _read_synthetic(path, rebuild_note=True)
+    if found is not None:
+        return found
+    with build_lock(path):  # processes sharing the cache generate it once; the others read the file
+        found = _read_synthetic(path, rebuild_note=False)
+        if found is not None:
+            return found
+        train, test = generate_synthetic(config, spec, progress=progress, label=name)
+        atomic_torch_save({"train": _to_stored(train), "test": _to_stored(test)}, path)
     return train, test
+
+
+def _read_synthetic(path: Path, rebuild_note: bool):
+    """(train, test) from the cache file ``path``; None when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, weights_only=False)
+        return _from_stored(stored["train"]), _from_stored(stored["test"])
+    except Exception as error:  # a corrupt cache is rebuilt, never trusted
+        if rebuild_note:
+            log.warning("benchmark cache %s is unreadable (%s); rebuilding", path, error)
+        return None
 
 
 def _spec_hash(spec: BenchmarkConfig) -> str:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mmcl.config import Config, ConfigError
-from mmcl.records import atomic_torch_save
+from mmcl.records import atomic_torch_save, build_lock
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -361,8 +361,11 @@ def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
         return path
     from threadpoolctl import threadpool_limits
 
-    with torch_threads(1), threadpool_limits(limits=1):  # its images too (numpy): one BLAS thread
-        _pretrain_tiny_clip(config, path, progress)
+    with build_lock(path):  # processes sharing the cache pre-train once; the others wait for the file
+        if path.is_file():
+            return path
+        with torch_threads(1), threadpool_limits(limits=1):  # its images too (numpy): one BLAS thread
+            _pretrain_tiny_clip(config, path, progress)
     return path
 
 

@@ -26,17 +26,14 @@ paper profile's ViT-B token states); they are cast back to the tower's dtype whe
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
-from mmcl.records import atomic_torch_save
+from mmcl.records import atomic_torch_save, build_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmcl.models.backbone import MultiModalEncoder, TowerState
@@ -231,23 +228,6 @@ class PrefixCache:
         log.info("prefix cache: %s %s, %d rows, %.1f MB (%s)", tower, kind, len(values),
                  values.numel() * values.element_size() / 2**20, values.dtype)
         return values
-
-
-@contextmanager
-def build_lock(path: Path) -> Iterator[None]:
-    """Held while ``path`` is built: an ``flock`` on ``<path>.lock`` (released by the kernel if the
-    holder dies). Without a writable folder the build goes ahead unlocked."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)  # closing the only descriptor releases the flock
 
 
 def benchmark_inputs(datasets: Iterable) -> dict[str, list[torch.Tensor]]:
