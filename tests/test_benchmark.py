@@ -1,14 +1,16 @@
 """The embedded benchmark: deterministic bytes, disjoint concepts, the modality pipeline's shapes."""
 import hashlib
+import threading
 
 import numpy as np
 import pytest
 import torch
 
+from mmcl import records
 from mmcl.config import AudioConfig, ConfigError, InertialConfig, load_config
 from mmcl.data import modalities as pipeline
-from mmcl.data import synthetic
-from mmcl.data.benchmarks import generate_synthetic, load_benchmark
+from mmcl.data import benchmarks, synthetic
+from mmcl.data.benchmarks import generate_synthetic, load_benchmark, synthetic_cache_path
 
 
 def digest(dataset) -> str:
@@ -116,6 +118,27 @@ def test_benchmark_cache_is_reused_and_corrupt_cache_rebuilt(tmp_path, small_con
     cached[0].write_bytes(b"truncated")
     again = load_benchmark(config, "ego-activities")
     assert torch.equal(first.train.inputs["acc"], again.train.inputs["acc"])
+
+
+def test_a_benchmark_being_generated_elsewhere_is_waited_for_and_read(tmp_path, small_config, monkeypatch):
+    # two processes sharing a cache (pool workers, test workers) start on one benchmark: one generates it
+    config = small_config.model_copy(update={"data": small_config.data.model_copy(update={"cache_dir": str(tmp_path)})})
+    first = load_benchmark(config, "ego-activities")
+    path = synthetic_cache_path(config, "ego-activities")
+    stored = path.read_bytes()
+    path.unlink()
+    generated = []
+    monkeypatch.setattr(benchmarks, "generate_synthetic", lambda *a, **k: generated.append(1) / 0)
+    loaded = []
+    with records.build_lock(path):  # another process is generating it
+        waiter = threading.Thread(target=lambda: loaded.append(load_benchmark(config, "ego-activities")))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive()  # it waits, and generates nothing
+        path.write_bytes(stored)  # the other process's file
+    waiter.join(timeout=60)
+    assert generated == [] and len(loaded) == 1
+    assert torch.equal(loaded[0].train.inputs["acc"], first.train.inputs["acc"])
 
 
 def test_unknown_benchmark_and_too_many_classes(small_config):
@@ -228,6 +251,24 @@ def test_pretrained_weights_do_not_depend_on_the_thread_count(tmp_path):
         finally:
             torch.set_num_threads(previous)
     assert digests[0] == digests[1]
+
+
+def test_a_backbone_being_pre_trained_elsewhere_is_waited_for(tmp_path, monkeypatch):
+    from mmcl.models import backbone
+
+    config = load_config("smoke", [f"data.cache_dir={tmp_path}"])
+    path = backbone._tiny_cache_path(config)
+    trained = []
+    monkeypatch.setattr(backbone, "_pretrain_tiny_clip", lambda *a: trained.append(1))
+    returned = []
+    with records.build_lock(path):  # another process is pre-training
+        waiter = threading.Thread(target=lambda: returned.append(backbone.pretrain_tiny_clip(config)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive()  # it waits, and trains nothing
+        path.write_bytes(b"the other process's weights")
+    waiter.join(timeout=60)
+    assert trained == [] and returned == [path]
 
 
 def test_pretraining_reads_open_clips_own_forward_bit_for_bit():
