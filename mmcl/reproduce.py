@@ -439,9 +439,10 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     return timings
 
 
-def slowest_runs(root: str | Path, count: int = 10) -> list[dict]:
-    """The ``count`` runs under ``root`` with the most seconds (their metrics.json ``timing``: the
-    session that finished them), slowest first: run folder, seconds, training and evaluation seconds."""
+def slowest_runs(root: str | Path, count: int | None = 10) -> list[dict]:
+    """The ``count`` runs under ``root`` (None: all) with the most seconds (their metrics.json
+    ``timing``: the session that finished them), slowest first: run folder, seconds, training and
+    evaluation seconds."""
     rows = []
     for run_dir in results.find_run_dirs(root):
         try:
@@ -453,9 +454,24 @@ def slowest_runs(root: str | Path, count: int = 10) -> list[dict]:
     return sorted(rows, key=lambda r: -r["seconds"])[:count]
 
 
+def seconds_per_method(root: str | Path) -> list[dict]:
+    """Run seconds summed per method (variants and hyper-parameter differences with their method)
+    over the runs under ``root``, most first: method, runs, seconds, training and evaluation seconds."""
+    totals: dict[str, dict] = {}
+    for row in slowest_runs(root, count=None):
+        method = Path(row["run"]).parts[-2].split("@")[0].split("~")[0]
+        total = totals.setdefault(method, {"method": method, "runs": 0, "seconds": 0.0, "train_seconds": 0.0,
+                                           "eval_seconds": 0.0})
+        total["runs"] += 1
+        for key in ("seconds", "train_seconds", "eval_seconds"):
+            total[key] += row[key]
+    return sorted(totals.values(), key=lambda t: (-t["seconds"], t["method"]))
+
+
 def time_report(timings: dict[str, float], root: str | Path, count: int = 10) -> str:
-    """The table ``mmcl reproduce`` ends with: seconds per notebook (0: up to date, skipped), then
-    the ``count`` slowest runs under ``root`` (from their records, :func:`slowest_runs`)."""
+    """The table ``mmcl reproduce`` ends with: seconds per notebook (0: up to date, skipped), the
+    ``count`` slowest runs under ``root`` (from their records, :func:`slowest_runs`), and the run
+    seconds per method (:func:`seconds_per_method`)."""
     lines = ["time per notebook (s):"]
     lines += [f"  {name:<26}{seconds:8.1f}" + ("  (up to date)" if seconds == 0 else "")
               for name, seconds in timings.items()]
@@ -465,4 +481,7 @@ def time_report(timings: dict[str, float], root: str | Path, count: int = 10) ->
         lines.append(f"slowest runs (s; run, of it training and evaluation), of {len(results.find_run_dirs(root))} "
                      f"under {root}:")
         lines += [f"  {r['seconds']:7.1f} {r['train_seconds']:7.1f} {r['eval_seconds']:7.1f}  {r['run']}" for r in slowest]
+        lines.append("run seconds per method (runs; seconds, of it training and evaluation):")
+        lines += [f"  {t['method']:<16}{t['runs']:5d} {t['seconds']:8.1f} {t['train_seconds']:8.1f} "
+                  f"{t['eval_seconds']:7.1f}" for t in seconds_per_method(root)]
     return "\n".join(lines)

@@ -48,6 +48,7 @@ def test_reproduce_ends_with_the_time_per_notebook_and_the_slowest_runs(tmp_path
     _record(tmp_path, "class_incremental/av-events/replay/seed0", 7.5, 6.0, 1.25)
     _record(tmp_path, "class_incremental/av-events/finetune/seed0", 3.0, 2.0, 0.5)
     _record(tmp_path, "domain_incremental/multilingual-emotion/lwf/seed1", 9.0, 8.0, 0.75)
+    _record(tmp_path, "class_incremental/av-events/lwf~no-distillation@1a2b3c4d/seed0", 4.0, 3.0, 0.25)
     _record(tmp_path, "tuning/class_incremental/finetune/trial0/seed0", 99.0, 0.0, 0.0)  # validation runs: left out
     report = time_report({"10_class_incremental": 12.25, "30_figures_and_tables": 0.0}, tmp_path, count=2)
     assert report.splitlines() == [
@@ -55,9 +56,13 @@ def test_reproduce_ends_with_the_time_per_notebook_and_the_slowest_runs(tmp_path
         "  10_class_incremental          12.2",
         "  30_figures_and_tables          0.0  (up to date)",
         "  total                         12.2",
-        f"slowest runs (s; run, of it training and evaluation), of 3 under {tmp_path}:",
+        f"slowest runs (s; run, of it training and evaluation), of 4 under {tmp_path}:",
         "      9.0     8.0     0.8  domain_incremental/multilingual-emotion/lwf/seed1",
-        "      7.5     6.0     1.2  class_incremental/av-events/replay/seed0"]
+        "      7.5     6.0     1.2  class_incremental/av-events/replay/seed0",
+        "run seconds per method (runs; seconds, of it training and evaluation):",
+        "  lwf                 2     13.0     11.0     1.0",
+        "  replay              1      7.5      6.0     1.2",
+        "  finetune            1      3.0      2.0     0.5"]
 
 
 def test_every_cpu_run_is_single_threaded_unless_num_threads_is_set():
