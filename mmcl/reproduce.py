@@ -454,11 +454,12 @@ def slowest_runs(root: str | Path, count: int | None = 10) -> list[dict]:
     return sorted(rows, key=lambda r: -r["seconds"])[:count]
 
 
-def seconds_per_method(root: str | Path) -> list[dict]:
+def seconds_per_method(runs: list[dict]) -> list[dict]:
     """Run seconds summed per method (variants and hyper-parameter differences with their method)
-    over the runs under ``root``, most first: method, runs, seconds, training and evaluation seconds."""
+    over ``runs`` (rows of :func:`slowest_runs`), most first: method, runs, seconds, training and
+    evaluation seconds."""
     totals: dict[str, dict] = {}
-    for row in slowest_runs(root, count=None):
+    for row in runs:
         method = Path(row["run"]).parts[-2].split("@")[0].split("~")[0]
         total = totals.setdefault(method, {"method": method, "runs": 0, "seconds": 0.0, "train_seconds": 0.0,
                                            "eval_seconds": 0.0})
@@ -476,12 +477,13 @@ def time_report(timings: dict[str, float], root: str | Path, count: int = 10) ->
     lines += [f"  {name:<26}{seconds:8.1f}" + ("  (up to date)" if seconds == 0 else "")
               for name, seconds in timings.items()]
     lines.append(f"  {'total':<26}{sum(timings.values()):8.1f}")
-    slowest = slowest_runs(root, count)
+    runs = slowest_runs(root, count=None)  # every record read once, for both tables
+    slowest = runs[:count]
     if slowest:
         lines.append(f"slowest runs (s; run, of it training and evaluation), of {len(results.find_run_dirs(root))} "
                      f"under {root}:")
         lines += [f"  {r['seconds']:7.1f} {r['train_seconds']:7.1f} {r['eval_seconds']:7.1f}  {r['run']}" for r in slowest]
         lines.append("run seconds per method (runs; seconds, of it training and evaluation):")
         lines += [f"  {t['method']:<16}{t['runs']:5d} {t['seconds']:8.1f} {t['train_seconds']:8.1f} "
-                  f"{t['eval_seconds']:7.1f}" for t in seconds_per_method(root)]
+                  f"{t['eval_seconds']:7.1f}" for t in seconds_per_method(runs)]
     return "\n".join(lines)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... in a worker; None otherwise
+if XDIST_WORKER:
     # One thread per worker (and per process a test starts): with one worker per core, threads of
     # one process would wait for each other at every operation (docs/performance.md). Set before
     # torch is imported, so its thread pools start with it.
@@ -21,7 +22,7 @@ import torch  # noqa: E402
 
 from mmcl.config import load_config  # noqa: E402
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if XDIST_WORKER:
     torch.set_num_threads(1)
 
 
@@ -30,7 +31,7 @@ def mmcl_cache(tmp_path_factory):
     path = os.environ.get("MMCL_TEST_CACHE")
     if not path:
         base = tmp_path_factory.getbasetemp()
-        if os.environ.get("PYTEST_XDIST_WORKER"):  # <session temp>/popen-gw<k>: share the session's folder
+        if XDIST_WORKER:  # <session temp>/popen-gw<k>: share the session's folder
             base = base.parent
         path = str(base / "mmcl-cache")
         os.makedirs(path, exist_ok=True)
