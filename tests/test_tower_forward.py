@@ -8,13 +8,19 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mmcl.config import load_config
 from mmcl.methods.base import distillation_loss
-from mmcl.models.backbone import build_encoder, class_token_block
+from mmcl.models.backbone import (
+    build_encoder,
+    class_token_block,
+    multihead_attention,
+    vision_block,
+)
 from mmcl.models.moe_adapter import AdapterSettings, CrossModalMoEAdapters
 from mmcl.models.prompts import PromptHooks, encode_prompted
 
@@ -98,6 +104,52 @@ def test_last_block_for_the_class_token_alone_equals_the_whole_block(encoder, im
     finally:
         encoder.clip.visual.pool_type = "tok"
         del encoder.__dict__["pools_class_token"]
+
+
+def _attention_outputs(block, x, keys, values, kind, direct):
+    """A block's output and the gradients of a fixed weighting of it (inputs, prefixes, weights), with
+    its attention computed by :func:`multihead_attention` (``direct``) or by the module itself."""
+    x, keys, values = (t.clone().requires_grad_(True) for t in (x, keys, values))
+    if direct:
+        if kind == "self":
+            y = vision_block(block, x)
+        elif kind == "class token":
+            y = class_token_block(block, x)
+        else:
+            h = block.ln_1(x)
+            y = x + multihead_attention(block.attn, h, torch.cat([keys, h], 1), torch.cat([values, h], 1))
+    else:
+        h = block.ln_1(x)
+        if kind == "self":
+            y = block(x)
+        elif kind == "class token":
+            token = x[:, :1] + block.attn(h[:, :1], h, h, need_weights=False)[0]
+            y = token + block.mlp(block.ln_2(token))
+        else:
+            y = x + block.attn(h, torch.cat([keys, h], 1), torch.cat([values, h], 1), need_weights=False)[0]
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    grads = [x.grad, keys.grad, values.grad] + [p.grad for p in block.parameters()]
+    block.zero_grad(set_to_none=True)
+    return [y.detach()] + grads
+
+
+@pytest.mark.parametrize("heads", [3, 4])
+@pytest.mark.parametrize("kind", ["self", "class token", "prefix"])
+def test_batch_first_attention_is_bitwise_the_modules(heads, kind):
+    """multihead_attention skips nn.MultiheadAttention's transposes to sequence-first and back: the
+    outputs and the gradients to the inputs (and prefixes) are bitwise the module's, odd and even head
+    counts, in training and eval mode; with weights that learn it leaves the pass to the module (their
+    gradients would sum over the rows in another order), so those gradients are bitwise the same too."""
+    torch.manual_seed(heads)
+    block = open_clip.transformer.ResidualAttentionBlock(24 * heads, heads, 2.0, batch_first=True)
+    generator = torch.Generator().manual_seed(5)
+    x, keys, values = (torch.randn(6, n, 24 * heads, generator=generator) for n in (9, 2, 2))
+    for training, learns in ((False, False), (True, False), (False, True)):
+        block.train(training).requires_grad_(learns)
+        direct, module = (_attention_outputs(block, x, keys, values, kind, d) for d in (True, False))
+        for got, want in zip(direct, module):
+            assert (got is None and want is None) or torch.equal(got, want), (training, learns)
+        assert direct[1] is not None and any(g is not None for g in direct[4:]) == learns
 
 
 def test_prompt_hook_equals_hand_written_reference(encoder, images):

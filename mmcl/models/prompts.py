@@ -31,6 +31,7 @@ from torch import nn
 
 from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
+from mmcl.models.backbone import multihead_attention
 
 PROMPT_STYLES = ("prompt", "prefix")
 
@@ -103,7 +104,7 @@ def _prefix_attention(block: nn.Module, prefix_keys: torch.Tensor, prefix_values
         v_x = torch.cat([prefix_values.to(v_x.dtype), v_x], dim=1)
         if attn_mask is not None:  # vision towers have none; keep prefixes visible to every query
             attn_mask = F.pad(attn_mask.to(q_x.dtype), (prefix_keys.shape[1], 0))
-        return self.attn(q_x, k_x, v_x, need_weights=False, attn_mask=attn_mask)[0]
+        return multihead_attention(self.attn, q_x, k_x, v_x, attn_mask)
 
     return types.MethodType(attention, block)
 
