@@ -294,6 +294,49 @@ def test_pretraining_reads_open_clips_own_forward_bit_for_bit():
         assert torch.equal(text_features, F.normalize(clip.encode_text(tokens), dim=-1))
 
 
+def test_caption_vocabulary_trains_bitwise_as_the_whole_table():
+    """Pre-training optimises only the token-embedding rows its captions use (CaptionVocabulary): the
+    weights written back are bitwise those of AdamW over the whole table, with batches that leave
+    some used rows out, and the rows no caption uses keep their initial values."""
+    import open_clip
+
+    from mmcl.models.backbone import CaptionVocabulary
+
+    tokenizer = open_clip.get_tokenizer("mmcl-micro")
+    tokens = tokenizer([f"a {c} {s} on the {p}." for c in ("red", "blue", "green") for s in ("disk", "star")
+                        for p in ("left", "right")])
+    target = torch.randn(len(tokens), 32, generator=torch.Generator().manual_seed(1))
+    trained = []
+    for subset in (False, True):
+        torch.manual_seed(0)
+        clip = open_clip.create_model("mmcl-micro", pretrained=None, force_image_size=32)
+        initial = clip.token_embedding.weight.detach().clone()
+        vocabulary = clip.token_embedding
+        if subset:
+            clip.token_embedding = CaptionVocabulary(vocabulary, tokens)
+        named = list(clip.named_parameters())
+        decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=0.01)
+        for step in range(6):
+            picks = torch.arange(step, step + 5) % len(tokens)
+            loss = (clip.encode_text(tokens[picks]) - target[picks]).square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if subset:
+            clip.token_embedding = clip.token_embedding.write_back(vocabulary)
+        trained.append(clip.state_dict())
+    assert list(trained[0]) == list(trained[1])
+    for name in trained[0]:
+        assert torch.equal(trained[0][name], trained[1][name]), name
+    table = trained[1]["token_embedding.weight"]
+    used = torch.zeros(len(table), dtype=torch.bool)
+    used[tokens.unique()] = True
+    assert torch.equal(table[~used], initial[~used]) and not torch.equal(table[used], initial[used])
+
+
 def test_benchmarks_are_generated_on_one_blas_and_one_torch_thread(small_config, monkeypatch):
     """Version 3's modality streams came out with other last bits under OPENBLAS_NUM_THREADS=1 than on
     two threads (a multi-threaded numpy product sums in another order): every chunk is now generated
