@@ -9,6 +9,13 @@ its forward pass (frozen backbone included; minus the floor: the trainable part'
 backward pass and optimizer step (:func:`mmcl.engine.train_step`'s ``phases``); beside it, data
 handling (batching and the copy to the device) and evaluation (prediction on the task's test
 data, per sample). Threads: as a run's (:func:`mmcl.engine.run_threads`: one on CPU).
+
+How close a step comes to the hardware: the matrix FLOPs of one training step and of the frozen
+forward pass are counted (:func:`count_flops`: matrix products, convolutions and attention, forward
+and backward; elementwise work is not counted), divided by their measured times, and set beside the
+rate of one large matrix product in the step's precision measured on the same device
+(:func:`matmul_rate`) and, when given, a stated peak (``--peak-tflops``, e.g. a GPU's datasheet
+bf16 figure).
 """
 from __future__ import annotations
 
@@ -36,8 +43,51 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+    return sdpa_flop_count(query, key, value)
+
+
+def _attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def count_flops(fn) -> int:
+    """Matrix FLOPs (a multiply-add is two) of calling ``fn()``: ``torch.utils.flop_counter``'s
+    matrix products, convolutions and attention kernels, plus the CPU flash-attention kernel, which
+    it does not know (the same formula as the GPU's)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    aten = torch.ops.aten
+    custom = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        custom[aten._scaled_dot_product_flash_attention_for_cpu] = _attention_flops
+        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _attention_backward_flops
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_rate(config: Config, device: torch.device, size: int | None = None, repeats: int = 5) -> tuple[float, int]:
+    """(FLOP/s, size) of one ``size x size`` matrix product on ``device`` in the precision a run's
+    steps use there (under :func:`mmcl.engine.autocast_for`): the reference the step's rate is set
+    beside. ``size`` defaults to 1024 on CPU and 8192 on a GPU."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    with torch.no_grad(), autocast_for(config, device):
+        for _ in range(2):
+            a @ b
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        _sync(device)
+    return 2 * size ** 3 * repeats / (time.perf_counter() - started), size
+
+
 def bench_method(config: Config, method: str, scenario: str = "class_incremental", steps: int = 20,
-                 warmup: int = 3, seed: int = 0, variant: str | None = None) -> dict:
+                 warmup: int = 3, seed: int = 0, variant: str | None = None,
+                 peak_tflops: float | None = None) -> dict:
     """Samples/s and ms/step of training steps and of the frozen forward pass; peak memory.
 
     ``variant``: a named ablation or comparison of the method (``Method.ablations``,
@@ -91,6 +141,8 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
         # phases summed over warm-up and timed steps
         result |= {f"step_{name}_ms": 1000 * phases[name] / (warmup + steps)
                    for name in ("forward", "backward", "optimizer")}
+        flops = count_flops(lambda: train_step(method_obj, batches[0], task, optimizer, config, device, {}))
+        result |= {"train_gflop_per_step": flops / 1e9, "train_gflops": flops / 1e9 / seconds}
     method_obj.eval()
 
     @torch.no_grad()
@@ -101,6 +153,12 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
 
     seconds = timed(frozen_forward)
     result |= {"forward_ms_per_step": 1000 * seconds, "forward_samples_per_second": size / seconds}
+    flops = count_flops(lambda: frozen_forward(batches[0]))
+    result |= {"forward_gflop_per_step": flops / 1e9, "forward_gflops": flops / 1e9 / seconds}
+    rate, matmul_size = matmul_rate(config, device)
+    result |= {"matmul_gflops": rate / 1e9, "matmul_size": matmul_size}
+    if peak_tflops:
+        result["peak_gflops"] = 1000 * peak_tflops
     result["data_ms_per_step"] = 1000 * data_seconds
     if "train_ms_per_step" in result:
         result["train_over_forward"] = result["train_ms_per_step"] / result["forward_ms_per_step"]
@@ -141,6 +199,19 @@ def format_bench(result: dict) -> str:
         lines.append(f"  data handling      {result['data_ms_per_step']:10.2f} ms/step")
     lines.append(f"  evaluation         {result['eval_ms_per_sample']:10.3f} ms/sample "
                  f"({1000 / max(result['eval_ms_per_sample'], 1e-9):.0f} samples/s)")
+    lines.append(f"  matrix FLOPs (GFLOP/step, GFLOP/s achieved; one {result['matmul_size']}\u00b2 matrix product "
+                 f"here: {result['matmul_gflops']:.1f} GFLOP/s"
+                 + (f", stated peak {result['peak_gflops']:.0f}" if "peak_gflops" in result else "") + "):")
+    for label, key in (("training step", "train"), ("frozen forward", "forward")):
+        if f"{key}_gflops" not in result:
+            continue
+        if not result[f"{key}_gflop_per_step"]:
+            lines.append(f"    {label:<17}{0:10.3f}  (read from the frozen-prefix cache)")
+            continue
+        shares = f"{result[f'{key}_gflops'] / result['matmul_gflops']:6.1%} of the matrix product"
+        if "peak_gflops" in result:
+            shares += f", {result[f'{key}_gflops'] / result['peak_gflops']:.1%} of the stated peak"
+        lines.append(f"    {label:<17}{result[f'{key}_gflop_per_step']:10.3f}  {result[f'{key}_gflops']:10.1f}  {shares}")
     lines.append(f"  trainable params   {result['trainable_parameters']:10d}")
     if "peak_gpu_memory_mib" in result:
         lines.append(f"  peak GPU memory    {result['peak_gpu_memory_mib']:10.1f} MiB")

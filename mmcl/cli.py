@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--variant", help="a named ablation of the method (see `mmcl list methods`)")
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.add_argument("--peak-tflops", type=float, help="the device's stated peak in the run's precision "
+                                                         "(e.g. a GPU's datasheet bf16 TFLOP/s), to report the share of it")
     _add_profile_arguments(bench)
 
     tune = commands.add_parser("tune", help="choose a method's hyper-parameters on validation data (same budget for all)")
@@ -244,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             from mmcl.bench import bench_method, format_bench
 
             config = load_config(args.profile, args.overrides)
-            result = bench_method(config, args.method, args.scenario, steps=args.steps, variant=args.variant)
+            result = bench_method(config, args.method, args.scenario, steps=args.steps, variant=args.variant,
+                                  peak_tflops=args.peak_tflops)
             print(json.dumps(result, indent=2) if args.json else format_bench(result))
         elif args.command == "tune":
             return _tune(args)

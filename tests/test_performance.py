@@ -7,9 +7,10 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmcl import engine
-from mmcl.bench import bench_method, format_bench
+from mmcl.bench import bench_method, count_flops, format_bench
 from mmcl.config import load_config
 from mmcl.reproduce import time_report
 
@@ -88,3 +89,18 @@ def test_bench_splits_a_training_step_into_its_parts():
     assert result["eval_ms_per_sample"] > 0 and result["data_ms_per_step"] > 0
     text = format_bench(result)
     assert "where a training step's time goes" in text and "evaluation" in text
+    assert result["train_gflop_per_step"] > 0 and result["train_gflops"] > 0 and result["matmul_gflops"] > 0
+    assert result["forward_gflop_per_step"] >= 0 and "matrix FLOPs" in text
+
+
+def test_flops_are_counted_as_by_hand():
+    """Matrix products and attention, forward and backward, CPU flash attention included: 2 FLOPs a
+    multiply-add. Attention of q, k, v [b, h, s, d]: q kᵀ and the weighted sum of v forward, two
+    products of 2bhs²d; backward five (the scores recomputed, the gradients to the scores, q, k, v)."""
+    x, w = torch.randn(8, 16), torch.randn(16, 4, requires_grad=True)
+    assert count_flops(lambda: x @ w) == 2 * 8 * 16 * 4
+    assert count_flops(lambda: (x @ w).sum().backward()) == 2 * (2 * 8 * 16 * 4)  # and xᵀ g for w's gradient
+    q, k, v = (torch.randn(1, 2, 5, 8, requires_grad=True) for _ in range(3))
+    forward = 2 * 2 * 1 * 2 * 5 * 5 * 8
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == forward
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == forward + 5 * forward // 2
