@@ -461,8 +461,8 @@ class CaptionVocabulary(nn.Module):
     and zero moments at every step, so AdamW leaves them exactly as they were initialised. Here only
     the used rows are a parameter (``weight`` ``[used, width]``, looked up through ``index``); every
     elementwise update is the same on them, so the weights written back (:meth:`write_back`) are
-    bitwise those of training the whole table (pinned by the pre-trained weights' digest, see
-    ``tests/test_benchmark.py``).
+    bitwise those of training the whole table (``tests/test_benchmark.py`` trains a text tower both
+    ways and compares every tensor; the tiny and micro pre-trained files kept their sha256).
     """
 
     def __init__(self, embedding: nn.Embedding, tokens: torch.Tensor):
