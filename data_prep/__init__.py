@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import mmcl  # noqa: F401 - before numpy and torch: pins the CPU kernels of the preparation (mmcl.kernels)
 from data_prep.ave import AVE
 from data_prep.core import (
     CorruptSample,

@@ -8,6 +8,7 @@ import sys
 import yaml
 
 import data_prep
+from mmcl.atomic import DiskWriteError
 
 
 def _options(pairs: list[str]) -> dict:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                                     on_error=args.on_error, force=args.force, shard_size=args.shard_size,
                                     progress=not args.quiet, overrides=args.set, checksum_file=args.checksums,
                                     max_skipped_fraction=args.max_skipped_fraction)
-    except data_prep.PrepError as error:
+    except (data_prep.PrepError, DiskWriteError) as error:  # DiskWriteError: a full or read-only --out
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary)

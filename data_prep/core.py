@@ -12,7 +12,9 @@ raw numpy signals. Everything else happens here, once for all datasets:
    image, depth normalised; transcripts kept as strings).
 4. **shard**: samples are processed in shards of ``shard_size``; each finished shard is saved
    atomically under ``<out>/.work/`` and recorded in ``progress.json``, so an interrupted run
-   resumes at the first unfinished shard.
+   resumes at the first unfinished shard. Shards, like the assembled splits, hold tensors and
+   plain data only and are read by :func:`mmcl.records.load_tensors`: a shard holding anything
+   else (crafted, or of an older format) is recomputed, with a warning naming it, never loaded.
 5. **assemble**: shards are concatenated into ``train.pt`` / ``val.pt`` (where the adapter lists a validation split) / ``test.pt`` (atomic), and
    ``meta.json`` with ``complete: true`` is written **last**; a folder without it is never read as
    a prepared dataset by :func:`mmcl.data.processed.load_processed`.
@@ -45,7 +47,7 @@ from tqdm.auto import tqdm
 from mmcl.config import Config
 from mmcl.data import modalities as pipeline
 from mmcl.data.processed import FORMAT_VERSION
-from mmcl.records import atomic_torch_save, atomic_write_json
+from mmcl.records import RefusedFile, atomic_torch_save, atomic_write_json, load_tensors, writing
 
 log = logging.getLogger("data_prep")
 OnError = Literal["skip", "fail"]
@@ -377,7 +379,8 @@ def run_preparation(adapter: DatasetAdapter, raw_dir: Path, out_dir: Path, confi
             summary = PrepSummary(**{**meta["summary"], "reused": True})
             return summary
     # From here on the folder must not look complete until the new meta.json is written.
-    meta_path.unlink(missing_ok=True)
+    with writing(meta_path):  # a file where a folder of --out should be stops here, naming meta.json
+        meta_path.unlink(missing_ok=True)
     work = out_dir / ".work"
     progress_path = work / "progress.json"
     state = json.loads(progress_path.read_text()) if progress_path.is_file() and not force else {}
@@ -385,8 +388,7 @@ def run_preparation(adapter: DatasetAdapter, raw_dir: Path, out_dir: Path, confi
         # Shards are ranges of the item list: other items, settings or shard size invalidate them.
         shutil.rmtree(work, ignore_errors=True)
         state = {"fingerprint": fingerprint, "shard_size": shard_size, "done": {}}
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(progress_path, state)
+    atomic_write_json(progress_path, state)  # makes the folders: a full or read-only --out stops here
 
     checksum_problems = verify_checksums(raw_dir, checksum_file)
     if checksum_problems and on_error == "fail":
@@ -404,10 +406,13 @@ def run_preparation(adapter: DatasetAdapter, raw_dir: Path, out_dir: Path, confi
             shard = None
             if name in state["done"]:
                 try:
-                    shard = torch.load(work / name, weights_only=False)
+                    shard = load_tensors(work / name, rebuild="recomputing it")
                     resumed += 1
+                except RefusedFile as error:  # crafted, or of an older format: recomputed, never run
+                    log.warning("shard %s", error)
                 except Exception as error:  # a damaged shard is recomputed, never trusted
-                    log.warning("shard %s is unreadable (%s); recomputing", name, error)
+                    log.warning("shard %s is unreadable (%s); recomputing", name,
+                                str(error).splitlines()[0] if str(error) else type(error).__name__)
             if shard is None:
                 keep = [i for i in chunk if not bad_files.intersection(str(p) for p in i.files.values())]
                 shard = _process_shard(adapter, keep, modalities, settings, on_error)

@@ -182,7 +182,7 @@ def paste_into(document: str | Path, markdown: str) -> None:
         raise ConfigError(f"{path}: no {MARK_START} ... {MARK_END} block to write the calibration into")
     head, rest = text.split(MARK_START, 1)
     _, tail = rest.split(MARK_END, 1)
-    path.write_text(f"{head}{MARK_START}\n{markdown.strip()}\n{MARK_END}{tail}")
+    records.atomic_write_text(path, f"{head}{MARK_START}\n{markdown.strip()}\n{MARK_END}{tail}")
 
 
 def calibrate(config: Config, seeds: Sequence[int], output_dir: str | Path, table_dir: str | Path,

@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from mmcl import results
+from mmcl.atomic import atomic_write_text
 
 VERDICTS = ("holds", "not supported", "reversed", "no data")
 CONFIDENCE = 0.95
@@ -342,13 +343,12 @@ def claims_markdown(table: pd.DataFrame, heading_level: int = 2) -> str:
 def write_claims(runs: pd.DataFrame, directory: str | Path, appendix: Mapping[str, Sequence[str]] | None = None,
                  claims: Sequence[RivalClaim | AblationClaim] = CLAIMS) -> dict[str, Path]:
     """Write ``claims.csv`` (numbers, one row per comparison, with profile and code version) and
-    ``claims.md`` under ``directory``; returns format -> path."""
+    ``claims.md`` under ``directory``, each atomically (:mod:`mmcl.atomic`); returns format -> path."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     table = claims_table(runs, appendix, claims)
     paths = {"csv": directory / "claims.csv", "md": directory / "claims.md"}
-    table.drop(columns=["run_versions"]).to_csv(paths["csv"], index=False, float_format="%.4f")
-    paths["md"].write_text("# Claims of the papers, measured\n\n" + claims_markdown(table, 2))
+    atomic_write_text(paths["csv"], table.drop(columns=["run_versions"]).to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(paths["md"], "# Claims of the papers, measured\n\n" + claims_markdown(table, 2))
     return paths
 
 
@@ -390,6 +390,6 @@ def update_docs(claims_csv: str | Path, docs_dir: str | Path) -> list[Path]:
         text = page.read_text()
         new = pattern.sub(lambda match: docs_block(table, match["method"]), text)
         if new != text:
-            page.write_text(new)
+            atomic_write_text(page, new)
             changed.append(page)
     return changed

@@ -7,6 +7,7 @@
     mmcl reproduce --profile tiny
     mmcl claims --profile tiny --update-docs
     mmcl verify --profile tiny --runs runs
+    mmcl inputs --profile smoke
     mmcl calibrate --profile tiny --seeds 0 1 --document docs/benchmark.md
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import sys
 
+from mmcl.atomic import DiskWriteError
 from mmcl.config import SCENARIOS, ConfigError, PreparedDataError, available_profiles, load_config
 
 
@@ -109,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="write the expected-results file from the runs instead (keeps its paper entries)")
     verify.add_argument("--all", action="store_true", help="list every entry, not only those that do not pass")
     _add_profile_arguments(verify)
+
+    inputs = commands.add_parser("inputs", help="the sha256 of the backbone and of each embedded benchmark this "
+                                                "machine makes (built if missing), with its CPU and kernels")
+    inputs.add_argument("--benchmark", action="append", help="repeatable; default: every generated benchmark")
+    inputs.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_profile_arguments(inputs)
 
     claims = commands.add_parser("claims", help="measure the papers' claims on the stored runs (figures/claims.{md,csv})")
     claims.add_argument("--output-dir", help="where the runs are (default: runtime.output_dir of the profile)")
@@ -211,8 +219,29 @@ def _verify(args) -> int:
     return 0 if (table["verdict"] == "pass").all() else 1
 
 
+def _restart_for_kernels(args: argparse.Namespace) -> None:
+    """Start this command again in a process whose CPU kernels are what the profile's
+    ``runtime.portable_kernels`` asks (mmcl.kernels): the switch is read when mmcl is imported, so a
+    command with ``--set runtime.portable_kernels=false`` cannot change it in this process."""
+    import os
+
+    from mmcl import kernels
+
+    if not hasattr(args, "profile") or not hasattr(args, "overrides"):
+        return
+    try:
+        portable = load_config(args.profile, args.overrides).runtime.portable_kernels
+    except (ConfigError, FileNotFoundError):
+        return  # the command reports it
+    if portable != kernels.requested():
+        environment = os.environ | {kernels.SWITCH: "1"} if portable else kernels.native_environment()
+        os.execve(sys.executable, [sys.executable, "-m", "mmcl.cli", *sys.argv[1:]], environment)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if argv is None:  # the command line itself (a caller of main() gets the one-line error instead)
+        _restart_for_kernels(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # open_clip logs every model creation at INFO
@@ -280,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "verify":
             return _verify(args)
+        elif args.command == "inputs":
+            from mmcl.verify import format_input_digests, input_digests
+
+            config = load_config(args.profile, args.overrides)
+            found = input_digests(config, args.benchmark, progress=config.runtime.progress)
+            print(json.dumps(found, indent=2) if args.json else format_input_digests(found))
         elif args.command == "claims":
             from pathlib import Path
 
@@ -296,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.update_docs:
                 changed = claims.update_docs(paths["csv"], args.docs_dir or DOCS_DIR)
                 print("rewritten: " + (", ".join(map(str, changed)) or "nothing (already up to date)"))
-    except (ConfigError, FileNotFoundError, PreparedDataError) as error:
-        print(f"mmcl: error: {error}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, PreparedDataError, DiskWriteError) as error:
+        print(f"mmcl: error: {error}", file=sys.stderr)  # DiskWriteError: a full or read-only disk, naming the file
         return 2
     return 0
 

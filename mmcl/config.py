@@ -135,11 +135,21 @@ class ExecutorConfig(_Strict):
     setup: list[str] = []  # shell lines run before each SLURM job, e.g. ["module load cuda"]
 
 
+def _kernels_requested() -> bool:
+    from mmcl import kernels
+
+    return kernels.requested()
+
+
 class RuntimeConfig(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # torch threads of a run: None = 1 on CPU (every executor gives the same numbers; see
     # mmcl.engine.run_threads), torch's default on GPU.
     num_threads: int | None = Field(None, ge=1)
+    # CPU kernels pinned to AVX2 (mmcl.kernels): the same bytes on every x86-64 machine. false: this
+    # CPU's best kernels, numbers bound to the machine (the manifest says so; own folder and caches).
+    # Default: as this process was started (true unless MMCL_PORTABLE_KERNELS=0).
+    portable_kernels: bool = Field(default_factory=_kernels_requested)
     output_dir: str = "runs"
     progress: bool = True
     # "last" keeps the two newest task checkpoints (a damaged newest one falls back to the one
@@ -270,8 +280,11 @@ class Config(_Strict):
     def cache_dir(self) -> Path:
         import os
 
-        root = self.data.cache_dir or os.environ.get("MMCL_CACHE") or Path.home() / ".cache" / "mmcl"
-        return Path(root).expanduser()
+        from mmcl import kernels
+
+        root = Path(self.data.cache_dir or os.environ.get("MMCL_CACHE") or Path.home() / ".cache" / "mmcl").expanduser()
+        # Backbones, benchmarks and prefix tables computed with native kernels stay apart from the portable ones.
+        return root if self.runtime.portable_kernels else root / kernels.machine_tag()
 
 
 def available_profiles() -> list[str]:

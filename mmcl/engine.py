@@ -10,10 +10,11 @@ Fault tolerance: one process at a time writes a run folder (:func:`mmcl.records.
 with a one-line message, or waits ``runtime.wait_for_lock`` seconds and then reuses the run the
 first one finished. On resume, temporaries left by a killed writer are deleted, and a damaged
 newest checkpoint (truncated, garbage, missing keys) falls back to the one before it (two are
-kept), or to task 0, with a one-line warning; ``tasks.jsonl`` is rewritten from the checkpoint's
-rows. Each task's row records the process memory (peak and current RSS, the task's CUDA peak),
-``metrics.json`` their maximum. ``MMCL_FAULT`` kills a run at named points, for tests
-(:func:`mmcl.records.fault_point`).
+kept), or to task 0, with a one-line warning, and so does one holding objects other than tensors
+and plain data (read by :func:`mmcl.records.load_tensors`, which runs no code from a file);
+``tasks.jsonl`` is rewritten from the checkpoint's rows. Each task's row records the process
+memory (peak and current RSS, the task's CUDA peak), ``metrics.json`` their maximum.
+``MMCL_FAULT`` kills a run at named points, for tests (:func:`mmcl.records.fault_point`).
 
 Determinism: the global RNGs are re-seeded from (run seed, task) at the start of every task and
 the data order from (run seed, task, epoch), so a run resumed after task k reproduces the
@@ -35,7 +36,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from mmcl import records, tracking
+from mmcl import kernels, records, tracking
 from mmcl.config import Config, ConfigError, config_to_yaml, parse_yaml, profile_defaults
 from mmcl.data.benchmarks import load_benchmark
 from mmcl.data.dataset import MultiModalDataset, concatenate
@@ -148,6 +149,7 @@ def resolved_method_values(config: Config, scenario: str, method: str) -> dict:
 def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: str | None = None,
               device: torch.device | None = None, progress: bool = False) -> tuple[Method, Stream]:
     """The backbone, the task stream and the method of one run (used by the engine and ``bench``)."""
+    kernels.require(config.runtime.portable_kernels)
     method_cls = method_class(method)
     if scenario not in method_cls.compatible_scenarios:
         raise ConfigError(f"method {method!r} is not compatible with scenario {scenario!r} "
@@ -378,6 +380,8 @@ def run_identity(config: Config, method: str, benchmark: str, hparams: dict | No
         values = resolved_method_values(config, scenario, method) if scenario else config.methods.get(method)
         hparams = asdict(method_class(method).make_config(values))
     identity["methods"] = {method: json.loads(json.dumps(hparams, default=str))}
+    if not config.runtime.portable_kernels:  # numbers of this CPU's kernel level: not those of a portable run
+        identity["kernels"] = kernels.machine_tag()
     return identity
 
 
@@ -401,7 +405,7 @@ def locate_run(config: Config, scenario: str, method: str, seed: int | None = No
 
     The default folder ``<out>/<profile>/<scenario>/<benchmark>/<method>[~<variant>]/seed<k>``
     holds the run whose identity equals the profile's defaults (the profile loaded without
-    overrides, plus the variant's ``hparams``); any other identity goes to
+    overrides, plus the variant's ``hparams``, with portable kernels); any other identity goes to
     ``<method>[~<variant>]@<8 hex digits of the difference>/seed<k>``.
     """
     seed = config.seed if seed is None else seed
@@ -411,6 +415,8 @@ def locate_run(config: Config, scenario: str, method: str, seed: int | None = No
     benchmark = scenario_benchmark(config, scenario, benchmark)
     identity = run_identity(config, method, benchmark, scenario=scenario)  # fails fast on a bad method or key
     default = with_method_overrides(profile_defaults(config), method, hparams).model_copy(update={"seed": seed})
+    # The default folder holds portable runs, even in a process whose kernels are native (MMCL_PORTABLE_KERNELS=0).
+    default.runtime = default.runtime.model_copy(update={"portable_kernels": True})
     difference = records.identity_difference(identity, run_identity(default, method, benchmark, scenario=scenario))
     # Validation runs (mmcl tune) live apart, in <out>/<profile>/tuning/...: never read as reported runs.
     tree = f"{config.profile}/tuning" if config.train.eval_split == "val" else config.profile
@@ -667,15 +673,22 @@ def readable_checkpoints(run_dir: Path, device: torch.device) -> Iterator[tuple[
 
     A damaged one (truncated, overwritten, unreadable by ``torch.load``, or missing keys) is
     skipped with a one-line warning naming the file and what the run falls back to (the previous
-    checkpoint, or task 0). The caller stops at the first one it resumes from; if it asks for
-    more after the oldest, a warning says the run starts again from task 0.
+    checkpoint, or task 0). So is a refused one, with a warning saying it holds objects other
+    than tensors and plain data: checkpoints are read by :func:`mmcl.records.load_tensors`, which
+    never runs code from the file (a crafted one, or one of an older format). The caller stops at
+    the first one it resumes from; if it asks for more after the oldest, a warning says the run
+    starts again from task 0.
     """
     found = checkpoints(run_dir)
     for position in range(len(found) - 1, -1, -1):
         index, path = found[position]
+        fallback = f"falling back to {found[position - 1][1].name}" if position else "starting again from task 0"
         try:
-            state = torch.load(path, map_location=device, weights_only=False)
+            state = records.load_tensors(path, map_location=device, rebuild=fallback)
             problem = _checkpoint_problem(state, index)
+        except records.RefusedFile as error:
+            log.warning("checkpoint %s", error)
+            continue
         except Exception as error:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
             first_line = str(error).splitlines()[0] if str(error) else "unreadable"
             state, problem = None, f"{type(error).__name__}: {first_line}"
@@ -684,5 +697,4 @@ def readable_checkpoints(run_dir: Path, device: torch.device) -> Iterator[tuple[
             if position == 0:  # the caller could not resume from the oldest one either
                 log.warning("no usable checkpoint in %s; starting again from task 0", path.parent)
             continue
-        fallback = f"falling back to {found[position - 1][1].name}" if position else "starting again from task 0"
         log.warning("checkpoint %s is damaged (%s); %s", path, problem[:200], fallback)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmcl import results
+from mmcl.atomic import atomic_write_text
 from mmcl.config import Config, ConfigError
 
 
@@ -155,8 +156,7 @@ class SubmititExecutor(Executor):
         if self.cluster == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
             folder = self.folder(config, output_dir)
             preview = folder / "slurm-job-preview.sh"
-            folder.mkdir(parents=True, exist_ok=True)
-            preview.write_text(slurm_script(self.settings, folder, 1))
+            atomic_write_text(preview, slurm_script(self.settings, folder, 1))
             raise ConfigError(f"runtime.executor.name=slurm: no SLURM here (sbatch/srun not on PATH); the job "
                               f"script it would submit for each run is in {preview}")
 
@@ -245,10 +245,10 @@ _SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_
 
 def _init_worker() -> None:
     """Each pool worker: one intra-op and one inter-op torch thread (the environment above is set
-    before the worker starts, so before torch is imported). It ignores SIGINT: a Jupyter kernel
-    that shuts down (papermill, at the end of every notebook) interrupts its whole process group,
-    and the workers, idle in the queue, would each print a KeyboardInterrupt traceback; the pool
-    that owns them stops them at exit (:func:`shutdown_pools`)."""
+    before the worker starts, so before torch is imported). It ignores SIGINT: an interrupted
+    Jupyter kernel (by Jupyter when it shuts one down, by ``mmcl reproduce`` stopped while a cell
+    runs) interrupts its whole process group, and the workers, idle in the queue, would each print
+    a KeyboardInterrupt traceback; the pool that owns them stops them at exit (:func:`shutdown_pools`)."""
     import signal
 
     import torch

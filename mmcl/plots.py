@@ -13,6 +13,7 @@ of its method's colour (bars also get a hatch, so variants differ without relyin
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ import pandas as pd
 import seaborn as sns
 
 from mmcl import metrics, results
+from mmcl.atomic import atomic_write_bytes
 
 COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
 TEXT_WIDTH = 7.0
@@ -112,13 +114,18 @@ def paper_style():
 
 
 def save_figure(figure: plt.Figure, directory: str | Path, name: str) -> list[Path]:
-    """Write ``<name>.png`` and ``<name>.pdf`` under ``directory`` (tight bounding box)."""
+    """Write ``<name>.png`` and ``<name>.pdf`` under ``directory`` (tight bounding box).
+
+    Each is rendered in memory and written atomically (:mod:`mmcl.atomic`): matplotlib writing
+    the file itself would leave half a figure under its name when the disk fills up.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.png", directory / f"{name}.pdf"]
     with paper_style():  # the savefig settings (dpi, embedded fonts) apply when saving
         for path in paths:
-            figure.savefig(path, dpi=300, bbox_inches="tight", pad_inches=0.02)
+            rendered = io.BytesIO()
+            figure.savefig(rendered, format=path.suffix[1:], dpi=300, bbox_inches="tight", pad_inches=0.02)
+            atomic_write_bytes(path, rendered.getvalue())
     return paths
 
 
@@ -390,8 +397,10 @@ def write_figures(runs: pd.DataFrame, directory: str | Path) -> dict[str, list[P
     written: dict[str, list[Path]] = {}
 
     def keep(name: str, figure: plt.Figure) -> None:
-        written[name] = save_figure(figure, directory, name)
-        plt.close(figure)
+        try:
+            written[name] = save_figure(figure, directory, name)
+        finally:
+            plt.close(figure)  # a refused write (DiskWriteError) leaves no figure open either
 
     base = runs[runs["variant"].isna()]
     for scenario in [s for s in results.SCENARIO_TITLES if s in set(base["scenario"])]:

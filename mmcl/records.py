@@ -7,7 +7,8 @@ Layout of one run (scenario x benchmark x method x seed x profile)::
                          host and start time for the message a second process prints
         config.yaml      resolved configuration
         manifest.json    package version, code version (git commit, dirty flag, source
-                         fingerprint), library versions, device, start time, run identity
+                         fingerprint), library versions, device, CPU kernels (pinned or
+                         native, the CPU model: mmcl.kernels.state), start time, run identity
         order.json       class order (and modality / domain order) drawn from the seed
         zero_shot.json   the frozen backbone's accuracy on every task (forward-transfer reference)
         tasks.jsonl      one line per finished task: accuracy rows, running metrics, timings,
@@ -18,17 +19,35 @@ Layout of one run (scenario x benchmark x method x seed x profile)::
         metrics.json     final metrics (and a memory summary); written last, so its presence
                          means "complete"
 
-Every file is written to a temporary name (``.<name>.<random>.tmp``) and renamed into place, so a
-crash never leaves a half-written file under its final name; a resumed run deletes the
-temporaries a killed one left behind. Only the holder of ``.lock`` writes the folder: the kernel
-releases an ``flock`` when its process dies, however it dies (SIGKILL included), so a killed run
-never leaves a stale lock behind.
+Every file is written to a temporary name (``.<name>.<random>.tmp``) and renamed into place
+(:mod:`mmcl.atomic`), so a crash never leaves a half-written file under its final name; a
+resumed run deletes the temporaries a killed one left behind. Only the holder of ``.lock``
+writes the folder: the kernel releases an ``flock`` when its process dies, however it dies
+(SIGKILL included), so a killed run never leaves a stale lock behind.
 
-Fault injection: the environment variable ``MMCL_FAULT`` (see :func:`fault_point`) makes a run
-kill itself with SIGKILL at a named point, e.g. ``MMCL_FAULT=checkpoint-write:1 mmcl run ...``
-dies with task 1's checkpoint written to its temporary name but not yet renamed. The tests use it
-to check that a run killed anywhere resumes to the same numbers; users can use it to check the
-same on their own storage.
+A write the storage refuses (a full disk, ``ENOSPC``; a quota, ``EDQUOT``; a read-only file
+system or folder, ``EROFS`` / ``EACCES``; a file where a folder should be) raises
+:class:`~mmcl.atomic.DiskWriteError`, an ``OSError`` whose text is one line naming the file,
+e.g. ``no space left on device writing runs/.../metrics.json``: ``mmcl`` prints it as ``mmcl:
+error: ...`` and exits with status 2, and a notebook cell shows it as its error. The temporary
+is deleted and the final name keeps what it held before (nothing, for a new file), so the same
+command, run again once there is room, resumes like a killed run. Run records, caches, prepared
+data, tables and figures are all written this way.
+
+Fault injection: the environment variable ``MMCL_FAULT`` (see :func:`~mmcl.atomic.fault_point`)
+makes a run kill itself with SIGKILL at a named point, e.g. ``MMCL_FAULT=checkpoint-write:1 mmcl
+run ...`` dies with task 1's checkpoint written to its temporary name but not yet renamed, and
+``MMCL_FAULT=enospc:<n>`` (see :func:`~mmcl.atomic.disk_fault`) makes the n-th atomic write of
+the process fail as on a full disk. The tests use it to check that a run killed or refused
+anywhere resumes to the same numbers; users can use it to check the same on their own storage.
+
+Files of tensors (checkpoints, benchmark caches, prepared data and its shards) hold only tensors
+and plain data (dict, list, tuple, str, int, float, bool, None): :func:`atomic_torch_save` checks
+that before writing, and :func:`load_tensors` reads them with ``torch.load(weights_only=True)``.
+A ``.pt`` file is a pickle, and unpickling any other object runs code the file names, so a
+checkpoint or cache copied from a shared folder could run commands when read; a file holding
+other objects (a crafted one, or one of an older format with numpy arrays or classes in it) is
+refused with a one-line :class:`RefusedFile`, never loaded.
 
 A run's *identity* (see :func:`mmcl.engine.run_identity`) is a mapping of what can change its
 numbers; :func:`identity_digest` names it and :func:`identity_difference` says how it differs
@@ -42,14 +61,16 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 import platform
+import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
+import warnings
+from collections import OrderedDict
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,84 +78,85 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-FAULT_VARIABLE = "MMCL_FAULT"
+from mmcl import kernels
+# Atomic writes, DiskWriteError and fault injection live in mmcl.atomic (no torch: the tables and
+# figures write through them too); the run records use them as records.<name>.
+from mmcl.atomic import (FAULT_VARIABLE, DiskWriteError, Fault, atomic_write, atomic_write_json,  # noqa: F401
+                         atomic_write_text, fault_point, writing)
+
 LOCK_NAME = ".lock"
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+PLAIN_SCALARS = (str, int, float, bool, type(None))
+PLAIN_CONTAINERS = (dict, OrderedDict, list, tuple)
 
 
-# A fault point: (point name, task index or None), see fault_point.
-Fault = tuple[str, int | None]
+def plain_data_problem(obj: Any, where: str = "") -> str | None:
+    """Where ``obj`` holds something other than tensors and plain data (``PLAIN_SCALARS`` in
+    ``PLAIN_CONTAINERS``), as ``<key path> is a <type>``; None when it holds nothing else.
 
-
-def fault_point(name: str, task: int | None = None) -> None:
-    """Kill this process with SIGKILL here when ``$MMCL_FAULT`` names this point (fault injection).
-
-    ``MMCL_FAULT=<point>`` matches every call of that point, ``MMCL_FAULT=<point>:<task>`` only
-    the call for task index ``<task>``. The points (called by :mod:`mmcl.engine`):
-
-    - ``train``: half-way through the optimizer steps of a task;
-    - ``checkpoint-write``: a task's checkpoint is in its temporary file, not yet renamed;
-    - ``tasks-write``: ``tasks.jsonl`` with a task's row is in its temporary file, not yet renamed;
-    - ``metrics-write``: ``metrics.json`` is in its temporary file, not yet renamed (no task index:
-      use ``MMCL_FAULT=metrics-write``).
-
-    SIGKILL cannot be caught: no ``finally``, no ``atexit`` runs, as when the out-of-memory
-    killer or a scheduler's hard time limit ends a job. Running the same command again (without
-    the variable) must then resume to the numbers of an uninterrupted run.
-    """
-    wanted = os.environ.get(FAULT_VARIABLE, "").strip()
-    if not wanted:
-        return
-    point, _, index = wanted.partition(":")
-    if point == name and (not index or (task is not None and index == str(task))):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _atomic(path: Path, write, fault: Fault | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        # mkstemp creates 0600 files; records are shared with collaborators like any other file.
-        os.chmod(temporary, 0o666 & ~_umask())
-        if fault:
-            fault_point(*fault)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str, fault: Fault | None = None) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (``fault``: see :func:`fault_point`)."""
-    def write(temporary: str) -> None:
-        with open(temporary, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-
-    _atomic(path, write, fault)
-
-
-def atomic_write_json(path: Path, data: Any, fault: Fault | None = None) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", fault)
+    Exact types: a numpy scalar is a ``float`` subclass, a ``numpy.str_`` a ``str`` one, and both
+    pickle as numpy objects that :func:`load_tensors` refuses."""
+    kind = type(obj)
+    if kind in PLAIN_SCALARS or isinstance(obj, torch.Tensor):
+        return None
+    if kind not in PLAIN_CONTAINERS:
+        return f"{where or 'the object'} is a {kind.__module__}.{kind.__qualname__}"
+    mapping = isinstance(obj, dict)
+    for key, value in obj.items() if mapping else enumerate(obj):
+        problem = (mapping and plain_data_problem(key, f"{where}[key {key!r}]")) \
+            or plain_data_problem(value, f"{where}[{key!r}]")
+        if problem:
+            return problem
+    return None
 
 
 def atomic_torch_save(obj: Any, path: Path, fault: Fault | None = None) -> None:
+    """Write ``obj`` with ``torch.save`` through a temporary file and a rename. ``obj`` may hold only
+    tensors and plain data (else a ``TypeError`` names the first other value), so that
+    :func:`load_tensors` reads the file back without running code."""
+    problem = plain_data_problem(obj)
+    if problem:
+        raise TypeError(f"{path} not written: {problem}, not a tensor or plain data (dict, list, tuple, str, int, "
+                        f"float, bool, None); convert it first, or load_tensors would refuse the file")
+
     def write(temporary: str) -> None:
         with open(temporary, "wb") as stream:
             torch.save(obj, stream)
             stream.flush()
             os.fsync(stream.fileno())  # a rename is only as durable as the data it points to
 
-    _atomic(path, write, fault)
+    atomic_write(path, write, fault)
+
+
+class RefusedFile(ValueError):
+    """:func:`load_tensors` did not load a file: it holds objects other than tensors and plain data."""
+
+
+def load_tensors(path: str | Path, map_location: Any = None, rebuild: str = "delete it and make it again") -> Any:
+    """What :func:`atomic_torch_save` wrote to ``path``, read with ``torch.load(weights_only=True)``.
+
+    The weights-only unpickler builds tensors and plain data only and refuses any other object
+    before calling anything, so reading a file never runs code from it. A refused file raises
+    :class:`RefusedFile`, one line naming it and ending in ``rebuild`` (how the caller makes the
+    file again); a damaged one (truncated, empty, text) raises what ``torch.load`` raises, for
+    the caller's handling of damage.
+    """
+    try:
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it does not expect: noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # What the unpickler refused: a global (a function or class the file names) or an opcode.
+        found = re.search(r"unsupported (?:global: )?(?:global \S+|operand \S+)", str(error), re.IGNORECASE)
+        with open(path, "rb") as stream:
+            pickled = stream.read(1) in (b"\x80", b"P")  # a pickle (protocol 2 or later), or torch's zip of one
+        if not pickled and not (found and "global" in found.group(0).lower()):
+            raise  # no pickle at all (text, noise): damaged, not refused
+        detail = f" ({found.group(0)})" if found else ""
+        raise RefusedFile(f"{path} holds objects other than tensors and plain data{detail}, so it was not loaded "
+                          f"(loading them could run code; an older format, or not written by mmcl); {rebuild}") \
+            from None
 
 
 @contextmanager
@@ -209,9 +231,10 @@ def run_lock(run_dir: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
     file systems and on NFS (Linux emulates it there with POSIX locks).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir / LOCK_NAME
-    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    with writing(lock_path):  # the run's first write: a read-only or full output folder stops it here
+        run_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         deadline = time.monotonic() + max(wait_seconds, 0.0)
         while True:
@@ -230,8 +253,9 @@ def run_lock(run_dir: Path, wait_seconds: float = 0.0) -> Iterator[Path]:
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
         holder = {"pid": os.getpid(), "host": platform.node(),
                   "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, (json.dumps(holder) + "\n").encode(), 0)
+        with writing(lock_path):
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, (json.dumps(holder) + "\n").encode(), 0)
         try:
             yield lock_path
         finally:
@@ -400,6 +424,9 @@ def manifest(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "libraries": libraries,
         "device": {"type": device.type, "name": device_name, "threads": torch.get_num_threads()},
+        # Whether the CPU kernels were pinned (the numbers the same on every x86-64 machine) or native
+        # (bound to this one), the CPU, and each library's kernels: mmcl.kernels.state.
+        "kernels": kernels.state(),
         "host": platform.node(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -214,19 +214,38 @@ def _papermill_logging() -> None:
     logger.propagate = False
 
 
-def _ipc_kernel_manager():
-    """A kernel manager whose kernel talks over local IPC sockets, not TCP. ipykernel warns on every
-    kernel over TCP ("Kernel is running over TCP without encryption ..."), which papermill relays for
-    each notebook; a kernel that papermill starts on the same machine needs no TCP ports at all."""
+def _kernel_manager() -> tuple[type, dict]:
+    """The kernel manager class of one papermill execution, and the nbclient hooks it reads.
+
+    Its kernel talks over local IPC sockets, not TCP: ipykernel warns on every kernel over TCP
+    ("Kernel is running over TCP without encryption ..."), which papermill relays for each notebook;
+    a kernel that papermill starts on the same machine needs no TCP ports at all.
+
+    It interrupts the kernel only while a cell runs. jupyter_client interrupts the kernel's process
+    group (SIGINT) first whenever it shuts a kernel down, to stop the code it may be running; but
+    papermill, after the last cell, asks the kernel for its info and shuts it down as soon as the
+    reply arrives, while the kernel may still be in that request's handler, where ipykernel lets
+    SIGINT raise: a notebook that ran well then left "[IPKernelApp] ERROR | KeyboardInterrupt caught
+    in kernel." in the log (a race, lost by a kernel descheduled for a millisecond). With no cell
+    running the shutdown request alone stops the kernel; a cell still running (a reproduction
+    interrupted with Ctrl-C, a timeout) is interrupted as before, so that it unwinds."""
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
-    class IPCKernelManager(AsyncKernelManager):
+    running: set[int] = set()  # the code cell papermill waits on: from its execute request to its reply
+
+    class NotebookKernelManager(AsyncKernelManager):
         @default("transport")
         def _transport_default(self) -> str:
             return "ipc"
 
-    return IPCKernelManager
+        async def _async_interrupt_kernel(self) -> None:  # what shutdown_kernel calls first
+            if running:
+                await super()._async_interrupt_kernel()
+
+    hooks = {"on_cell_execute": lambda cell_index, **_: running.add(cell_index),
+             "on_cell_executed": lambda cell_index, **_: running.discard(cell_index)}
+    return NotebookKernelManager, hooks
 
 
 def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR,
@@ -238,12 +257,14 @@ def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_di
     source = notebook_dir / f"{name}.ipynb"
     if not source.is_file():
         raise NotebookFailed(f"notebook {source} not found")
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with records.writing(output_path):
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+    manager, hooks = _kernel_manager()
     started = time.perf_counter()
     try:
         papermill.execute_notebook(str(source), str(output_path), parameters=parameters, kernel_name=kernel,
                                    progress_bar=False, log_output=log_output, cwd=str(Path.cwd()),
-                                   kernel_manager_class=_ipc_kernel_manager())
+                                   kernel_manager_class=manager, **hooks)
     except PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         raise NotebookFailed(
@@ -379,7 +400,6 @@ def _copy_tuned_defaults(profile: str, tuning_dir: Path) -> None:
 
     source = tuned_file(profile)
     if source.is_file():
-        tuning_dir.mkdir(parents=True, exist_ok=True)
         records.atomic_write_text(tuning_dir / "tuned-defaults.yaml", source.read_text())
 
 

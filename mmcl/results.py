@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmcl.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 # The headline metrics of the main-results table, in column order.
@@ -597,10 +599,11 @@ def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: st
 
     Every format states the code version of the runs behind the table (its ``run_versions``
     column, see :func:`summarize_over_seeds`): the CSV in a ``code`` column (each row's versions,
-    ``; ``-separated), LaTeX and Markdown in a footnote (:func:`code_footnotes`).
+    ``; ``-separated), LaTeX and Markdown in a footnote (:func:`code_footnotes`). Each file is
+    written atomically (:mod:`mmcl.atomic`): a full or read-only disk raises
+    :class:`~mmcl.atomic.DiskWriteError` naming it and leaves no half-written table.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     shown = display_table(table, decimals)
     if group_by not in shown.columns:
         group_by = None
@@ -612,11 +615,12 @@ def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: st
         numbers["code"] = ["; ".join(sorted({version for _, version in pairs})) for pairs in table["run_versions"]]
     if "run_inputs" in table:
         numbers["inputs"] = ["; ".join(sorted({text for _, text in pairs})) for pairs in table["run_inputs"]]
-    numbers.to_csv(paths["csv"], index=False, float_format="%.4f")
-    paths["tex"].write_text(to_latex(shown, group_by, comment, footnotes))
+    atomic_write_text(paths["csv"], numbers.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(paths["tex"], to_latex(shown, group_by, comment, footnotes))
     # Markdown: a paragraph under the table; the versions of a mixed table as a list.
     notes = "\n" + "".join(f"- {line}\n" for line in footnotes) if footnotes else ""
-    paths["md"].write_text((f"**{title}** (mean ± std over seeds)\n\n" if title else "") + to_markdown(shown) + notes)
+    atomic_write_text(paths["md"], (f"**{title}** (mean ± std over seeds)\n\n" if title else "") + to_markdown(shown)
+                      + notes)
     return paths
 
 

@@ -81,7 +81,6 @@ def write_expected(runs: pd.DataFrame, path: str | Path, profile: str, command: 
                 "results": entries + paper}
     header = (f"# Expected main-table numbers of the {profile} profile (mmcl verify). Written by the command\n"
               f"# below from its runs; entries with source: paper are numbers a paper reports.\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
     records.atomic_write_text(path, header + yaml.safe_dump(document, sort_keys=False, width=120))
     return path
 
@@ -189,3 +188,32 @@ def report(profile: str, runs_root: str | Path) -> pd.DataFrame | None:
     if note:
         print(note)
     return table
+
+
+def input_digests(config, benchmarks: list[str] | None = None, progress: bool = False) -> dict:
+    """What a profile's runs read on this machine, made (and cached) if missing: the sha256 of the
+    backbone's weights and of each embedded (generated) benchmark's data, with the CPU and its kernels
+    (:func:`mmcl.kernels.state`). Two machines that print the same digests compute the same numbers;
+    ``mmcl inputs`` prints them, docs/benchmark.md lists those of our machines."""
+    import torch
+
+    from mmcl import kernels
+    from mmcl.data.benchmarks import load_benchmark
+    from mmcl.models.backbone import build_encoder
+
+    kernels.require(config.runtime.portable_kernels)
+    names = benchmarks or [name for name, spec in config.benchmarks.items() if spec.source == "synthetic"]
+    encoder = build_encoder(config, torch.device("cpu"), progress=progress)
+    data = {name: load_benchmark(config, name, encoder.tokenizer, progress=progress).digest() for name in names}
+    return {"profile": config.profile, "backbone": encoder.weights.get("sha256"), "benchmarks": data,
+            "kernels": kernels.state()}
+
+
+def format_input_digests(found: dict) -> str:
+    """The lines ``mmcl inputs`` prints: the machine and its kernels, then one digest per input."""
+    state = found["kernels"]
+    kernels = f"pinned to {state['level']}" if state["portable"] else "native: " + "; ".join(state["why_not"])
+    lines = [f"profile {found['profile']} on {state['cpu']['model']} (native {state['cpu']['native_level']}), "
+             f"kernels {kernels}", f"  {'backbone':28s} {found['backbone']}"]
+    lines += [f"  {name:28s} {digest}" for name, digest in found["benchmarks"].items()]
+    return "\n".join(lines)

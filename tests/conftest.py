@@ -17,6 +17,7 @@ if XDIST_WORKER:
     # torch is imported, so its thread pools start with it.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
+import mmcl  # noqa: E402,F401 - first: pins the CPU kernels before numpy and torch load (mmcl.kernels)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

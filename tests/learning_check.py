@@ -6,8 +6,10 @@ A learning test runs a method on a smoke stream twice: trained, and with its lea
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,11 @@ import pytest
 from mmcl import engine
 from mmcl.config import load_config
 from mmcl.methods.base import method_class
+
+# $MMCL_LEARNING_MARGINS: a file to which every check appends its numbers (one JSON line per
+# evaluation mode, with the test's name), to compare the margins under two kernel settings
+# (docs/performance.md, "Pinned kernels").
+MARGINS_FILE = "MMCL_LEARNING_MARGINS"
 
 # Share of the zero-shot model's errors (on the tasks it reads worst) that training must fix.
 # One third: on a smoke task of 18 test samples whose zero-shot accuracy is 33 % (12 errors),
@@ -115,7 +122,18 @@ def learning_check(metrics: dict, mode: str, required: float = ERRORS_FIXED_REQU
 def learns(metrics: dict) -> tuple[bool, list[LearningCheck]]:
     """The check in every evaluation mode of the run (modality-incremental: aware and agnostic)."""
     checks = [learning_check(metrics, mode) for mode in metrics["accuracy_matrix"]]
+    record_margins([{**asdict(check), "statistic": "errors_fixed", "value": check.errors_fixed,
+                     "bar": ERRORS_FIXED_REQUIRED} for check in checks])
     return all(check.passed for check in checks), checks
+
+
+def record_margins(rows: list[dict]) -> None:
+    """Append ``rows`` (with the current test's name) to ``$MMCL_LEARNING_MARGINS`` when it is set."""
+    path = os.environ.get(MARGINS_FILE)
+    if path:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+        with open(path, "a", encoding="utf-8") as stream:
+            stream.writelines(json.dumps({"test": test, **row}) + "\n" for row in rows)
 
 
 def learning_cases(methods: list[str]) -> list:

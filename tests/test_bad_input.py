@@ -9,6 +9,8 @@ from mmcl.cli import main
 from mmcl.config import ConfigError, load_config
 from mmcl.methods.base import method_class
 
+from crafted_files import plant_crafted_pickle
+
 
 def run_cli(tmp_path, scenario: str, method: str, *overrides: str) -> list[str]:
     args = ["run", "--profile", "smoke", "--scenario", scenario, "--method", method, "--output-dir", str(tmp_path / "runs")]
@@ -112,3 +114,24 @@ def test_unreadable_prepared_file_is_one_line_naming_it(tmp_path, capsys, damage
     assert error.startswith("mmcl: error: benchmark 'av-events': ") and str(prepared / damaged) in error
     assert error.endswith("re-run the preparation")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("planted", ["crafted", "old-format"])
+def test_prepared_split_holding_other_objects_is_refused_in_one_line_naming_it(tmp_path, capsys, planted):
+    prepared = tmp_path / "prepared"
+    write_prepared(prepared, load_config("smoke"), test_classes=range(6))
+    path, marker = prepared / "train.pt", tmp_path / "executed"
+    if planted == "crafted":
+        plant_crafted_pickle(path, marker)
+    else:  # as an older format would have stored it: numpy arrays, not tensors
+        stored = torch.load(path, weights_only=True)
+        torch.save({**stored, "labels": stored["labels"].numpy(), "domains": stored["domains"].numpy()}, path)
+    run_cli(tmp_path, "class_incremental", "finetune", "benchmarks.av-events.source=processed",
+            f"benchmarks.av-events.path={prepared}")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"mmcl: error: benchmark 'av-events': {path} holds objects other than tensors and plain "
+                          f"data (")
+    assert err.strip().endswith(f"re-run the preparation with --force (python -m data_prep ave --raw <raw folder> "
+                                f"--out {prepared} --force)")
+    assert not marker.exists() and not (tmp_path / "runs").exists()

@@ -1,5 +1,6 @@
 """The embedded benchmark: deterministic bytes, disjoint concepts, the modality pipeline's shapes."""
 import hashlib
+import logging
 import threading
 
 import numpy as np
@@ -11,6 +12,8 @@ from mmcl.config import AudioConfig, ConfigError, InertialConfig, load_config
 from mmcl.data import modalities as pipeline
 from mmcl.data import benchmarks, synthetic
 from mmcl.data.benchmarks import generate_synthetic, load_benchmark, synthetic_cache_path
+
+from crafted_files import plant_crafted_pickle
 
 
 def digest(dataset) -> str:
@@ -118,6 +121,28 @@ def test_benchmark_cache_is_reused_and_corrupt_cache_rebuilt(tmp_path, small_con
     cached[0].write_bytes(b"truncated")
     again = load_benchmark(config, "ego-activities")
     assert torch.equal(first.train.inputs["acc"], again.train.inputs["acc"])
+
+
+@pytest.mark.parametrize("planted", ["crafted", "old-format"])
+def test_a_cache_holding_other_objects_is_generated_again_without_running_it(tmp_path, small_config, caplog, planted):
+    config = small_config.model_copy(update={"data": small_config.data.model_copy(update={"cache_dir": str(tmp_path)})})
+    first = load_benchmark(config, "ego-activities")
+    path = synthetic_cache_path(config, "ego-activities")
+    marker = tmp_path / "executed"
+    if planted == "crafted":
+        plant_crafted_pickle(path, marker)
+    else:  # as an older format would have stored it: numpy arrays among the tensors
+        stored = records.load_tensors(path)
+        torch.save({split: {**data, "labels": data["labels"].numpy()} for split, data in stored.items()}, path)
+    with caplog.at_level(logging.WARNING, logger="mmcl.data.benchmarks"):
+        again = load_benchmark(config, "ego-activities")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith(f"benchmark cache {path} holds objects other than tensors and plain data (")
+    assert warnings[0].endswith("; generating it again")
+    assert not marker.exists()
+    assert again.digest() == first.digest()  # the same data, generated again
+    assert isinstance(records.load_tensors(path)["train"]["labels"], torch.Tensor)  # into a file of plain data
 
 
 def test_a_benchmark_being_generated_elsewhere_is_waited_for_and_read(tmp_path, small_config, monkeypatch):

@@ -8,6 +8,7 @@ on them, and the results go through the engine with the smoke model.
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from data_prep.__main__ import main as cli_main
 from data_prep.core import run_preparation
 from mmcl.config import ConfigError, load_config
 from mmcl.data.benchmarks import load_benchmark
+
+from crafted_files import plant_crafted_pickle
 
 SMOKE = "smoke"
 
@@ -236,7 +239,7 @@ def test_ave_prepare_skips_corrupt_file_and_trains(tmp_path, smoke_config):
     meta = json.loads((tmp_path / "ave" / "meta.json").read_text())
     assert meta["complete"] and meta["summary"]["skipped"] == 1 and len(meta["class_names"]) == 6
     assert not (tmp_path / "ave" / ".work").exists()
-    stored = torch.load(tmp_path / "ave" / "train.pt", weights_only=False)
+    stored = torch.load(tmp_path / "ave" / "train.pt", weights_only=True)
     assert stored["inputs"]["video"].shape == (11, 2, 3, 32, 32) and stored["inputs"]["video"].dtype == torch.uint8
     assert stored["inputs"]["audio"].shape == (11, 3, 32, 32) and stored["rows"] == {}
 
@@ -306,6 +309,40 @@ def test_preparation_resumes_and_never_looks_complete_when_interrupted(tmp_path,
     assert len(train) == 6 and len(test) == 3
 
 
+@pytest.mark.parametrize("planted", ["crafted", "old-format"])
+def test_a_shard_holding_other_objects_is_recomputed_without_running_it(tmp_path, smoke_config, caplog, planted):
+    raw = make_ave(tmp_path / "raw", classes=3, train=2, test=1, corrupt=False)
+    adapter = data_prep.adapter("ave")
+    decode, calls = adapter.decode, {"n": 0}
+
+    def interrupted(item, settings):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return decode(item, settings)
+
+    adapter.decode = interrupted
+    out = tmp_path / "ave"
+    with pytest.raises(KeyboardInterrupt):
+        run_preparation(adapter, raw, out, smoke_config, shard_size=2)
+    shard, marker = out / ".work" / "train-00000.pt", tmp_path / "executed"
+    if planted == "crafted":
+        plant_crafted_pickle(shard, marker)
+    else:  # as an older format would have stored it: numpy arrays, not tensors
+        stored = torch.load(shard, weights_only=True)
+        torch.save({**stored, "labels": stored["labels"].numpy()}, shard)
+
+    with caplog.at_level(logging.WARNING, logger="data_prep"):
+        summary = run_preparation(data_prep.adapter("ave"), raw, out, smoke_config, shard_size=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert warnings[0].startswith(f"shard {shard} holds objects other than tensors and plain data (")
+    assert warnings[0].endswith("; recomputing it")
+    assert not marker.exists()
+    assert summary.resumed_shards == 0 and summary.counts == {"train": 6, "val": 3, "test": 3}
+    assert torch.load(out / "train.pt", weights_only=True)["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+
+
 def test_uestc_video_files_frame_folders_and_inertial_csv(tmp_path, smoke_config):
     from mmcl.engine import run
 
@@ -313,7 +350,7 @@ def test_uestc_video_files_frame_folders_and_inertial_csv(tmp_path, smoke_config
     summary = data_prep.prepare("uestc-mmea-cl", raw, tmp_path / "uestc", smoke_config)
     assert summary.skipped == 0 and summary.counts == {"train": 12, "val": 6, "test": 6}  # val.txt: the val split
     assert summary.class_names[0] == "activity 1" and len(summary.class_names) == 6
-    stored = torch.load(tmp_path / "uestc" / "train.pt", weights_only=False)
+    stored = torch.load(tmp_path / "uestc" / "train.pt", weights_only=True)
     assert set(stored["inputs"]) == {"video", "acc", "gyro"}
     assert stored["inputs"]["acc"].shape == (12, 3, 32, 32)
     assert not torch.equal(stored["inputs"]["acc"], stored["inputs"]["gyro"])
@@ -343,7 +380,7 @@ def test_samsemo_local_hub_copy_languages_as_domains(tmp_path, smoke_config):
     summary = data_prep.prepare("samsemo", raw, tmp_path / "samsemo", smoke_config, options=options)
     assert summary.skipped == 0 and summary.counts == {"train": 16, "val": 8, "test": 8}
     assert summary.class_names == EMOTIONS and summary.domain_names == ["EN", "DE"]
-    stored = torch.load(tmp_path / "samsemo" / "train.pt", weights_only=False)
+    stored = torch.load(tmp_path / "samsemo" / "train.pt", weights_only=True)
     assert stored["texts"]["text"][0].startswith("EN words about")
     assert sorted(set(stored["domains"].tolist())) == [0, 1]
 
@@ -369,7 +406,7 @@ def test_modality_stream_image_from_local_datasets_and_esc50(tmp_path, smoke_con
     assert summary.class_names == ["cat", "dog", "fish", "crying baby", "dog (audio)", "rain"]
     meta = json.loads((tmp_path / "stream" / "meta.json").read_text())
     assert meta["class_modalities"] == ["image"] * 3 + ["audio"] * 3
-    stored = torch.load(tmp_path / "stream" / "train.pt", weights_only=False)
+    stored = torch.load(tmp_path / "stream" / "train.pt", weights_only=True)
     assert stored["inputs"]["image"].shape[0] == 9 and stored["inputs"]["audio"].shape[0] == 6  # stored sparse
 
     config = smoke_with(tmp_path, "modality-stream", tmp_path / "stream")
@@ -391,7 +428,7 @@ def test_modality_stream_ucf101_and_sunrgbd_depth(tmp_path, smoke_config):
     summary = data_prep.prepare("modality-stream", raw, tmp_path / "stream", smoke_config, options=options)
     assert summary.class_names == ["biking", "typing", "bedroom", "kitchen", "office"]
     assert summary.counts["train"] + summary.counts["test"] == 6 + 12 and summary.skipped == 0
-    stored = torch.load(tmp_path / "stream" / "train.pt", weights_only=False)
+    stored = torch.load(tmp_path / "stream" / "train.pt", weights_only=True)
     assert stored["inputs"]["depth"].shape[1:] == (3, 32, 32) and stored["inputs"]["video"].shape[1:] == (2, 3, 32, 32)
     depth = stored["inputs"]["depth"][0, 0].float()
     assert depth[:, -1].mean() > depth[:, 0].mean()  # the bit-rotated PNG decodes to increasing depth

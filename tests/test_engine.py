@@ -19,6 +19,7 @@ from mmcl.methods.replay import ExemplarBuffer
 from mmcl.metrics import forward_transfer
 from mmcl.models.backbone import build_encoder
 
+from crafted_files import crafted_object, plant_crafted_pickle
 from learning_check import assert_learning_verdict, learning_cases
 
 LEARNERS = ["finetune", "joint", "lwf", "ewc", "replay"]  # zero-shot is the reference, not a learner
@@ -234,13 +235,56 @@ def test_atomic_writes_leave_no_partial_file_and_normal_permissions(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        records._atomic(target, dies_half_way)
+        records.atomic_write(target, dies_half_way)
     assert not target.exists() and not list(tmp_path.iterdir())
     records.atomic_write_json(target, {"value": 1})
     assert json.loads(target.read_text()) == {"value": 1}
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_files_of_tensors_hold_only_plain_data_and_load_without_running_code(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    # What a checkpoint holds (rows, an exemplar buffer keyed by (class, task) tuples) round-trips.
+    state = {"rows": [{"task": 0, "accuracy": [50.0], "domain": None, "memory": {"rss_mib": 1.5}}],
+             "method_state": {"buffer": {(3, 0): [({"video": torch.ones(2)}, 3, 0)]}, "fitted": True}}
+    records.atomic_torch_save(state, tmp_path / "plain.pt")
+    loaded = records.load_tensors(tmp_path / "plain.pt")
+    assert loaded["rows"] == state["rows"] and loaded["method_state"]["fitted"] is True
+    assert torch.equal(loaded["method_state"]["buffer"][(3, 0)][0][0]["video"], torch.ones(2))
+    # Anything else is refused before it is written, naming where it sits: a numpy RNG state, a numpy scalar.
+    with pytest.raises(TypeError, match=r"\['rng'\]\[1\] is a numpy\.ndarray, not a tensor or plain data"):
+        records.atomic_torch_save({"rng": np.random.get_state()}, tmp_path / "numpy.pt")
+    with pytest.raises(TypeError, match=r"\['rows'\]\[0\]\['accuracy'\] is a numpy\.float64"):
+        records.atomic_torch_save({"rows": [{"accuracy": np.float64(50.0)}]}, tmp_path / "numpy.pt")
+    assert not (tmp_path / "numpy.pt").exists()
+
+    # The crafted pickle runs code when unpickled; load_tensors refuses it, raw or in torch's zip format.
+    marker = plant_crafted_pickle(tmp_path / "crafted.pt")
+    pickle.loads((tmp_path / "crafted.pt").read_bytes())
+    assert marker.exists()
+    marker.unlink()
+    torch.save(crafted_object(marker), tmp_path / "zipped.pt")
+    for name, refused in (("crafted.pt", "Unsupported operand"), ("zipped.pt", "Unsupported global: GLOBAL exec")):
+        with pytest.raises(records.RefusedFile) as error:
+            records.load_tensors(tmp_path / name, rebuild="make it again")
+        message = str(error.value)
+        assert message.startswith(f"{tmp_path / name} holds objects other than tensors and plain data ({refused}")
+        assert message.endswith("; make it again") and "\n" not in message
+    assert not marker.exists()
+    # An old-format file (numpy arrays pickled in) gets the same one-line refusal, not a load.
+    torch.save({"labels": np.zeros(3)}, tmp_path / "old.pt")
+    with pytest.raises(records.RefusedFile, match=r"old\.pt holds objects other than tensors and plain data \("
+                                                  r"Unsupported global: GLOBAL numpy\S+\), so it was not loaded"):
+        records.load_tensors(tmp_path / "old.pt")
+    # A damaged file stays damaged (the readers' own handling), not refused.
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    with pytest.raises(pickle.UnpicklingError):
+        records.load_tensors(tmp_path / "text.pt")
 
 
 # --------------------------------------------------------------------- equal footing: head rules

@@ -24,6 +24,8 @@ from mmcl import engine, records
 from mmcl.config import load_config
 from mmcl.results import load_runs
 
+from crafted_files import plant_crafted_pickle
+
 REPO = Path(__file__).resolve().parents[1]
 # (method, scenario) pairs the kill tests cover: a plain baseline, the two paper methods, and two methods
 # with per-task state of their own.
@@ -69,7 +71,7 @@ def assert_no_half_written_record(run_dir: Path) -> None:
     rows = records.read_jsonl(run_dir / "tasks.jsonl")
     assert [row["task"] for row in rows] == list(range(len(rows)))
     for index, path in engine.checkpoints(run_dir):
-        state = torch.load(path, weights_only=False)
+        state = records.load_tensors(path)  # tensors and plain data only
         assert len(state["rows"]) == index + 1 and state["method_state"]
 
 
@@ -220,11 +222,23 @@ def garbage(path: Path) -> None:
 
 
 def without_method_state(path: Path) -> None:
-    state = torch.load(path, weights_only=False)
+    state = records.load_tensors(path)
     torch.save({"rows": state["rows"]}, path)
 
 
-@pytest.mark.parametrize("damage", [truncate, garbage, without_method_state])
+def crafted(path: Path) -> None:
+    """A pickle whose loading would run code (create ``<path>.executed``)."""
+    plant_crafted_pickle(path)
+
+
+def old_format(path: Path) -> None:
+    """As an older format would have stored it: numpy arrays, not tensors, in the method state."""
+    state = records.load_tensors(path)
+    state["method_state"] = {k: v.numpy() for k, v in state["method_state"].items()}
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("damage", [truncate, garbage, without_method_state, crafted, old_format])
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(finished_in_process, tmp_path, monkeypatch,
                                                                   caplog, damage):
     config, reference_dir = finished_in_process
@@ -250,6 +264,10 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(finished_in_pr
     warnings = [r.getMessage() for r in caplog.records if r.name == "mmcl.engine" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and str(run_dir / "checkpoints" / "task_1.pt") in warnings[0], warnings
     assert "falling back to task_0.pt" in warnings[0] and "\n" not in warnings[0]
+    # A file holding other objects is refused as such, and nothing in it ran.
+    refused = f"checkpoint {run_dir / 'checkpoints' / 'task_1.pt'} holds objects other than tensors and plain data"
+    assert warnings[0].startswith(refused) == (damage in (crafted, old_format)), warnings
+    assert not (run_dir / "checkpoints" / "task_1.pt.executed").exists()
     assert [row["task"] for row in records.read_jsonl(run_dir / "tasks.jsonl")] == [0]
     monkeypatch.undo()
 

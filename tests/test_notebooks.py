@@ -119,6 +119,29 @@ def test_a_failing_cell_is_reported_with_notebook_and_cell(tmp_path, mmcl_cache)
     assert json.loads((tmp_path / "out" / "99_broken.ipynb").read_text())["metadata"]["papermill"]["exception"]
 
 
+def test_a_notebook_that_ran_well_leaves_no_error_in_the_log(tmp_path, capfd):
+    """After the last cell papermill asks the kernel for its info and shuts it down as soon as the
+    reply arrives, while the kernel may still be in that request's handler, where SIGINT raises: an
+    interrupt then makes ipykernel log "KeyboardInterrupt caught in kernel." (once seen after the
+    data-preparation notebook). Here the handler lingers a second after its reply, as a kernel
+    descheduled at that moment does, so that such an interrupt cannot miss it."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.cells = [nbformat.v4.new_code_cell(
+        "import time\n"
+        "kernel = get_ipython().kernel\n"
+        "reply = kernel.shell_handlers['kernel_info_request']\n"
+        "async def reply_then_linger(*args):\n"
+        "    await reply(*args)\n"
+        "    time.sleep(1)\n"
+        "kernel.shell_handlers['kernel_info_request'] = reply_then_linger")]
+    nbformat.write(notebook, tmp_path / "99_lingering.ipynb")
+    reproduce.execute_notebook("99_lingering", tmp_path / "out" / "99_lingering.ipynb", {}, notebook_dir=tmp_path,
+                               log_output=False)
+    log = capfd.readouterr().err  # the kernel's own log goes to the stderr it inherits
+    assert not [line for line in log.splitlines() if "ERROR" in line or "KeyboardInterrupt" in line], log
+
+
 def test_default_methods_are_every_compatible_registered_method():
     from mmcl.methods import REGISTRY
 

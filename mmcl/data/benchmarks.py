@@ -14,11 +14,12 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mmcl import kernels
 from mmcl.config import BenchmarkConfig, Config, ConfigError
 from mmcl.data import modalities as pipeline
 from mmcl.data import synthetic
 from mmcl.data.dataset import MultiModalDataset
-from mmcl.records import atomic_torch_save, build_lock
+from mmcl.records import RefusedFile, atomic_torch_save, build_lock, load_tensors
 
 log = logging.getLogger(__name__)
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
@@ -126,7 +127,9 @@ def synthetic_cache_path(config: Config, name: str) -> Path | None:
     if spec.source != "synthetic":
         return None
     key = config.fingerprint("data") + "-" + _spec_hash(spec)
-    return config.cache_dir() / "benchmarks" / f"{name}-v{synthetic.GENERATOR_VERSION}-{key}.pt"
+    # "p": generated with the CPU kernels pinned (mmcl.kernels); a cache of earlier code, generated with
+    # the machine's own kernels, holds other bytes under the name without it.
+    return config.cache_dir() / "benchmarks" / f"{name}-v{synthetic.GENERATOR_VERSION}p-{key}.pt"
 
 
 def generate_cached(config: Config, name: str) -> None:
@@ -149,15 +152,24 @@ def _cached_synthetic(config: Config, name: str, spec: BenchmarkConfig, progress
 
 
 def _read_synthetic(path: Path, rebuild_note: bool):
-    """(train, test) from the cache file ``path``; None when it is missing or unreadable."""
+    """(train, test) from the cache file ``path``; None when it is missing, unreadable or refused.
+
+    A cache holds tensors and plain data only, read by :func:`mmcl.records.load_tensors`: a file
+    holding anything else (crafted, or of an older format) is not loaded but generated again,
+    like a damaged one."""
     if not path.is_file():
         return None
     try:
-        stored = torch.load(path, weights_only=False)
+        stored = load_tensors(path, rebuild="generating it again")
         return _from_stored(stored["train"]), _from_stored(stored["test"])
+    except RefusedFile as error:
+        if rebuild_note:
+            log.warning("benchmark cache %s", error)
+        return None
     except Exception as error:  # a corrupt cache is rebuilt, never trusted
         if rebuild_note:
-            log.warning("benchmark cache %s is unreadable (%s); rebuilding", path, error)
+            log.warning("benchmark cache %s is unreadable (%s); rebuilding", path,
+                        str(error).splitlines()[0] if str(error) else type(error).__name__)
         return None
 
 
@@ -195,6 +207,7 @@ def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = F
 
     from mmcl.models.backbone import torch_threads
 
+    kernels.require(config.runtime.portable_kernels)  # numpy's and torch's kernels: the same bytes on every CPU
     with threadpool_limits(limits=1), torch_threads(1):
         return _generate_synthetic(config, spec, progress, label)
 

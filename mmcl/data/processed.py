@@ -8,7 +8,9 @@ A prepared benchmark is a folder with ``meta.json`` and ``train.pt`` / ``test.pt
 (the data sizes it was prepared at), ``summary`` (counts, skipped files) and ``complete: true``.
 It is written last, so a folder without it was interrupted and is never read as complete.
 
-``train.pt`` / ``test.pt`` / ``val.pt``: a dict with ``inputs`` (modality -> uint8 tensor as made by
+``train.pt`` / ``test.pt`` / ``val.pt`` (tensors and plain data only, read by
+:func:`mmcl.records.load_tensors`, which refuses anything else: loading never runs code from the
+file): a dict with ``inputs`` (modality -> uint8 tensor as made by
 :mod:`mmcl.data.modalities`), ``labels`` and ``domains`` (``[N]`` long), ``texts`` (modality ->
 list of N strings, for text modalities), ``keys`` (N sample ids, optional) and ``rows``
 (optional, modality -> long indices): a modality listed in ``rows`` is stored only for the
@@ -24,6 +26,7 @@ import torch
 
 from mmcl.config import BenchmarkConfig, ConfigError, DataConfig, PreparedDataError
 from mmcl.data.dataset import MultiModalDataset
+from mmcl.records import RefusedFile, load_tensors
 
 FORMAT_VERSION = 2
 
@@ -142,11 +145,17 @@ def _load_split(spec: BenchmarkConfig, name: str, meta: dict, split: str) -> Mul
 
     mapping = _domain_mapping(spec, meta["domain_names"], name)
     domain_names = list(spec.domains) if mapping is not None else meta["domain_names"]
-    path = processed_root(spec, name) / f"{split}.pt"
+    root = processed_root(spec, name)
+    path = root / f"{split}.pt"
+    # The preparation reuses a complete folder of the same inputs: only --force writes it again.
+    again = (f"re-run the preparation with --force (python -m data_prep {meta.get('dataset', '<dataset>')} "
+             f"--raw <raw folder> --out {root} --force)")
     try:
-        stored = torch.load(path, weights_only=False)
+        stored = load_tensors(path, rebuild=again)
     except FileNotFoundError:
         raise FileNotFoundError(f"benchmark {name!r}: {path} is missing; re-run the preparation") from None
+    except RefusedFile as error:
+        raise PreparedDataError(f"benchmark {name!r}: {error}") from None
     except Exception as error:
         raise PreparedDataError(f"benchmark {name!r}: {path} is unreadable ({type(error).__name__}: "
                                 f"{str(error).splitlines()[0] if str(error) else ''}); re-run the preparation") from None

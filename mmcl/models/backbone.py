@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mmcl import kernels
 from mmcl.config import Config, ConfigError
 from mmcl.records import atomic_torch_save, build_lock
 
@@ -408,7 +409,9 @@ def _tiny_cache_path(config: Config) -> Path:
         "image_size": config.data.image_size,
         "benchmark_seed": config.data.benchmark_seed,
         "generator": synthetic.GENERATOR_VERSION,
-        "recipe": 2,  # 2: pre-trained on one thread, so the weights do not depend on runtime.num_threads
+        # 2: pre-trained on one thread, so the weights do not depend on runtime.num_threads;
+        # 3: with the CPU kernels pinned (mmcl.kernels), so they do not depend on the machine either.
+        "recipe": 3,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return config.cache_dir() / "backbones" / f"{config.model.name}-{digest}.pt"
@@ -426,14 +429,16 @@ def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
     Always on one intra-op thread: a CPU matrix product sums in an order that depends on the thread
     count, and over hundreds of steps those last-bit differences grow into different weights (and
     zero-shot accuracies several points apart). On one thread the weights are bitwise the same
-    whatever ``runtime.num_threads`` says, on the same torch build and CPU instruction set; the
-    content digest each run's manifest records shows where they are not.
+    whatever ``runtime.num_threads`` says, on the same torch build; with the kernels pinned
+    (:mod:`mmcl.kernels`) on every x86-64 CPU. The content digest each run's manifest records shows
+    where they are not.
     """
     path = _tiny_cache_path(config)
     if path.is_file():
         return path
     from threadpoolctl import threadpool_limits
 
+    kernels.require(config.runtime.portable_kernels)
     with build_lock(path):  # processes sharing the cache pre-train once; the others wait for the file
         if path.is_file():
             return path

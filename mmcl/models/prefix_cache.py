@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
-from mmcl.records import atomic_torch_save, build_lock
+from mmcl.records import RefusedFile, atomic_torch_save, build_lock, load_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmcl.models.backbone import MultiModalEncoder, TowerState
@@ -191,10 +191,12 @@ class PrefixCache:
             log.warning("prefix cache: %s is over runtime.prefix_cache_max_gb; not used", path)
             return False
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
+            stored = load_tensors(path, map_location="cpu", rebuild="rebuilding it")
             if stored["version"] == VERSION and stored["keys"] == check and len(stored["values"]) == rows:
                 return stored["values"]
             log.warning("prefix cache %s does not fit this run's data; rebuilding it", path)
+        except RefusedFile as error:
+            log.warning("prefix cache %s", error)
         except Exception as error:  # noqa: BLE001 - a damaged file of any kind is rebuilt
             log.warning("prefix cache %s is damaged (%s); rebuilding it", path,
                         str(error).splitlines()[0] if str(error) else type(error).__name__)
