@@ -279,20 +279,26 @@ def test_missing_raw_folder_says_what_to_download(tmp_path, smoke_config, capsys
     assert "huggingface.co/datasets/SamsungNLP/SAMSEMO" in capsys.readouterr().err
 
 
-def test_preparation_resumes_and_never_looks_complete_when_interrupted(tmp_path, smoke_config):
-    from mmcl.data.processed import load_processed
-
-    raw = make_ave(tmp_path / "raw", classes=3, train=2, test=1, corrupt=False)
-    adapter = data_prep.adapter("ave")
+def interrupted_at(adapter, call: int):
+    """``adapter`` whose decoding raises KeyboardInterrupt at its ``call``-th sample (the user pressed
+    Ctrl-C, or the job was killed)."""
     decode, calls = adapter.decode, {"n": 0}
 
     def interrupted(item, settings):
         calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt  # the user pressed Ctrl-C, or the job was killed
+        if calls["n"] == call:
+            raise KeyboardInterrupt
         return decode(item, settings)
 
     adapter.decode = interrupted
+    return adapter
+
+
+def test_preparation_resumes_and_never_looks_complete_when_interrupted(tmp_path, smoke_config):
+    from mmcl.data.processed import load_processed
+
+    raw = make_ave(tmp_path / "raw", classes=3, train=2, test=1, corrupt=False)
+    adapter = interrupted_at(data_prep.adapter("ave"), 6)
     out = tmp_path / "ave"
     with pytest.raises(KeyboardInterrupt):
         run_preparation(adapter, raw, out, smoke_config, shard_size=2)
@@ -312,16 +318,7 @@ def test_preparation_resumes_and_never_looks_complete_when_interrupted(tmp_path,
 @pytest.mark.parametrize("planted", ["crafted", "old-format"])
 def test_a_shard_holding_other_objects_is_recomputed_without_running_it(tmp_path, smoke_config, caplog, planted):
     raw = make_ave(tmp_path / "raw", classes=3, train=2, test=1, corrupt=False)
-    adapter = data_prep.adapter("ave")
-    decode, calls = adapter.decode, {"n": 0}
-
-    def interrupted(item, settings):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return decode(item, settings)
-
-    adapter.decode = interrupted
+    adapter = interrupted_at(data_prep.adapter("ave"), 4)
     out = tmp_path / "ave"
     with pytest.raises(KeyboardInterrupt):
         run_preparation(adapter, raw, out, smoke_config, shard_size=2)
