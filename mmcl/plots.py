@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+import matplotlib
 import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import numpy as np
@@ -109,8 +110,17 @@ def paper_style():
         "savefig.dpi": 300, "figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
         "axes.axisbelow": True,
     }
-    with sns.axes_style("whitegrid", {"grid.color": "#dddddd"}), plt.rc_context(rc):
-        yield
+    interactive = matplotlib.is_interactive()
+    try:
+        with sns.axes_style("whitegrid", {"grid.color": "#dddddd"}), plt.rc_context(rc):
+            try:
+                yield
+            finally:
+                interactive = matplotlib.is_interactive()
+    finally:
+        # A notebook's inline backend turns interactive mode on when the first figure loads it, which
+        # rc_context would undo on exit: no figure of a later cell would then be shown.
+        matplotlib.interactive(interactive)
 
 
 def save_figure(figure: plt.Figure, directory: str | Path, name: str) -> list[Path]:

@@ -56,6 +56,22 @@ def test_every_notebook_runs_on_smoke(reproduced):
         assert any(c.get("outputs") for c in notebook.cells if c.cell_type == "code"), name
 
 
+def test_every_plot_cell_shows_its_figure(reproduced):
+    # The PNG files are written either way; a reader stepping through a notebook sees only what the
+    # cell shows (matplotlib's rc_context used to switch the inline backend's interactive mode off
+    # after the first figure, leaving every later plot cell empty).
+    root, _ = reproduced
+    executed = root / "runs" / "smoke" / "notebooks"
+    plot_cells = 0
+    for name in reproduce.NOTEBOOKS:
+        for index, cell in enumerate(nbformat.read(executed / f"{name}.ipynb", as_version=4).cells):
+            if cell.cell_type == "code" and "plots.plot_" in cell.source:
+                plot_cells += 1
+                shown = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+                assert shown, f"{name}.ipynb cell {index} draws a figure but shows none: {cell.source[:80]!r}"
+    assert plot_cells >= 12
+
+
 def test_runs_tables_and_figures_are_written(reproduced):
     root, _ = reproduced
     runs = root / "runs" / "smoke"
