@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from mmcl import kernels
+
 MODALITIES = ("image", "video", "audio", "depth", "acc", "gyro", "text")
 VISUAL_MODALITIES = ("image", "video", "audio", "depth", "acc", "gyro")
 SCENARIOS = ("class_incremental", "domain_incremental", "modality_incremental")
@@ -135,12 +137,6 @@ class ExecutorConfig(_Strict):
     setup: list[str] = []  # shell lines run before each SLURM job, e.g. ["module load cuda"]
 
 
-def _kernels_requested() -> bool:
-    from mmcl import kernels
-
-    return kernels.requested()
-
-
 class RuntimeConfig(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # torch threads of a run: None = 1 on CPU (every executor gives the same numbers; see
@@ -149,7 +145,7 @@ class RuntimeConfig(_Strict):
     # CPU kernels pinned to AVX2 (mmcl.kernels): the same bytes on every x86-64 machine. false: this
     # CPU's best kernels, numbers bound to the machine (the manifest says so; own folder and caches).
     # Default: as this process was started (true unless MMCL_PORTABLE_KERNELS=0).
-    portable_kernels: bool = Field(default_factory=_kernels_requested)
+    portable_kernels: bool = Field(default_factory=kernels.requested)
     output_dir: str = "runs"
     progress: bool = True
     # "last" keeps the two newest task checkpoints (a damaged newest one falls back to the one
@@ -279,8 +275,6 @@ class Config(_Strict):
 
     def cache_dir(self) -> Path:
         import os
-
-        from mmcl import kernels
 
         root = Path(self.data.cache_dir or os.environ.get("MMCL_CACHE") or Path.home() / ".cache" / "mmcl").expanduser()
         # Backbones, benchmarks and prefix tables computed with native kernels stay apart from the portable ones.

@@ -178,8 +178,7 @@ def state() -> dict:
     import torch
 
     _switch_onednn()
-    features = getattr(numpy, "_core", numpy).__dict__.get("_multiarray_umath")
-    features = getattr(features, "__cpu_features__", {}) if features is not None else {}
+    features = numpy._core._multiarray_umath.__cpu_features__  # what numpy dispatches to (numpy >= 2)
     numpy_above = sorted(t for t in _NUMPY_ABOVE_AVX2 if features.get(t))
     blas = _openblas_cores()
     kernels = {
