@@ -95,6 +95,41 @@ def test_cached_states_and_embeddings_equal_the_frozen_forward(encoder_and_data,
     assert cache.folder.parent == config.cache_dir() / "prefix"
 
 
+def test_a_hook_only_method_gets_the_tokens_entering_block_0_bitwise(encoder_and_data):
+    # The prompt methods hook the vision tower from block 0 and train none of its weights: the patch
+    # embedding, class token, positions and pre-norm before block 0 are frozen, so they are a table too.
+    # Where the tower's weights may train (fine-tuning everything), block 0's input is never cached.
+    config, encoder, data = encoder_and_data
+    images = data.test.inputs["video"][:3]
+    with torch.no_grad():
+        plain = encoder.tower_input("video", images).tokens
+    cache = prefix_cache.attach(encoder, data, config, data.digest())
+    cache.declare(Declares(encoder, 0, False))
+    with torch.no_grad():
+        assert encoder.tower_input("video", images).depth == 0 and cache.hits == cache.misses == 0
+        cache.declare(Declares(encoder, 0, True))
+        cached = encoder.tower_input("video", images)
+        text = encoder.tower_input("text", data.test.inputs["text"][:2]) if "text" in data.test.inputs else None
+    assert cache.hits == 1 and cached.depth == 0 and cached.frames == images.shape[1]
+    assert torch.equal(cached.tokens, plain)  # bitwise: the same per-image operations, in other batches
+    assert text is None or cache.hits == 1  # text: a token lookup, never a table
+    assert cache.path("vision", "0").is_file()
+
+
+def test_a_batch_is_hashed_once_until_it_changes(encoder_and_data, monkeypatch):
+    config, encoder, data = encoder_and_data
+    hashed = []
+    row_keys = prefix_cache.row_keys
+    monkeypatch.setattr(prefix_cache, "row_keys", lambda rows: hashed.append(1) or row_keys(rows))
+    cache = prefix_cache.PrefixCache({}, None, "test")
+    images = data.test.inputs["video"][:2].flatten(0, 1).clone()
+    first = cache.keys(images)
+    assert cache.keys(images) is first and hashed == [1]
+    assert cache.keys(images.clone()) == first and hashed == [1, 1]  # another tensor: hashed again
+    images[0] = 255 - images[0]  # changed in place: its digests are computed again
+    assert cache.keys(images) != first and hashed == [1, 1, 1]
+
+
 def test_a_damaged_table_is_rebuilt(encoder_and_data, caplog):
     config, encoder, data = encoder_and_data
     images = data.test.inputs["audio"][:3]

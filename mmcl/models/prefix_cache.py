@@ -7,7 +7,9 @@ that acts through hooks only leaves a hook-free pass equal to the frozen backbon
 attaches a :class:`PrefixCache` to the encoder (``runtime.prefix_cache``, default on); then
 
 - :meth:`MultiModalEncoder.tower_input` returns the token states *entering* the first changed
-  block, gathered from a table, instead of running the frozen blocks before it;
+  block, gathered from a table, instead of running the frozen blocks before it; for a method that
+  changes no weight of the vision tower and hooks it from block 0 (the prompt methods), the tokens
+  entering block 0 (patch embedding, class token, positions, pre-norm) are a table too;
 - :meth:`MultiModalEncoder.encode` without hooks, on a tower whose weights the method never
   changes (the prompt methods' frozen queries, the prototype methods' features, zero-shot), returns
   the cached final embedding.
@@ -91,6 +93,7 @@ class PrefixCache:
         self.text_classifiers: dict[tuple, torch.Tensor] = {}
         self.hits = self.misses = 0
         self._building = False
+        self._keyed: tuple[torch.Tensor, int, list[bytes]] | None = None  # the last batch's row digests
 
     # ------------------------------------------------------------------ lookups (by the encoder)
     def start_state(self, encoder: "MultiModalEncoder", modality: str, x: torch.Tensor) -> "TowerState | None":
@@ -99,8 +102,10 @@ class PrefixCache:
 
         tower = tower_of(modality)
         depth = self.frozen_blocks.get(tower, 0)
-        if depth <= 0 or self._building:
+        if self._building or depth < 0:
             return None
+        if depth == 0 and not (tower == "vision" and self.frozen_weights.get(tower, False)):
+            return None  # the embedding may train; text: a token lookup, cheaper than a table's
         if depth >= len(encoder.blocks(tower)) and self.frozen_weights.get(tower, False):
             return None  # a whole frozen tower: its final embeddings are cached instead (``final``)
         found = self._lookup(encoder, tower, str(depth), units(modality, x))
@@ -128,9 +133,19 @@ class PrefixCache:
         :meth:`~mmcl.methods.base.Method.frozen_weights`)."""
         self.frozen_blocks, self.frozen_weights = declarations(method)
 
+    def keys(self, rows: torch.Tensor) -> list[bytes]:
+        """:func:`row_keys` of ``rows``, hashed once when the same tensor is looked up again unchanged
+        (a prompt method's batch: its frozen query, then its tokens entering block 0). The memo holds
+        the tensor itself, so its memory cannot be reused by another batch while it is remembered."""
+        if self._keyed is not None and self._keyed[0] is rows and self._keyed[1] == rows._version:
+            return self._keyed[2]
+        keys = row_keys(rows)
+        self._keyed = (rows, rows._version, keys)
+        return keys
+
     def _lookup(self, encoder, tower: str, kind: str, rows: torch.Tensor) -> torch.Tensor | None:
         table = self.table(encoder, tower, kind)
-        found = table.gather(row_keys(rows)) if table is not None else None
+        found = table.gather(self.keys(rows)) if table is not None else None
         if found is None:
             self.misses += 1
         else:
