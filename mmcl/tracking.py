@@ -7,8 +7,11 @@ accuracies after training it, and the run's final metrics. Neither backend is a 
 MLflow's default, ``sqlite:///mlflow.db`` in the working directory since MLflow 3, which needs the
 full ``mlflow`` package; a server ``http://...`` works with ``mlflow-skinny``; a file store
 ``file:./mlruns`` needs ``MLFLOW_ALLOW_FILE_STORE=true``), one MLflow run per mmcl run, named after
-its folder. A store MLflow cannot open is a one-line error naming ``runtime.tracking``. Like all of ``runtime``, the
-choice never changes a run's identity or numbers.
+its folder. A store MLflow cannot open is a one-line error naming ``runtime.tracking``, and so is a
+backend that is not installed (nothing here imports either package before a backend is asked for).
+Like all of ``runtime``, the choice never changes a run's identity or numbers. The ``test`` extra
+(requirements.lock) installs ``tensorboard`` and ``mlflow-skinny``: tests/test_tracking.py reads back
+the event files and the MLflow file store they write.
 """
 from __future__ import annotations
 
