@@ -7,11 +7,19 @@ reader ever sees a half-written file under a final name. A write the storage ref
 uses these for run folders and checkpoints; the module imports no torch, so :mod:`mmcl.results`,
 :mod:`mmcl.plots` and :mod:`mmcl.claims` (which regenerate tables from records without it) write
 through it too.
+
+Reading a record back (:func:`read_json_record`): a file under its final name is complete unless
+something other than these writes cut it short or overwrote it (a copy or a sync interrupted, a
+disk fault, a process killed while writing it in place). Such a file is named in one warning line
+and read as absent, so a run whose ``metrics.json`` is damaged counts as incomplete (left out of
+tables and ``mmcl verify``) and is run again, resuming from its checkpoints, instead of stopping
+every command that reads it.
 """
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -20,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 FAULT_VARIABLE = "MMCL_FAULT"
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -155,3 +164,43 @@ def atomic_write_text(path: Path, text: str, fault: Fault | None = None) -> None
 
 def atomic_write_json(path: Path, data: Any, fault: Fault | None = None) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", fault)
+
+
+# What a damaged run record means for its run, in the one line that names it (see read_json_record).
+RUN_INCOMPLETE = ("the run counts as incomplete (left out of tables and mmcl verify); mmcl run or the notebook's "
+                  "sweep runs it again, resuming from its checkpoints")
+_named_damaged: set[tuple] = set()  # (path, size, mtime) of damaged records already named by this process
+
+
+def read_json_record(path: str | Path, consequence: str, kind: type = dict) -> Any | None:
+    """The JSON value (of type ``kind``) that an atomic write put at ``path``; None when there is no
+    such file, or when it is damaged: not valid JSON (cut short, overwritten, empty) or not a ``kind``.
+
+    A damaged file is named in one warning line ending in ``consequence`` (what the caller does
+    instead, e.g. :data:`RUN_INCOMPLETE`), once per process and version of the file: the callers
+    read it as absent, and the next write of the record replaces it.
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_bytes())
+        if isinstance(value, kind):
+            return value
+        problem = f"a JSON {type(value).__name__}, not {'an object' if kind is dict else kind.__name__}"
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as error:
+        problem = "empty" if not error.doc.strip() else \
+            f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}, cut short or overwritten"
+    except UnicodeDecodeError:
+        problem = "not text: overwritten"
+    except OSError as error:
+        problem = f"unreadable: {error.strerror or error}"
+    try:
+        stat = path.stat()
+        version = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        version = (str(path), None, None)
+    if version not in _named_damaged:
+        _named_damaged.add(version)
+        log.warning("%s is damaged (%s); %s", path, problem, consequence)
+    return None

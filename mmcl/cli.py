@@ -9,6 +9,11 @@
     mmcl verify --profile tiny --runs runs
     mmcl inputs --profile smoke
     mmcl calibrate --profile tiny --seeds 0 1 --document docs/benchmark.md
+    mmcl --version
+
+The heavy libraries (torch, open_clip, pandas) are imported by the command that uses them, never at
+the top of this module: ``mmcl --help``, ``mmcl --version`` and ``mmcl list`` import none of them
+(``list`` reads the methods from :mod:`mmcl.method_index`; ``tests/test_cli.py`` checks both).
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import logging
 import sys
 
 from mmcl.atomic import DiskWriteError
-from mmcl.config import SCENARIOS, ConfigError, PreparedDataError, available_profiles, load_config
+from mmcl.config import SCENARIOS, ConfigError, PreparedDataError, available_profiles, list_parameter, load_config
 
 
 def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +32,41 @@ def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one profile key, e.g. --set train.epochs=5 (repeatable)")
 
 
+def package_version() -> str:
+    """The installed package's version (its metadata); in a checkout without one, pyproject.toml's."""
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    try:
+        return version("mmcl")
+    except PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as stream:
+            return tomllib.load(stream)["project"]["version"]
+    except (ImportError, OSError, ValueError, KeyError):
+        from mmcl import __version__
+
+        return __version__
+
+
+class _Version(argparse.Action):
+    """``--version``: print ``mmcl <version>`` and exit 0 (the version is looked up only then)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcl", description="Multi-modal continual learning.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    parser.add_argument("--version", action=_Version, help="print the package version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run (or resume) one continual-learning run")
@@ -115,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     inputs = commands.add_parser("inputs", help="the sha256 of the backbone and of each embedded benchmark this "
                                                 "machine makes (built if missing), with its CPU and kernels")
     inputs.add_argument("--benchmark", action="append", help="repeatable; default: every generated benchmark")
+    inputs.add_argument("--seeds", type=int, nargs="+",
+                        help="the run seeds whose backbones to digest (default: the profile's runtime.seeds)")
     inputs.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_profile_arguments(inputs)
 
@@ -124,23 +163,32 @@ def _parser() -> argparse.ArgumentParser:
     claims.add_argument("--update-docs", action="store_true",
                         help="rewrite the claims blocks of the method pages from the written claims.csv")
     claims.add_argument("--docs-dir", help="the method pages (default: docs/methods of this checkout)")
+    claims.add_argument("--replicate", action="store_true",
+                        help="measure the claims on two disjoint seed sets and print how their verdicts agree "
+                             "(writes nothing)")
+    claims.add_argument("--sets", nargs=2, metavar="SEEDS",
+                        help='with --replicate: the two seed sets, e.g. --sets "0 1 2" "3 4 5" '
+                             "(default: the seeds run, split in halves)")
     _add_profile_arguments(claims)
     return parser
 
 
-def _list(what: str, profile: str) -> str:
-    from mmcl.methods import REGISTRY
-
+def _list(what: str, profile: str, methods: dict[str, dict] | None = None) -> str:
+    """The listing; ``methods``: :func:`mmcl.method_index.methods` (the index, no torch) unless given."""
     lines = []
     if what in ("all", "methods"):
+        if methods is None:
+            from mmcl.method_index import methods as read_index
+
+            methods = read_index()
         lines.append("methods:")
-        for name, cls in sorted(REGISTRY.items()):
-            lines.append(f"  {name:14s} {cls.description}  [{', '.join(cls.compatible_scenarios)}]")
-            if cls.ablations:
-                lines.append(f"  {'':14s} variants: {', '.join(cls.ablations)}")
-            if cls.comparisons:
-                lines.append(f"  {'':14s} comparisons ({', '.join(cls.comparison_scenarios)}): "
-                             f"{', '.join(cls.comparisons)}")
+        for name, method in sorted(methods.items()):
+            lines.append(f"  {name:14s} {method['description']}  [{', '.join(method['compatible_scenarios'])}]")
+            if method["ablations"]:
+                lines.append(f"  {'':14s} variants: {', '.join(method['ablations'])}")
+            if method["comparisons"]:
+                lines.append(f"  {'':14s} comparisons ({', '.join(method['comparison_scenarios'])}): "
+                             f"{', '.join(method['comparisons'])}")
     if what in ("all", "scenarios"):
         lines.append("scenarios:")
         lines += [f"  {name}" for name in SCENARIOS]
@@ -194,11 +242,11 @@ def _verify(args) -> int:
 
     config = load_config(args.profile, args.overrides)
     runs_root = Path(args.runs or config.runtime.output_dir)
+    root = verify.profile_root(config.profile, runs_root)  # <runs>/<profile>; --runs runs/tiny: that folder itself
     path = Path(args.expected) if args.expected else verify.expected_file(config.profile)
     if args.write_expected:
-        root = runs_root / config.profile
         if not results.find_run_dirs(root):
-            raise ConfigError(f"--runs: no complete runs under {root}")
+            raise verify.no_runs_error(config.profile, root)
         command = f"mmcl verify --write-expected --profile {args.profile} --runs {args.runs or runs_root}"
         written = verify.write_expected(results.load_runs(root), path, config.profile, command)
         print(f"wrote {len(verify.read_expected(written)['results'])} expected numbers to {written}")
@@ -207,12 +255,15 @@ def _verify(args) -> int:
         print(f"mmcl verify: no expected results for the {config.profile} profile ({path}); "
               f"`mmcl verify --write-expected --runs DIR` writes them from a full reproduction")
         return 0
-    runs, expected = verify.profile_runs(config.profile, runs_root), verify.read_expected(path)
+    expected = verify.read_expected(path)
+    if not results.find_run_dirs(root):  # one line, not a table of every expected number missing
+        raise verify.no_runs_error(config.profile, root)
+    runs = results.load_runs(root)
     table = verify.verify(runs, expected)
     shown = table if args.all else table[table["verdict"] != "pass"]
     if len(shown):
         print(results.to_markdown(shown.astype(object).where(shown.notna(), "-")))
-    print(f"mmcl verify ({config.profile}, {runs_root / config.profile} against {path}): {verify.summary(table)}")
+    print(f"mmcl verify ({config.profile}, {root} against {path}): {verify.summary(table)}")
     note = verify.inputs_note(runs, expected)
     if note:
         print(note)
@@ -313,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             from mmcl.verify import format_input_digests, input_digests
 
             config = load_config(args.profile, args.overrides)
-            found = input_digests(config, args.benchmark, progress=config.runtime.progress)
+            found = input_digests(config, args.benchmark, progress=config.runtime.progress,
+                                  seeds=args.seeds or config.runtime.seeds)
             print(json.dumps(found, indent=2) if args.json else format_input_digests(found))
         elif args.command == "claims":
             from pathlib import Path
@@ -323,11 +375,17 @@ def main(argv: list[str] | None = None) -> int:
 
             config = load_config(args.profile, args.overrides)
             runs = results.load_runs(Path(args.output_dir or config.runtime.output_dir) / config.profile)
+            if args.replicate:
+                sets = [list_parameter(text, "--sets", int) for text in args.sets] if args.sets else None
+                try:
+                    found = claims.replicate(runs, sets, results.appendix_benchmarks(config))
+                except ValueError as error:
+                    raise ConfigError(f"--replicate: {error}") from None
+                print(claims.replication_text(found))
+                return 0
             paths = claims.write_claims(runs, args.figures_dir, results.appendix_benchmarks(config))
             table = claims.read_claims(paths["csv"])
-            counts = table["verdict"].value_counts()
-            print(f"{len(table)} comparisons ({', '.join(f'{counts.get(v, 0)} {v}' for v in claims.VERDICTS)}): "
-                  f"{paths['md']}, {paths['csv']}")
+            print(f"{claims.tally_text(table)}: {paths['md']}, {paths['csv']}")
             if args.update_docs:
                 changed = claims.update_docs(paths["csv"], args.docs_dir or DOCS_DIR)
                 print("rewritten: " + (", ".join(map(str, changed)) or "nothing (already up to date)"))

@@ -12,6 +12,7 @@ import copy
 import functools
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,6 +47,12 @@ class PretrainConfig(_Strict):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     samples_per_concept: int = Field(48, ge=1)
+    # The pre-training seed of run seed 0 (null: data.benchmark_seed); with per_run_seed, seed k of
+    # a run uses the backbone pre-trained with this + k (its own initialisation, pre-training images
+    # and batch order), so the spread over seeds includes the backbone's; false: every seed shares
+    # seed 0's. (benchmarks/spread_sources.py varies the backbone alone through `seed`.)
+    seed: int | None = None
+    per_run_seed: bool = True
 
 
 class ModelConfig(_Strict):
@@ -332,9 +339,87 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted-key overrides applied (validated later)."""
+def list_parameter(value: Any, name: str, item: type = str) -> list | None:
+    """A list-valued notebook or sweep parameter (``seeds``, ``methods``, ``benchmarks``,
+    ``scenarios``), given as a list or as a string that parses to one: papermill's ``-p seeds "[0]"``
+    passes the string ``"[0]"``, and ``-p seeds 0`` the int 0.
+
+    Accepted: a list or tuple; a string holding a YAML list (``"[0, 1]"``, ``'["lwf", "replay"]'``)
+    or items separated by spaces or commas (``"0 1 2"``, ``"0,1"``, ``"lwf replay"``, ``"lwf"``);
+    for ``item=int`` one int. None stays None (the parameter's default). Items are of type ``item``
+    (``"1"`` gives 1 for int). Anything else is a one-line :class:`ConfigError` naming the parameter.
+    """
+    if value is None:
+        return None
+    example = '[0, 1], "0 1" or "0,1"' if item is int else '[lwf, replay], "lwf replay" or "lwf,replay"'
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"parameter {name}: {problem}; give a list, e.g. {example}")
+
+    given = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise bad(f"{given!r} is not a list (it does not parse as YAML)") from None
+            if not isinstance(value, list):
+                raise bad(f"{given!r} is not a list")
+        else:
+            value = [part for part in re.split(r"[\s,]+", text) if part]
+            if not value:
+                raise bad(f"{given!r} holds no {'number' if item is int else 'name'}")
+    elif isinstance(value, (list, tuple)):
+        value = list(value)
+    elif item is int and isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    else:
+        raise bad(f"got {given!r} ({type(given).__name__})")
+    items = []
+    for entry in value:
+        if item is int:
+            if isinstance(entry, bool) or not isinstance(entry, (int, str)) \
+                    or (isinstance(entry, str) and not re.fullmatch(r"[+-]?\d+", entry.strip())):
+                raise bad(f"{entry!r} in {given!r} is not an integer")
+            items.append(int(entry))
+        else:
+            if not isinstance(entry, str) or not entry.strip():
+                raise bad(f"{entry!r} in {given!r} is not a name")
+            items.append(entry.strip())
+    return items
+
+
+def overrides_parameter(overrides: Any) -> list[str] | dict[str, Any] | None:
+    """Profile overrides (the notebooks' ``overrides`` parameter), given as a list of
+    ``key.path=value`` strings, a mapping, or a string: a YAML list or mapping
+    (``'["train.epochs=5", "runtime.device=cuda"]'``), ``key=value`` items separated by spaces
+    (``"train.epochs=5 runtime.device=cuda"``), or one override (``"train.epochs=5"``). Anything
+    else is a one-line :class:`ConfigError`."""
+    if overrides is None or isinstance(overrides, (list, tuple, dict)):
+        return overrides
+    if not isinstance(overrides, str):
+        raise ConfigError(f"parameter overrides: got {overrides!r} ({type(overrides).__name__}); give a list of "
+                          f'key.path=value strings, e.g. ["train.epochs=5"]')
+    text = overrides.strip()
+    if text.startswith(("[", "{")):
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            parsed = None
+        if not isinstance(parsed, (list, dict)):
+            raise ConfigError(f"parameter overrides: {overrides!r} is not a YAML list or mapping; give a list of "
+                              f'key.path=value strings, e.g. ["train.epochs=5"]')
+        return parsed
+    parts = text.split()
+    return parts if parts and all("=" in part for part in parts) else [text] if text else []
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any] | str | None) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted-key overrides applied (validated later); ``overrides``
+    as :func:`overrides_parameter` reads it (a list, a mapping, or a string of either)."""
     data = copy.deepcopy(data)
+    overrides = overrides_parameter(overrides)
     if not overrides:
         return data
     items = (

@@ -12,7 +12,10 @@ first one finished. On resume, temporaries left by a killed writer are deleted, 
 newest checkpoint (truncated, garbage, missing keys) falls back to the one before it (two are
 kept), or to task 0, with a one-line warning, and so does one holding objects other than tensors
 and plain data (read by :func:`mmcl.records.load_tensors`, which runs no code from a file);
-``tasks.jsonl`` is rewritten from the checkpoint's rows. Each task's row records the process
+``tasks.jsonl`` is rewritten from the checkpoint's rows. A damaged run record (``metrics.json``,
+``manifest.json``, ``zero_shot.json`` cut short by something other than mmcl) is named in one
+warning line and read as absent: the run counts as incomplete, resumes, and writes it again
+(:func:`mmcl.atomic.read_json_record`). Each task's row records the process
 memory (peak and current RSS, the task's CUDA peak), ``metrics.json`` their maximum.
 ``MMCL_FAULT`` kills a run at named points, for tests (:func:`mmcl.records.fault_point`).
 
@@ -38,7 +41,7 @@ from tqdm.auto import tqdm
 
 from mmcl import kernels, records, tracking
 from mmcl.config import Config, ConfigError, config_to_yaml, parse_yaml, profile_defaults
-from mmcl.data.benchmarks import load_benchmark
+from mmcl.data.benchmarks import load_benchmark, require_data
 from mmcl.data.dataset import MultiModalDataset, concatenate
 from mmcl.data.scenarios import Stream, build_stream
 from mmcl.methods.base import Method, RunContext, Task, method_class
@@ -150,6 +153,8 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
               device: torch.device | None = None, progress: bool = False) -> tuple[Method, Stream]:
     """The backbone, the task stream and the method of one run (used by the engine and ``bench``)."""
     kernels.require(config.runtime.portable_kernels)
+    if config.seed != seed:  # the run's seed picks its backbone too (model.pretrain.per_run_seed)
+        config = config.model_copy(update={"seed": seed})
     method_cls = method_class(method)
     if scenario not in method_cls.compatible_scenarios:
         raise ConfigError(f"method {method!r} is not compatible with scenario {scenario!r} "
@@ -157,6 +162,7 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
     hparams = method_cls.make_config(resolved_method_values(config, scenario, method))
     device = device or resolve_device(config.runtime.device)
     benchmark = scenario_benchmark(config, scenario, benchmark)
+    require_data(config, benchmark)  # a real dataset not prepared yet: said before the backbone loads (or downloads)
     encoder = build_encoder(config, device, progress=progress)
     data = load_benchmark(config, benchmark, encoder.tokenizer, progress=progress)
     stream = build_stream(scenario, data, seed)
@@ -425,6 +431,9 @@ def locate_run(config: Config, scenario: str, method: str, seed: int | None = No
     return RunLocation(run_dir, config, method, benchmark, records.identity_digest(identity), difference, scenario)
 
 
+MANIFEST_DAMAGED = "the run's identity is read from its config.yaml, and running the run writes the manifest again"
+
+
 def stored_identity(run_dir: Path) -> tuple[str | None, dict | None]:
     """(identity digest, identity mapping) of the run recorded in ``run_dir``; None where unknown.
 
@@ -432,7 +441,8 @@ def stored_identity(run_dir: Path) -> tuple[str | None, dict | None]:
     from their ``config.yaml`` and recorded hyper-parameters, as :func:`run_identity` computes it.
     """
     manifest_path = run_dir / "manifest.json"
-    manifest = records.read_json(manifest_path) if manifest_path.is_file() else {}
+    # A damaged manifest (cut short by something other than mmcl) reads as absent; the run rewrites it.
+    manifest = records.read_json_record(manifest_path, MANIFEST_DAMAGED) or {}
     run_record = manifest.get("run", {})
     mapping = None
     try:
@@ -535,15 +545,14 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
     tasks, modes = stream.tasks, evaluation_modes(scenario)
     records.atomic_write_text(stored, config_text)
     records.atomic_write_json(run_dir / "order.json", stream.order_record())
-    if not (run_dir / "manifest.json").is_file():
+    if records.read_json_record(run_dir / "manifest.json", MANIFEST_DAMAGED) is None:
         records.atomic_write_json(run_dir / "manifest.json", records.manifest(device) | {
             "backbone": method_obj.encoder.weights, "data": {"benchmark": benchmark, "sha256": stream.data_sha256},
             "run": {**run_record, "hparams": method_obj.hparams_dict()}})
 
     zero_shot_path = run_dir / "zero_shot.json"
-    if zero_shot_path.is_file():
-        zero_shot = records.read_json(zero_shot_path)
-    else:  # the frozen backbone with text classifiers: the reference for forward transfer
+    zero_shot = records.read_json_record(zero_shot_path, "computing it again")
+    if zero_shot is None:  # the frozen backbone with text classifiers: the reference for forward transfer
         reference = method_class("zero-shot")(method_obj.encoder, method_obj.context, None).to(device)
         # Before any training the backbone is the frozen one: its cached final embeddings serve.
         with prefix_cache.declared_by(method_obj.encoder.prefix_cache, reference):

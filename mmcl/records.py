@@ -17,7 +17,8 @@ Layout of one run (scenario x benchmark x method x seed x profile)::
                          are kept (``runtime.keep_checkpoints: last``) so a damaged newest one
                          falls back to the one before it
         metrics.json     final metrics (and a memory summary); written last, so its presence
-                         means "complete"
+                         means "complete" (a damaged one, cut short by something other than
+                         mmcl, is named in one warning line and means "incomplete": is_complete)
 
 Every file is written to a temporary name (``.<name>.<random>.tmp``) and renamed into place
 (:mod:`mmcl.atomic`), so a crash never leaves a half-written file under its final name; a
@@ -81,8 +82,8 @@ import torch
 from mmcl import kernels
 # Atomic writes, DiskWriteError and fault injection live in mmcl.atomic (no torch: the tables and
 # figures write through them too); the run records use them as records.<name>.
-from mmcl.atomic import (FAULT_VARIABLE, DiskWriteError, Fault, atomic_write, atomic_write_json,  # noqa: F401
-                         atomic_write_text, fault_point, writing)
+from mmcl.atomic import (FAULT_VARIABLE, RUN_INCOMPLETE, DiskWriteError, Fault, atomic_write,  # noqa: F401
+                         atomic_write_json, atomic_write_text, fault_point, read_json_record, writing)
 
 LOCK_NAME = ".lock"
 
@@ -350,7 +351,11 @@ def identity_difference(identity: dict, default: dict) -> dict[str, Any]:
 
 
 def is_complete(run_dir: Path) -> bool:
-    return (Path(run_dir) / "metrics.json").is_file()
+    """Whether ``run_dir`` holds a finished run: its ``metrics.json`` (written last) reads as a JSON
+    object. A damaged one (cut short or overwritten by something other than mmcl's atomic writes)
+    is named in one warning line and the run counts as incomplete: running it again resumes it from
+    its checkpoints and writes the file anew (:func:`mmcl.atomic.read_json_record`)."""
+    return read_json_record(Path(run_dir) / "metrics.json", RUN_INCOMPLETE) is not None
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -379,22 +384,38 @@ def source_fingerprint() -> str:
     return fingerprint_tree(PACKAGE_DIR)
 
 
+# What of a checkout is a run's code, besides the package itself (paths beside the package folder):
+# what prepares the data, the notebooks that drive the runs and compute the tables, and what fixes
+# the environment. Not the documentation, tests, figures or runs: the pipeline itself rewrites the
+# claims blocks of docs/methods/*.md and the calibration block of docs/benchmark.md, and a finished
+# `make reproduce` would otherwise call the code of every later run dirty.
+CODE_PATHS = ("data_prep", "notebooks", "pyproject.toml", "requirements.lock", "requirements.constraints.txt",
+              "environment.yml", "Makefile")
+
+
 @functools.lru_cache(maxsize=1)
 def git_state() -> tuple[str | None, bool | None]:
     """(commit hash, dirty) of the git checkout holding the package; (None, None) outside one.
 
-    Dirty means tracked files differ from the commit. Only a repository that tracks the package
-    counts: an installed copy inside some other repository (a virtual environment in a project
-    folder) is not that repository's code.
+    Dirty means tracked code differs from the commit: a file of the package, or one of
+    :data:`CODE_PATHS` beside it; changes elsewhere (docs, tests, figures) do not count. Only a
+    repository that tracks the package counts: an installed copy inside some other repository (a
+    virtual environment in a project folder) is not that repository's code.
     """
+    package = PACKAGE_DIR
+
     def git(*arguments: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *arguments], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5)
+        return subprocess.run(["git", *arguments], cwd=package, capture_output=True, text=True, timeout=5)
 
     try:
         head = git("rev-parse", "HEAD")
-        if head.returncode != 0 or git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+        top = git("rev-parse", "--show-toplevel")
+        if (head.returncode != 0 or top.returncode != 0
+                or git("ls-files", "--error-unmatch", "__init__.py").returncode != 0):
             return None, None
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        checkout = Path(top.stdout.strip()).resolve()
+        paths = [package] + [package.parent / name for name in CODE_PATHS if package.parent.is_relative_to(checkout)]
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *map(str, paths))
         return head.stdout.strip(), (bool(dirty.stdout.strip()) if dirty.returncode == 0 else None)
     except (OSError, subprocess.SubprocessError):
         return None, None

@@ -7,6 +7,9 @@ executed notebook to ``<output_dir>/<profile>/notebooks/``, next to the runs. Co
 the same identity are reused by the engine, so an interrupted reproduction resumes where it
 stopped. Before the notebooks run, complete runs made by other code (another source fingerprint)
 are listed (:func:`stale_runs`); ``rerun_stale`` removes them so the notebooks make them again.
+The notebooks' list parameters (``seeds``, ``methods``, ``benchmarks``, ``scenarios``) may be
+strings that parse to lists, as papermill's ``-p seeds "[0]"`` passes them
+(:func:`mmcl.config.list_parameter`).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmcl import records, results
-from mmcl.config import Config, ConfigError, load_config
+from mmcl.config import Config, ConfigError, list_parameter, load_config
 
 NOTEBOOKS = ("00_data_prep", "10_class_incremental", "11_domain_incremental", "12_modality_incremental",
              "20_ablations", "30_figures_and_tables")
@@ -58,10 +61,14 @@ def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = No
     appendix benchmarks. Every
     compatible method (:attr:`~mmcl.methods.base.Method.required_modalities`: left out of a
     benchmark whose samples lack what it needs) runs with its defaults and, where the scenario is one of its
-    ``comparison_scenarios``, with each of its fair-comparison variants (``Method.comparisons``)."""
+    ``comparison_scenarios``, with each of its fair-comparison variants (``Method.comparisons``).
+    ``methods``, ``seeds`` and ``benchmarks`` may be strings that parse to lists (papermill's
+    ``-p seeds "[0]"``, ``"0 1 2"``; :func:`mmcl.config.list_parameter`)."""
     from mmcl.engine import scenario_benchmark
     from mmcl.methods import REGISTRY
 
+    methods, seeds = list_parameter(methods, "methods"), list_parameter(seeds, "seeds", int)
+    benchmarks = list_parameter(benchmarks, "benchmarks")
     if not benchmarks:
         entry = config.scenarios.get(scenario)
         more = [*entry.also_on, *entry.appendix] if entry else []
@@ -96,10 +103,13 @@ def ablation_jobs(config: Config, methods: Sequence[str] | None = None, seeds: S
     """The runs of an ablation study: for each method with ``ablations``, the full method and every
     variant, on each seed, on its scenarios (``scenarios=None``: the first scenario the method
     declares compatible), on the profile's benchmark for the scenario and the benchmarks of its
-    ``scenarios.<name>.ablations_also_on``."""
+    ``scenarios.<name>.ablations_also_on``. ``methods``, ``seeds`` and ``scenarios`` may be strings
+    that parse to lists (:func:`mmcl.config.list_parameter`)."""
     from mmcl.engine import scenario_benchmark
     from mmcl.methods import REGISTRY
 
+    methods, seeds = list_parameter(methods, "methods"), list_parameter(seeds, "seeds", int)
+    scenarios = list_parameter(scenarios, "scenarios")
     jobs = []
     for method in registered_methods(methods):
         cls = REGISTRY[method]
@@ -134,38 +144,48 @@ def run_ablations(config: Config, methods: Sequence[str] | None = None, seeds: S
 
 
 def prepare_data(config: Config, benchmarks: Sequence[str] | None = None, raw_root: str | Path = "data/raw",
-                 progress: bool = False) -> dict:
+                 progress: bool = False, seeds: Sequence[int] | str | None = None) -> dict:
     """Make every benchmark of the profile ready and return them by name.
 
     Embedded (synthetic) benchmarks are generated and cached, and the self-pre-trained tiny
-    backbone is trained once and cached. Real (``source: processed``, the ``paper`` profile)
-    benchmarks are prepared by ``data_prep`` from ``<raw_root>/<dataset>`` into the folder the
-    profile names, unless already complete.
+    backbone of each of ``seeds`` (default: the profile's ``runtime.seeds``; one backbone per seed
+    with ``model.pretrain.per_run_seed``) is trained once and cached. Real (``source: processed``,
+    the ``paper`` profile) benchmarks are prepared by ``data_prep`` from ``<raw_root>/<dataset>``
+    into the folder the profile names, unless already complete.
     """
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
     from mmcl.data.benchmarks import generate_cached, load_benchmark, synthetic_cache_path
     from mmcl.executors import cpu_cores
-    from mmcl.models.backbone import build_encoder, pretrained_backbone_missing
+    from mmcl.models.backbone import build_encoder, pretrain_tiny_clip, pretrained_backbone_missing, tiny_cache_path
 
-    names = list(benchmarks or config.benchmarks)
+    names = list(list_parameter(benchmarks, "benchmarks") or config.benchmarks)
     processed = [n for n in names if config.benchmarks[n].source == "processed"]
     if processed:
         prepare_real_datasets(config, processed, raw_root)
     missing = [n for n in names if (path := synthetic_cache_path(config, n)) is not None and not path.is_file()]
-    if not (missing and pretrained_backbone_missing(config) and cpu_cores() > 1):
-        encoder = build_encoder(config, "cpu", progress=progress)  # pre-trains and caches the tiny backbone once
-        return {name: load_benchmark(config, name, encoder.tokenizer, progress=progress) for name in names}
-    # Pre-training runs on one thread: a spawned process generates the benchmarks meanwhile. It
-    # inherits this process's environment as it is (no single-thread settings, unlike the sweeps'
-    # workers): the generator's numpy products round differently under another BLAS thread count,
-    # and the files must be the ones this process would write.
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        generating = [pool.submit(generate_cached, config, name) for name in missing]
-        encoder = build_encoder(config, "cpu", progress=progress)
-        for future in generating:
-            future.result()
+    backbones = {}  # cache file -> the configuration that pre-trains it, one per distinct backbone
+    for seed in list_parameter(seeds, "seeds", int) or config.runtime.seeds:
+        seeded = config.model_copy(update={"seed": seed})
+        if pretrained_backbone_missing(seeded):
+            backbones.setdefault(tiny_cache_path(seeded), seeded)
+    workers = min(cpu_cores(), len(missing) + len(backbones))
+    if workers > 1:
+        # Each pre-training runs on one thread in a spawned process, beside the others and the
+        # benchmarks' generation. The processes inherit this one's environment as it is (no
+        # single-thread settings, unlike the sweeps' workers): the generator's numpy products round
+        # differently under another BLAS thread count, and the files must be the ones this process
+        # would write. Pre-trainings first: they take longest.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(pretrain_tiny_clip, seeded) for seeded in backbones.values()]
+            futures += [pool.submit(generate_cached, config, name) for name in missing]
+            for future in futures:
+                future.result()
+    else:
+        for seeded in backbones.values():
+            pretrain_tiny_clip(seeded, progress=progress)
+    encoder = build_encoder(config, "cpu", progress=progress)  # pre-trains and caches config.seed's backbone once
     return {name: load_benchmark(config, name, encoder.tokenizer, progress=progress) for name in names}
 
 
@@ -338,7 +358,7 @@ def notebook_parameters(name: str, profile: str, overrides: list[str], output_di
     """The papermill parameters of notebook ``name`` (only those its parameters cell declares).
     ``update_docs``: the figures notebook also rewrites the claims blocks of docs/methods."""
     parameters: dict = {"profile": profile, "overrides": overrides, "output_dir": str(output_dir)}
-    if seeds is not None and name not in ("00_data_prep", "30_figures_and_tables"):
+    if seeds is not None and name != "30_figures_and_tables":  # data preparation: a backbone per seed
         parameters["seeds"] = list(seeds)
     if name == "30_figures_and_tables":
         parameters = {"profile": profile, "output_dir": str(output_dir), "figures_dir": str(figures_dir)}

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmcl.atomic import atomic_write_text
+from mmcl.atomic import RUN_INCOMPLETE, atomic_write_text, read_json_record
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,10 @@ def sort_methods(labels: Iterable[str]) -> list[str]:
 
 
 def find_run_dirs(*paths: str | Path) -> list[Path]:
-    """Complete run folders (those holding ``metrics.json``) at or below each path, sorted; the
-    validation runs of ``mmcl tune`` (in a ``tuning`` folder below the path) are left out."""
+    """Complete run folders (those holding a readable ``metrics.json``) at or below each path,
+    sorted; the validation runs of ``mmcl tune`` (in a ``tuning`` folder below the path) are left
+    out, and so is a run whose ``metrics.json`` is damaged (cut short or overwritten by something
+    other than mmcl): one warning line names the file, and the run counts as incomplete."""
     found: set[Path] = set()
     for path in paths:
         path = Path(path)
@@ -137,19 +139,24 @@ def find_run_dirs(*paths: str | Path) -> list[Path]:
             found.add(path)
         elif path.is_dir():
             found.update(p.parent for p in path.rglob("metrics.json") if "tuning" not in p.relative_to(path).parts)
-    return sorted(found)
+    return sorted(run_dir for run_dir in found if _metrics(run_dir) is not None)
+
+
+def _metrics(run_dir: Path) -> dict | None:
+    return read_json_record(run_dir / "metrics.json", RUN_INCOMPLETE)
 
 
 def _rows_of_run(run_dir: Path) -> list[dict]:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    order_path = run_dir / "order.json"
-    order = json.loads(order_path.read_text()) if order_path.is_file() else {}
+    metrics = _metrics(run_dir)
+    if metrics is None:  # damaged since find_run_dirs read it
+        return []
+    # order.json and manifest.json: a damaged one (named in one line) leaves its columns empty
+    order = read_json_record(run_dir / "order.json", "its columns are left empty") or {}
     run = metrics["run"]
     timing = metrics.get("timing", {})
     memory = metrics.get("memory") or {}  # absent in runs recorded before memory was
     difference = run.get("difference") or {}
-    manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_json_record(run_dir / "manifest.json", "its columns are left empty") or {}
     rows = []
     for mode, summary in metrics["modes"].items():
         matrix = metrics["accuracy_matrix"][mode]
@@ -218,7 +225,7 @@ def load_runs(*paths: str | Path) -> pd.DataFrame:
     digest, ``difference`` how its configuration differs from the profile's defaults (dotted key
     -> value; shown in ``label``); ``source_fingerprint``, ``git_commit`` and ``git_dirty`` the
     code that made it (None for runs recorded before these were). Unfinished runs (no
-    ``metrics.json``) are ignored.
+    ``metrics.json``, or a damaged one, named in one warning line: :func:`find_run_dirs`) are ignored.
 
     Raises ValueError, naming both folders, when two runs share (profile, scenario, benchmark,
     mode, label, seed) but differ in identity: a table would average them as one.

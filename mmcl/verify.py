@@ -9,6 +9,11 @@ entry records its ``source``: ``measured`` (our runs) or ``paper`` (a number a p
 entered with its citation in ``reference``). ``mmcl verify`` (:func:`verify`) compares a
 reproduction's runs with the file: one row per entry, ``pass`` when the measured mean lies within
 the tolerance, ``fail`` otherwise, ``missing`` when the reproduction has no such row.
+
+The runs are those under ``<runs>/<profile>`` (:func:`profile_root`; ``--runs runs/tiny``, the
+profile's folder itself, is taken as meant). A folder with no complete run of the profile is one
+error line, not a table of every expected number missing; a run whose ``metrics.json`` is damaged
+is named in one warning line and counts as incomplete (missing).
 """
 from __future__ import annotations
 
@@ -167,9 +172,31 @@ def summary(table: pd.DataFrame) -> str:
             f" ({counts.get('fail', 0)} fail, {counts.get('missing', 0)} missing)")
 
 
+def profile_root(profile: str, runs_root: str | Path) -> Path:
+    """The folder of ``profile``'s runs: ``<runs_root>/<profile>``, or ``runs_root`` itself when it
+    already is that folder (named after the profile, holding scenario folders: ``--runs runs/tiny``).
+    A ConfigError when ``runs_root`` is another profile's folder."""
+    root = Path(runs_root)
+    if (root / profile).is_dir() or not any((root / scenario).is_dir() for scenario in SCENARIOS):
+        return root / profile
+    if root.name == profile:
+        return root
+    raise ConfigError(f"--runs {root} holds the runs of one profile ({root.name}), not a runs folder with a "
+                      f"{profile} folder in it; give --runs {root.parent} --profile {root.name}, or the folder "
+                      f"above the {profile} runs")
+
+
+def no_runs_error(profile: str, root: Path) -> ConfigError:
+    """The one line of a runs folder that holds no complete run of ``profile``."""
+    return ConfigError(f"no complete runs of the {profile} profile under {root}: nothing to verify (run "
+                       f"`mmcl reproduce --profile {profile}` first, or give --runs the folder that holds "
+                       f"{profile}/<scenario>/...)")
+
+
 def profile_runs(profile: str, runs_root: str | Path) -> pd.DataFrame:
-    """The complete runs under ``<runs_root>/<profile>`` (an empty frame when there are none)."""
-    root = Path(runs_root) / profile
+    """The complete runs under ``<runs_root>/<profile>`` (:func:`profile_root`; an empty frame when
+    there are none)."""
+    root = profile_root(profile, runs_root)
     return results.load_runs(root) if results.find_run_dirs(root) else pd.DataFrame()
 
 
@@ -190,11 +217,14 @@ def report(profile: str, runs_root: str | Path) -> pd.DataFrame | None:
     return table
 
 
-def input_digests(config, benchmarks: list[str] | None = None, progress: bool = False) -> dict:
+def input_digests(config, benchmarks: list[str] | None = None, progress: bool = False,
+                  seeds: list[int] | None = None) -> dict:
     """What a profile's runs read on this machine, made (and cached) if missing: the sha256 of the
-    backbone's weights and of each embedded (generated) benchmark's data, with the CPU and its kernels
-    (:func:`mmcl.kernels.state`). Two machines that print the same digests compute the same numbers;
-    ``mmcl inputs`` prints them, docs/benchmark.md lists those of our machines."""
+    backbone's weights of each of ``seeds`` (default ``[config.seed]``; with
+    ``model.pretrain.per_run_seed`` each seed has its own) and of each embedded (generated)
+    benchmark's data, with the CPU and its kernels (:func:`mmcl.kernels.state`). Two machines that
+    print the same digests compute the same numbers; ``mmcl inputs`` prints them, docs/benchmark.md
+    lists those of our machines."""
     import torch
 
     from mmcl import kernels
@@ -203,10 +233,12 @@ def input_digests(config, benchmarks: list[str] | None = None, progress: bool = 
 
     kernels.require(config.runtime.portable_kernels)
     names = benchmarks or [name for name, spec in config.benchmarks.items() if spec.source == "synthetic"]
-    encoder = build_encoder(config, torch.device("cpu"), progress=progress)
+    backbones = {}
+    for seed in seeds if seeds is not None else [config.seed]:
+        encoder = build_encoder(config.model_copy(update={"seed": seed}), torch.device("cpu"), progress=progress)
+        backbones[seed] = encoder.weights.get("sha256")
     data = {name: load_benchmark(config, name, encoder.tokenizer, progress=progress).digest() for name in names}
-    return {"profile": config.profile, "backbone": encoder.weights.get("sha256"), "benchmarks": data,
-            "kernels": kernels.state()}
+    return {"profile": config.profile, "backbones": backbones, "benchmarks": data, "kernels": kernels.state()}
 
 
 def format_input_digests(found: dict) -> str:
@@ -214,6 +246,7 @@ def format_input_digests(found: dict) -> str:
     state = found["kernels"]
     kernels = f"pinned to {state['level']}" if state["portable"] else "native: " + "; ".join(state["why_not"])
     lines = [f"profile {found['profile']} on {state['cpu']['model']} (native {state['cpu']['native_level']}), "
-             f"kernels {kernels}", f"  {'backbone':28s} {found['backbone']}"]
+             f"kernels {kernels}"]
+    lines += [f"  {f'backbone, seed {seed}':28s} {digest}" for seed, digest in found["backbones"].items()]
     lines += [f"  {name:28s} {digest}" for name, digest in found["benchmarks"].items()]
     return "\n".join(lines)

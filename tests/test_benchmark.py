@@ -246,17 +246,17 @@ def test_profiles_have_the_stress_benchmark_with_conflicting_domains():
 
 
 def test_generator_version_is_part_of_the_cache_keys(tmp_path, small_config, monkeypatch):
-    from mmcl.models.backbone import _tiny_cache_path
+    from mmcl.models.backbone import tiny_cache_path
 
     config = small_config.model_copy(update={"data": small_config.data.model_copy(update={"cache_dir": str(tmp_path)})})
     spec = config.benchmarks["ego-activities"].model_copy(update={"modalities": ["acc"]})
     config = config.model_copy(update={"benchmarks": {**config.benchmarks, "ego-activities": spec}})
     load_benchmark(config, "ego-activities")
-    backbone = _tiny_cache_path(config)
+    backbone = tiny_cache_path(config)
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
     load_benchmark(config, "ego-activities")
     assert len(list((tmp_path / "benchmarks").glob("ego-activities-*.pt"))) == 2
-    assert _tiny_cache_path(config) != backbone
+    assert tiny_cache_path(config) != backbone
 
 
 def test_pretrained_weights_do_not_depend_on_the_thread_count(tmp_path):
@@ -282,7 +282,7 @@ def test_a_backbone_being_pre_trained_elsewhere_is_waited_for(tmp_path, monkeypa
     from mmcl.models import backbone
 
     config = load_config("smoke", [f"data.cache_dir={tmp_path}"])
-    path = backbone._tiny_cache_path(config)
+    path = backbone.tiny_cache_path(config)
     trained = []
     monkeypatch.setattr(backbone, "_pretrain_tiny_clip", lambda *a: trained.append(1))
     returned = []
@@ -291,7 +291,7 @@ def test_a_backbone_being_pre_trained_elsewhere_is_waited_for(tmp_path, monkeypa
         waiter.start()
         waiter.join(timeout=1.0)
         assert waiter.is_alive()  # it waits, and trains nothing
-        path.write_bytes(b"the other process's weights")
+        records.atomic_torch_save({"state_dict": {"weight": torch.zeros(2)}}, path)  # the other process's weights
     waiter.join(timeout=60)
     assert trained == [] and returned == [path]
 

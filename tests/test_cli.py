@@ -1,11 +1,15 @@
 """The ``mmcl`` command line: listing, a run, bench output and error exit codes."""
 import json
 import re
+import subprocess
+import sys
 
 from pathlib import Path
 
-from mmcl import reproduce, results
-from mmcl.cli import main
+from mmcl import method_index, reproduce, results
+from mmcl.cli import _list, main, package_version
+
+HEAVY = ("torch", "open_clip", "numpy", "pandas", "mmcl.methods")
 
 
 def test_list_shows_methods_scenarios_benchmarks_profiles(capsys):
@@ -13,6 +17,47 @@ def test_list_shows_methods_scenarios_benchmarks_profiles(capsys):
     out = capsys.readouterr().out
     for expected in ("finetune", "replay", "modality_incremental", "av-events", "smoke"):
         assert expected in out
+
+
+def test_list_help_and_version_import_no_heavy_library():
+    # A listing, the help and the version are instant: no torch, open_clip, numpy or pandas (seconds).
+    script = f"""
+import contextlib, io, sys
+import mmcl  # pins the CPU kernels: environment variables only
+assert not [m for m in {HEAVY!r} if m in sys.modules]
+from mmcl.cli import main
+for argv in (["list"], ["list", "methods"], ["--help"], ["list", "--help"], ["--version"]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = exit.code
+    assert code in (0, None), (argv, code)
+    assert out.getvalue().strip(), argv
+    if argv == ["--version"]:
+        print(out.getvalue().strip())
+print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"mmcl {package_version()}", "[]"]
+
+
+def test_version_is_the_package_version():
+    done = subprocess.run([sys.executable, "-m", "mmcl.cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and re.fullmatch(r"mmcl \d+\.\d+\S*\n", done.stdout), (done.stdout, done.stderr)
+    assert done.stdout.split()[1] == package_version()
+
+
+def test_method_index_is_the_registry():
+    # mmcl/methods/index.json is what `mmcl list` reads; a method changed without regenerating it fails here.
+    assert method_index.INDEX_FILE.read_text(encoding="utf-8") == method_index.render(), \
+        "mmcl/methods/index.json is stale: regenerate it with `python -m mmcl.method_index`"
+    from mmcl.methods import REGISTRY
+
+    assert list(method_index.methods()) == sorted(REGISTRY)
+    assert _list("methods", "tiny") == _list("methods", "tiny", method_index.from_registry())
 
 
 def test_run_writes_a_record_and_prints_metrics(tmp_path, capsys):

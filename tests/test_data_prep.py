@@ -618,3 +618,11 @@ def test_prepare_data_generates_the_benchmarks_in_a_worker_while_pre_training(tm
     monkeypatch.setattr(benchmark_module, "generate_synthetic", not_here)  # the spawned worker has its own
     prepared = reproduce.prepare_data(config_in(tmp_path / "worker"))
     assert {name: b.digest() for name, b in prepared.items()} == expected
+    # a backbone per seed of the profile (runtime.seeds), pre-trained in the workers; seed 0's bitwise
+    # the one this process pre-trained
+    from mmcl.models.backbone import file_digest, tiny_cache_path
+
+    worker = config_in(tmp_path / "worker")
+    paths = [tiny_cache_path(worker.model_copy(update={"seed": s})) for s in worker.runtime.seeds]
+    assert len(set(paths)) == len(worker.runtime.seeds) == 3 and all(p.is_file() for p in paths)
+    assert file_digest(paths[0]) == file_digest(tiny_cache_path(reference))

@@ -27,6 +27,7 @@ def test_wheel_holds_modules_profiles_model_configs_and_notebooks(tmp_path):
     expected = {f"mmcl/notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}
     expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "mmcl" / "profiles").rglob("*.yaml")}  # tuned/ too
     expected |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "mmcl" / "models" / "configs").glob("*.json")}
+    expected.add("mmcl/methods/index.json")  # the method index `mmcl list` reads (mmcl.method_index)
     expected |= {p.relative_to(ROOT).as_posix() for folder in ("mmcl", "data_prep")
                  for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
     assert len([n for n in expected if n.startswith("mmcl/notebooks/")]) >= 6

@@ -27,6 +27,34 @@ def _final_accuracies(root, method):
             ["modes"]["standard"]["final_accuracy"] for s in (0, 1)]
 
 
+def test_each_seed_of_a_cell_runs_on_its_own_backbone(smoke_runs):
+    # model.pretrain.per_run_seed (on in smoke and tiny): seed k's backbone is pre-trained with
+    # data.benchmark_seed + k, so the seeds' spread includes the backbone's; the manifests name it.
+    runs = results.load_runs(smoke_runs / "smoke")
+    assert len(runs) == 4
+    for method, cell in runs.groupby("method"):
+        by_seed = dict(zip(cell["seed"], cell["backbone_sha256"]))
+        assert sorted(by_seed) == [0, 1] and by_seed[0] != by_seed[1], method
+    assert runs.groupby("seed")["backbone_sha256"].nunique().tolist() == [1, 1]  # one per seed, shared by methods
+
+
+def test_every_seed_shares_one_backbone_when_asked(tmp_path):
+    from mmcl import engine
+    from mmcl.models.backbone import pretraining_seed, tiny_cache_path
+
+    per_seed = load_config("smoke")
+    shared = load_config("smoke", ["model.pretrain.per_run_seed=false"])
+    seeded = [c.model_copy(update={"seed": s}) for c in (per_seed, shared) for s in (0, 1, 2)]
+    assert [pretraining_seed(c) for c in seeded] == [per_seed.data.benchmark_seed + s for s in (0, 1, 2)] \
+        + [per_seed.data.benchmark_seed] * 3
+    # seed 0's backbone is the benchmark seed's either way: the same cache file, the same weights
+    assert len({tiny_cache_path(c) for c in seeded}) == 3 and tiny_cache_path(seeded[0]) == tiny_cache_path(seeded[4])
+    config = load_config("smoke", [f"runtime.output_dir={tmp_path}", "model.pretrain.per_run_seed=false"])
+    run = engine.run(config, "class_incremental", "zero-shot", seed=1)
+    manifest = json.loads((run.run_dir / "manifest.json").read_text())
+    assert manifest["backbone"]["pretrained"] == str(tiny_cache_path(seeded[0]))
+
+
 def test_written_expectations_are_seed_means_with_a_spread_tolerance(smoke_runs, tmp_path, capsys):
     path = tmp_path / "smoke.yaml"
     assert main(["verify", "--profile", "smoke", "--runs", str(smoke_runs), "--expected", str(path),
@@ -122,4 +150,7 @@ def test_runs_on_other_inputs_than_the_expected_numbers_are_named(smoke_runs, tm
     capsys.readouterr()
     assert main(["verify", "--profile", "smoke", "--runs", str(smoke_runs), "--expected", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"backbone {backbone[0][:12]} (expected file: ffffffffffff)" in out and "data" not in out.split("note:")[1].split(".")[0]
+    # each seed its own backbone: the note names every one the runs read, in order
+    assert len(backbone) == 2
+    assert f"backbone {', '.join(sorted(b[:12] for b in backbone))} (expected file: ffffffffffff)" in out
+    assert "data" not in out.split("note:")[1].split(".")[0]

@@ -81,6 +81,17 @@ def benchmark_spec(config: Config, name: str) -> BenchmarkConfig:
     return config.benchmarks[name]
 
 
+def require_data(config: Config, name: str) -> None:
+    """Raise what :func:`load_benchmark` would for a real (``source: processed``) benchmark that is
+    not prepared yet, without reading data: a run says where the data goes before it loads, or
+    downloads, the backbone (which needs no data). Embedded benchmarks are generated when missing."""
+    spec = benchmark_spec(config, name)
+    if spec.source != "synthetic":
+        from mmcl.data.processed import require_prepared
+
+        require_prepared(spec, name)
+
+
 def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None, progress: bool = False) -> Benchmark:
     """Train/test data of benchmark ``name``; text modalities tokenised with ``tokenizer``."""
     spec = benchmark_spec(config, name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import torch
 
@@ -102,19 +103,27 @@ def check_prepared_settings(meta: dict, data: DataConfig, modalities: list[str],
         raise ConfigError(f"benchmark {name!r}: {found}; re-run the preparation with this profile or set {fix}")
 
 
-def load_processed(spec: BenchmarkConfig, name: str, data: DataConfig | None = None
-                   ) -> tuple[MultiModalDataset, MultiModalDataset]:
-    """Train and test data of a prepared benchmark; ``data``: the profile's sizes, checked against the preparation's."""
+def require_prepared(spec: BenchmarkConfig, name: str) -> Path:
+    """The ``meta.json`` of a prepared benchmark; a FileNotFoundError, one line saying where the data
+    goes and how to prepare it, when there is none. Cheap (no data is read): a run checks it before
+    it loads, or downloads, the backbone."""
     from mmcl.data.benchmarks import processed_root
 
-    root = processed_root(spec, name)
-    meta_path = root / "meta.json"
+    meta_path = processed_root(spec, name) / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(
             f"benchmark {name!r}: {meta_path} not found. Prepare the dataset first "
             f"(notebooks/00_data_prep.ipynb or `python -m data_prep --help`); an interrupted "
             f"preparation leaves no meta.json and is resumed by running it again."
         )
+    return meta_path
+
+
+def load_processed(spec: BenchmarkConfig, name: str, data: DataConfig | None = None
+                   ) -> tuple[MultiModalDataset, MultiModalDataset]:
+    """Train and test data of a prepared benchmark; ``data``: the profile's sizes, checked against the preparation's."""
+    meta_path = require_prepared(spec, name)
+    root = meta_path.parent
     meta = _read_meta(meta_path, name)
     if not meta.get("complete"):
         raise ConfigError(f"benchmark {name!r}: {meta_path} says the preparation is incomplete")

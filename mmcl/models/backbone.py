@@ -4,9 +4,16 @@
 
 - ``"self"``: the tiny configs shipped in ``mmcl/models/configs`` are pre-trained contrastively on
   image-caption pairs of the embedded benchmark's pre-training concepts, once, and cached under a
-  key of everything that shapes them (architecture, pre-training recipe, data, generator);
+  key of everything that shapes them (architecture, pre-training recipe, data, generator). A cached
+  file that does not load (truncated, garbage, or holding objects other than tensors: read by
+  :func:`mmcl.records.load_tensors`) is named in one warning line and pre-trained again, to the
+  same weights (pre-training is deterministic);
 - an open_clip tag (``"openai"``) or a local weights file: passed to ``open_clip.create_model``,
-  the same code path in both cases;
+  the same code path in both cases. A tag's weights come from the Hugging Face hub (once, then its
+  cache): when the hub is out of reach (no network, ``HF_HUB_OFFLINE``; probed for
+  :data:`HUB_PROBE_SECONDS`) they are read from the cache at once, and when they are not cached
+  either, a one-line :class:`~mmcl.config.ConfigError` says so within seconds, instead of
+  open_clip retrying the hub for a minute (:func:`hub_weights_source`);
 - ``null``: random initialisation.
 
 :class:`MultiModalEncoder` turns each modality into an embedding with the towers (video frames
@@ -35,7 +42,7 @@ from tqdm.auto import tqdm
 
 from mmcl import kernels
 from mmcl.config import Config, ConfigError
-from mmcl.records import atomic_torch_save, build_lock
+from mmcl.records import RefusedFile, atomic_torch_save, build_lock, load_tensors
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -359,7 +366,9 @@ def build_encoder(config: Config, device: torch.device | str = "cpu", progress: 
             raise FileNotFoundError(f"model.pretrained: weights file {pretrained} not found")
         pretrained = str(Path(pretrained).expanduser())
     force_size = config.data.image_size if name in LOCAL_CONFIGS else None
-    clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=force_size)
+    with hub_weights_source(name, pretrained):  # a tag: from the hub, or its cache when the hub is out of reach
+        clip = open_clip.create_model(name, pretrained=pretrained, force_image_size=force_size,
+                                      force_quick_gelu=tag_uses_quick_gelu(name, pretrained))
     preprocess = clip.visual.preprocess_cfg if hasattr(clip.visual, "preprocess_cfg") else {}
     mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
     std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
@@ -371,6 +380,98 @@ def build_encoder(config: Config, device: torch.device | str = "cpu", progress: 
                        "file_bytes": Path(pretrained).stat().st_size if is_file else None,
                        "sha256": file_digest(pretrained) if is_file else None}
     return freeze(encoder).eval().to(device)
+
+
+def tag_uses_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """Whether open_clip's weights ``pretrained`` of architecture ``name`` were trained with QuickGELU
+    (OpenAI's CLIP weights: the ``openai`` tag of ``ViT-B-16``), so the model must be built with it:
+    the plain config's exact GELU would run those weights with another activation than they were
+    trained with. False for a weights file, ``self`` and no weights (the config says)."""
+    if not pretrained or pretrained == "self" or Path(str(pretrained)).suffix or "/" in str(pretrained):
+        return False
+    return bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu", False))
+
+
+HUB_PROBE_SECONDS = 3.0  # how long build_encoder waits for a connection to the Hugging Face hub
+
+
+def _hub_files(name: str, tag: str | None) -> tuple[str, list[str]] | None:
+    """(hub repository, file names open_clip tries, in its order) of the open_clip weights ``tag``
+    of architecture ``name``; None when ``tag`` is not a tag that open_clip fetches from the hub."""
+    if not tag or tag == "self":
+        return None
+    hub = (open_clip.get_pretrained_cfg(name, tag) or {}).get("hf_hub")
+    if not hub:
+        return None
+    repository, filename = hub.rstrip("/"), "open_clip_pytorch_model.bin"  # open_clip's default file
+    if not hub.endswith("/"):
+        repository, filename = hub.rsplit("/", 1)
+    safe = ["open_clip_model.safetensors"] if filename == "open_clip_pytorch_model.bin" else \
+        [filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else []
+    return repository, [*safe, filename]  # open_clip prefers a safetensors file
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why the Hugging Face hub is out of reach now (``HF_HUB_OFFLINE`` set, or no connection to its
+    host, or to the proxy the environment names for it, within ``timeout`` seconds); None when a
+    connection opens."""
+    import socket
+    import threading
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(endpoint.scheme) or urllib.request.getproxies().get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = via.hostname or host, via.port or 8080
+    answer: list[str | None] = []
+
+    def connect() -> None:  # in a thread: a name lookup has no timeout of its own
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(None)
+        except OSError as error:
+            answer.append(f"{host}:{port}: {error.strerror or error}")
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return answer[0] if answer else f"{host}:{port}: no answer within {timeout:g} s"
+
+
+@contextlib.contextmanager
+def hub_weights_source(name: str, tag: str | None):
+    """Around ``open_clip.create_model(name, pretrained=tag)``: for a tag whose weights open_clip
+    fetches from the Hugging Face hub, with the hub out of reach (:func:`hub_unreachable`), the
+    weights are read from the hub's local cache without a request (``HF_HUB_OFFLINE`` for the
+    call), and when they are not cached a :class:`ConfigError` says so in one line, within seconds,
+    instead of open_clip retrying the hub for about a minute. Otherwise nothing changes."""
+    files = _hub_files(name, tag)
+    problem = hub_unreachable() if files else None
+    if not problem:
+        yield
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repository, names = files
+    if not any(isinstance(try_to_load_from_cache(repository, n), str) for n in names):
+        raise ConfigError(
+            f"model.pretrained: open_clip's {tag!r} weights of {name} are not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and the hub is out of reach ({problem}); download them once where it "
+            f"is reachable (python -c \"import open_clip; open_clip.create_model('{name}', pretrained='{tag}')\", "
+            f"then copy the cache or set HF_HOME), or set model.pretrained to a local weights file")
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True  # read by huggingface_hub at every request: the cached file, no retries
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = offline
 
 
 def file_digest(path: str | Path) -> str:
@@ -399,15 +500,24 @@ def torch_threads(count: int):
         torch.set_num_threads(previous)
 
 
-def _tiny_cache_path(config: Config) -> Path:
+def pretraining_seed(config: Config) -> int:
+    """The seed a self-pre-trained backbone is pre-trained with: ``model.pretrain.seed`` (default
+    ``data.benchmark_seed``) plus the run's seed (``config.seed``) when ``model.pretrain.per_run_seed``
+    (each seed its own backbone; seed 0 keeps the base seed's), else the base seed for every seed."""
+    pretrain = config.model.pretrain
+    base = config.data.benchmark_seed if pretrain.seed is None else pretrain.seed
+    return base + (config.seed if pretrain.per_run_seed else 0)
+
+
+def tiny_cache_path(config: Config) -> Path:
     from mmcl.data import synthetic
 
     architecture = json.loads((CONFIG_DIR / f"{config.model.name}.json").read_text())
     key = {
         "architecture": architecture,
-        "pretrain": config.model.pretrain.model_dump(),
+        "pretrain": config.model.pretrain.model_dump(exclude={"seed", "per_run_seed"}),  # the seed below says it
         "image_size": config.data.image_size,
-        "benchmark_seed": config.data.benchmark_seed,
+        "benchmark_seed": pretraining_seed(config),
         "generator": synthetic.GENERATOR_VERSION,
         # 2: pre-trained on one thread, so the weights do not depend on runtime.num_threads;
         # 3: with the CPU kernels pinned (mmcl.kernels), so they do not depend on the machine either.
@@ -420,7 +530,7 @@ def _tiny_cache_path(config: Config) -> Path:
 def pretrained_backbone_missing(config: Config) -> bool:
     """Whether building the profile's backbone pre-trains it first (``pretrained: self``, not cached)."""
     return config.model.pretrained == "self" and config.model.name in LOCAL_CONFIGS \
-        and not _tiny_cache_path(config).is_file()
+        and not tiny_cache_path(config).is_file()
 
 
 def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
@@ -433,18 +543,62 @@ def pretrain_tiny_clip(config: Config, progress: bool = False) -> Path:
     (:mod:`mmcl.kernels`) on every x86-64 CPU. The content digest each run's manifest records shows
     where they are not.
     """
-    path = _tiny_cache_path(config)
-    if path.is_file():
+    path = tiny_cache_path(config)
+    if _cached_weights_load(path, name_damage=True):
         return path
     from threadpoolctl import threadpool_limits
 
     kernels.require(config.runtime.portable_kernels)
     with build_lock(path):  # processes sharing the cache pre-train once; the others wait for the file
-        if path.is_file():
+        if _cached_weights_load(path, name_damage=False):
             return path
         with torch_threads(1), threadpool_limits(limits=1):  # its images too (numpy): one BLAS thread
             _pretrain_tiny_clip(config, path, progress)
     return path
+
+
+def _cached_weights_load(path: Path, name_damage: bool) -> bool:
+    """Whether the pre-trained weights cached at ``path`` load: a file holding a ``state_dict`` of
+    tensors, read by :func:`mmcl.records.load_tensors` (which runs no code from it). A damaged one
+    (truncated, garbage, refused) is named in one warning line when ``name_damage``; the caller
+    pre-trains it again, to the same weights, and the atomic write replaces it."""
+    if not path.is_file():
+        return False
+    try:
+        stored = load_tensors(path, map_location="cpu", rebuild="pre-training it again")
+        state = stored.get("state_dict") if isinstance(stored, dict) else None
+        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return True
+        problem = "no state_dict of tensors in it"
+    except RefusedFile as error:
+        if name_damage:
+            log.warning("pre-trained backbone weights %s", error)
+        return False
+    except Exception as error:  # noqa: BLE001 - a damaged file of any kind is pre-trained again
+        text = str(error).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else ""  # torch's first sentence
+        problem = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    if name_damage:
+        log.warning("pre-trained backbone weights %s are damaged (%s); pre-training them again (deterministic: "
+                    "the same weights)", path, problem)
+    return False
+
+
+@contextlib.contextmanager
+def weights_loaded_by_mmcl():
+    """Around ``open_clip.create_model(..., pretrained=None)`` for a model whose weights mmcl then
+    trains itself (pre-training): open_clip's warning "No pretrained weights loaded for model ...
+    Model initialized randomly." (logged on the root logger) is not true of the model mmcl uses,
+    so it is held back, for this call only; every other record passes."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def pretraining_features(encoder: MultiModalEncoder, images: torch.Tensor,
@@ -492,16 +646,19 @@ def _pretrain_tiny_clip(config: Config, path: Path, progress: bool) -> None:
     from mmcl.data import synthetic
     from mmcl.data.modalities import images_to_tensor
     recipe = config.model.pretrain
-    log.info("pre-training %s (%d steps); cached at %s", config.model.name, recipe.steps, path)
+    log.info("pre-training %s (%d steps, seed %d); cached at %s", config.model.name, recipe.steps,
+             pretraining_seed(config), path)
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(config.data.benchmark_seed)
+    seed = pretraining_seed(config)
+    generator = torch.Generator().manual_seed(seed)
     torch_state = torch.random.get_rng_state()
-    torch.manual_seed(config.data.benchmark_seed)
-    clip = open_clip.create_model(config.model.name, pretrained=None, force_image_size=config.data.image_size)
+    torch.manual_seed(seed)
+    with weights_loaded_by_mmcl():  # initialised randomly here, then pre-trained below
+        clip = open_clip.create_model(config.model.name, pretrained=None, force_image_size=config.data.image_size)
     tokenizer = open_clip.get_tokenizer(config.model.name)
     images, captions = [], []
     for concept in synthetic.pretraining_concepts():
-        rng = np.random.default_rng([config.data.benchmark_seed, concept.index, 99])
+        rng = np.random.default_rng([seed, concept.index, 99])
         n = recipe.samples_per_concept
         images.append(images_to_tensor(synthetic.render_pretraining_images(concept, n, config.data.image_size, rng),
                                        config.data.image_size))
