@@ -78,7 +78,7 @@ def main() -> None:
                 for _, row in run.iterrows():
                     rows.append({"source": source, "draw": value, "scenario": job["scenario"],
                                  "benchmark": job["benchmark"], "method": job["method"], "mode": row["mode"],
-                                 **{m: row[m] for m in METRICS}})
+                                 "source_fingerprint": row["source_fingerprint"], **{m: row[m] for m in METRICS}})
     draws = pd.DataFrame(rows)
     table = (draws.groupby(["scenario", "benchmark", "mode", "method", "source"])[list(METRICS)]
              .agg(lambda v: statistics.stdev(v) if len(v) > 1 else float("nan"))
@@ -89,11 +89,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     draws.to_csv(out / "spread_draws.csv", index=False)
     table.to_csv(out / "spread_sources.csv", index=False)
-    text = results.to_markdown(table.round(2))
-    (out / "spread_sources.md").write_text(text + "\n")
+    means = draws.groupby(["source", "scenario", "benchmark", "mode", "method"])[list(METRICS)].std() \
+        .groupby("source").mean().round(2).reset_index()
+    code = ", ".join(sorted({str(f)[:12] for f in draws["source_fingerprint"]}))
+    text = (f"Standard deviation (points) over {args.values} draws of each source, profile {args.profile}, "
+            f"seed-0 values of the others (`python benchmarks/spread_sources.py --profile {args.profile}`; "
+            f"runs of source {code}):\n\n" + results.to_markdown(table.round(2))
+            + "\n\nMean over methods, benchmarks and modes:\n\n" + results.to_markdown(means) + "\n")
+    (out / "spread_sources.md").write_text(text)
     print(text)
-    means = draws.groupby(["source", "scenario", "benchmark", "mode", "method"])[list(METRICS)].std().groupby("source").mean()
-    print("\nmean std over methods and benchmarks:\n" + results.to_markdown(means.round(2).reset_index()))
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def read_json_record(path: str | Path, consequence: str, kind: type = dict) -> A
         if isinstance(value, kind):
             return value
         problem = f"a JSON {type(value).__name__}, not {'an object' if kind is dict else kind.__name__}"
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no such file (a file in the way of its folder too)
         return None
     except json.JSONDecodeError as error:
         problem = "empty" if not error.doc.strip() else \

@@ -33,3 +33,23 @@ def test_wheel_holds_modules_profiles_model_configs_and_notebooks(tmp_path):
     assert len([n for n in expected if n.startswith("mmcl/notebooks/")]) >= 6
     assert {"mmcl/profiles/smoke.yaml", "mmcl/models/configs/mmcl-micro.json"} <= expected
     assert sorted(expected - names) == []
+
+
+def test_the_readme_contents_list_every_section_and_docs_index_every_doc():
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    code = False
+    headings = []
+    for line in readme.splitlines():
+        if line.startswith("```"):
+            code = not code
+        elif not code and re.match(r"#{2,3} ", line) and line != "## Contents":
+            headings.append(line.split(" ", 1)[1])
+    contents = readme.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^ *- \[(.*)\]\(#[^)]*\)$", contents, flags=re.MULTILINE)
+    assert listed == headings  # every section, in order, nothing else
+    index = (root / "docs" / "index.md").read_text(encoding="utf-8")
+    docs = {p.relative_to(root / "docs").as_posix() for p in (root / "docs").rglob("*.md")} - {"index.md"}
+    assert docs == set(re.findall(r"\]\(([\w/]+\.md)\)", index)), "docs/index.md lists every doc, one line each"
