@@ -5,12 +5,21 @@ per class and sequential fine-tuning, then checks the calibration targets:
 
 - joint training ends between :data:`JOINT_RANGE` final accuracy (not saturated, learnable);
 - replay is at least :data:`REPLAY_GAP` points below joint;
-- fine-tuning forgets at least :data:`FORGETTING_MIN` points;
+- fine-tuning forgets at least :data:`FORGETTING_MIN` points (:data:`DOMAIN_FORGETTING_MIN` where the
+  domains preserve labels: the class cues stay, so less is forgotten);
+- domain-incremental: the domain gap is real: fine-tuned up to domain k, the model reads domain
+  k + 1 at least :data:`DOMAIN_GAP_MIN` points worse before training on it than after (mean over k);
+- modality-incremental: joint training reads every modality (each task's final joint accuracy at
+  least :data:`MODALITY_JOINT_MIN`);
 - zero-shot is below :data:`ZERO_SHOT_MAX` on every task, yet above chance on some task (transfer).
 
 It writes ``calibration.{md,csv,tex}`` and ``calibration_zero_shot.{md,csv,tex}`` (zero-shot per
 modality) through :func:`mmcl.results.write_table`, and can paste the Markdown into a document
 between ``<!-- calibration:start -->`` and ``<!-- calibration:end -->``.
+
+``mmcl calibrate --literature`` (:func:`calibrate_literature`) trains nothing: it checks that the
+profile's stored runs keep the published orderings of the established methods
+(:mod:`mmcl.literature`, ``docs/literature.md``) and writes ``calibration_literature{,_summary}.*``.
 """
 from __future__ import annotations
 
@@ -34,6 +43,9 @@ MAIN_BENCHMARKS = (
 JOINT_RANGE = (70.0, 92.0)
 REPLAY_GAP = 3.0
 FORGETTING_MIN = 30.0
+DOMAIN_FORGETTING_MIN = 10.0
+DOMAIN_GAP_MIN = 10.0
+MODALITY_JOINT_MIN = 50.0
 ZERO_SHOT_MAX = 80.0
 REPLAY_PER_CLASS = 5
 MARK_START, MARK_END = "<!-- calibration:start -->", "<!-- calibration:end -->"
@@ -95,7 +107,8 @@ def calibration_runs(config: Config, seeds: Sequence[int], output_dir: str | Pat
                              "chance": chance, "run_dir": str(result.run_dir), "version": version,
                              "inputs": inputs, **extra,
                              "zero_shot_tasks": _zero_shot_tasks(result.metrics, mode) if method == "zero-shot" else None,
-                             "task_names": result.metrics.get("task_names")})
+                             "task_names": result.metrics.get("task_names"),
+                             "matrix": result.metrics["accuracy_matrix"][mode]})
             go("zero-shot", modality="all")
             go("joint")
             go("replay", _with_replay_buffer(config))
@@ -126,6 +139,13 @@ def _check(rows: list, scenario, benchmark, check, target, values, passed, runs)
                  "pass": "pass" if passed else "FAIL", "run_versions": _versions(runs), "run_inputs": _inputs(runs)})
 
 
+def domain_gap(matrix: Sequence[Sequence[float]]) -> float:
+    """Mean over k of (accuracy on task k + 1 after training on it) - (accuracy on it after task k,
+    before training on it): what training on a new domain adds on that domain."""
+    steps = [matrix[k + 1][k + 1] - matrix[k][k + 1] for k in range(len(matrix) - 1)]
+    return float(np.mean(steps)) if steps else math.nan
+
+
 def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Each target of each benchmark with the measured value (mean ± std over seeds) and a verdict;
     a target passes when it holds for every seed."""
@@ -140,8 +160,17 @@ def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
         gaps = (joint.set_index("seed")["final"] - replay.set_index("seed")["final"]).tolist()
         _check(rows, scenario, benchmark, f"joint - replay ({REPLAY_PER_CLASS}/class) final", f">= {REPLAY_GAP:g}",
                gaps, all(g >= REPLAY_GAP for g in gaps), pd.concat([joint, replay]))
-        _check(rows, scenario, benchmark, "finetune forgetting", f">= {FORGETTING_MIN:g}",
-               finetune["forgetting"].tolist(), all(v >= FORGETTING_MIN for v in finetune["forgetting"]), finetune)
+        least = DOMAIN_FORGETTING_MIN if scenario == "domain_incremental" else FORGETTING_MIN
+        _check(rows, scenario, benchmark, "finetune forgetting", f">= {least:g}",
+               finetune["forgetting"].tolist(), all(v >= least for v in finetune["forgetting"]), finetune)
+        if scenario == "domain_incremental" and "matrix" in finetune:
+            gaps = [domain_gap(m) for m in finetune["matrix"]]
+            _check(rows, scenario, benchmark, "finetune: next domain after - before training", f">= {DOMAIN_GAP_MIN:g}",
+                   gaps, all(g >= DOMAIN_GAP_MIN for g in gaps), finetune)
+        if scenario == "modality_incremental" and "matrix" in joint:
+            weakest = [min(m[-1]) for m in joint["matrix"]]
+            _check(rows, scenario, benchmark, "joint final, weakest modality", f">= {MODALITY_JOINT_MIN:g}",
+                   weakest, all(v >= MODALITY_JOINT_MIN for v in weakest), joint)
         worst = [max(t) for t in zero["zero_shot_tasks"]]
         _check(rows, scenario, benchmark, "zero-shot, best-read task", f"< {ZERO_SHOT_MAX:g}", worst,
                all(v < ZERO_SHOT_MAX for v in worst), zero)
@@ -201,3 +230,91 @@ def calibrate(config: Config, seeds: Sequence[int], output_dir: str | Path, tabl
         header = f"Written by `{command}`.\n\n" if command else ""
         paste_into(document, header + first["md"].read_text() + "\n" + second["md"].read_text())
     return targets
+
+
+# ---------------------------------------------------------------------- literature (--literature)
+def _pairs_of(versions: dict, method_a: str, method_b: str) -> tuple:
+    return tuple(sorted(set(versions.get(method_a, ())) | set(versions.get(method_b, ()))))
+
+
+def literature_tables(checks: Sequence) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pairs, summary) of :func:`calibrate_literature`'s checks, for :func:`mmcl.results.write_table`:
+    one row per established pair (literature and testbed difference in points, outcome) and one per
+    scenario (share of agreeing pairs, Kendall's tau, inversions, verdict). Numbers are written as
+    text, as printed (``–`` for a missing run, ``n/a`` where nothing was compared), so that every
+    format shows the same digits."""
+    pair_rows, summary_rows = [], []
+    for check in checks:
+        versions, inputs = check.run_versions, check.run_inputs
+        for pair in check.pairs:
+            pair_rows.append({
+                "scenario": check.scenario, "benchmark": check.benchmark,
+                "literature order": f"{pair.better} > {pair.worse}",
+                "literature difference (pp)": f"{pair.literature_difference:.2f}", "groups": pair.groups,
+                "testbed difference (pp)": ("–" if pair.testbed_difference is None
+                                            else f"{pair.testbed_difference:.2f}"),
+                "outcome": pair.outcome, "run_versions": _pairs_of(versions, pair.better, pair.worse),
+                "run_inputs": _pairs_of(inputs, pair.better, pair.worse)})
+        summary_rows.append({
+            "scenario": check.scenario, "benchmark": check.benchmark, "established pairs": len(check.pairs),
+            "compared": len(check.compared),
+            "agreeing (%)": "n/a" if check.share is None else f"{100 * check.share:.1f}",
+            "Kendall's tau": "n/a" if check.tau is None else f"{check.tau:.3f}", "tau pairs": check.tau_pairs,
+            "inversions": len(check.inversions), "verdict": check.verdict,
+            "run_versions": tuple(sorted({p for pairs in versions.values() for p in pairs})),
+            "run_inputs": tuple(sorted({p for pairs in inputs.values() for p in pairs}))})
+    return pd.DataFrame(pair_rows), pd.DataFrame(summary_rows)
+
+
+def calibrate_literature(config: Config, runs_dir: str | Path, table_dir: str | Path | None = None,
+                         literature_file: str | Path | None = None) -> tuple[list, str]:
+    """``mmcl calibrate --literature``: does the profile's stored runs keep the published orderings
+    of the established methods (:mod:`mmcl.literature`)? Reads the runs of ``runs_dir/<profile>``
+    (or of ``runs_dir`` itself) through :func:`mmcl.results.load_runs`: per scenario, its main
+    benchmark's final accuracy, mean over the seeds present. Writes
+    ``calibration_literature{,_summary}.{md,csv,tex}`` under ``table_dir`` (when given). Returns
+    (the checks, the text to print)."""
+    from mmcl import literature
+    from mmcl.config import SCENARIOS
+    from mmcl.method_index import methods
+    from mmcl.results import load_runs, write_table
+
+    found = literature.load_literature(literature_file)
+    root = Path(runs_dir)
+    if (root / config.profile).is_dir():
+        root = root / config.profile
+    runs = load_runs(root)
+    runs = runs[runs["profile"] == config.profile]
+    index = methods()
+    checks = []
+    for scenario in [s for s in SCENARIOS if s in config.scenarios]:
+        benchmark = config.scenarios[scenario].benchmark
+        mode, table = literature.testbed_accuracy(runs, scenario, benchmark)
+        testbed = {m: v for m, v in zip(table["method"], table["final_accuracy_mean"]) if not math.isnan(v)}
+        compatible = [name for name, facts in index.items() if scenario in facts["compatible_scenarios"]]
+        check = literature.compare(found.entries, testbed, scenario, compatible)
+        check.benchmark, check.mode = benchmark, mode
+        check.run_versions = dict(zip(table["method"], table["run_versions"]))
+        check.run_inputs = dict(zip(table["method"], table["run_inputs"]))
+        checks.append(check)
+    numbers = len(found.entries)
+    lines = [f"Literature check, profile {config.profile}, runs {root}: {numbers} published numbers from "
+             f"{len(found.sources)} sources ({found.path}); a pair counts when every source orders it the "
+             f"same way by >= {literature.SEPARATION:g} points; target >= {100 * literature.TARGET_SHARE:.0f} % "
+             f"agreeing, no inversion > {literature.MAX_INVERSION:g} points"]
+    for check in checks:
+        lines += literature.format_check(check)
+    outside = [f"{c.scenario}: {', '.join(c.not_in_mmcl)}" for c in checks if c.not_in_mmcl]
+    if outside:
+        lines.append(f"not run by mmcl in that scenario, their pairs skipped: {'; '.join(outside)}")
+    missing = literature.missing_runs_line(checks, config.profile)
+    if missing:
+        lines.append(missing)
+    if table_dir is not None:
+        pairs, summary = literature_tables(checks)
+        title = f"Literature check, profile {config.profile}"
+        first = write_table(summary, table_dir, "calibration_literature_summary", title=title, group_by="Scenario")
+        second = write_table(pairs, table_dir, "calibration_literature",
+                             title=f"{title}: established pairs", group_by="Scenario")
+        lines.append(f"tables: {first['md']}, {second['md']} (and .csv, .tex)")
+    return checks, "\n".join(lines)

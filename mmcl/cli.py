@@ -9,6 +9,7 @@
     mmcl verify --profile tiny --runs runs
     mmcl inputs --profile smoke
     mmcl calibrate --profile tiny --seeds 0 1 --document docs/benchmark.md
+    mmcl calibrate --literature --profile tiny
     mmcl --version
 
 The heavy libraries (torch, open_clip, pandas) are imported by the command that uses them, never at
@@ -98,17 +99,29 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--scenario", choices=SCENARIOS, help="default with --all: every scenario of the profile")
     tune.add_argument("--all", action="store_true", help="every trainable method on every compatible scenario")
     tune.add_argument("--benchmark", help="default: the scenario's benchmark in the profile")
-    tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--trials", type=int, help="default: tuning.trials of the profile (the same for every method)")
+    tune.add_argument("--seeds", type=int, nargs="+", help="every trial point runs once per seed, scored by the mean "
+                                                         "(default: tuning.seeds of the profile, 0 1)")
+    tune.add_argument("--seed", type=int, help="one seed: the same as --seeds SEED")
+    tune.add_argument("--trials", type=int, help="trials per round (default: tuning.trials of the profile; the same "
+                                                 "for every method)")
+    tune.add_argument("--max-extensions", type=int, help="rounds that move a grid past an edge choice (default: "
+                                                         "tuning.max_extensions of the profile, 3)")
     tune.add_argument("--output-dir", help="default: runtime.output_dir of the profile")
     tune.add_argument("--write-defaults", action="store_true",
                       help="write the chosen values into mmcl/profiles/tuned/<profile>.yaml")
     _add_profile_arguments(tune)
 
     calibrate = commands.add_parser("calibrate", help="check the embedded benchmark's calibration targets "
-                                                      "(zero-shot, joint, replay, finetune on each main benchmark)")
+                                                      "(zero-shot, joint, replay, finetune on each main benchmark); "
+                                                      "--literature: check the stored runs against published orderings")
     calibrate.add_argument("--seeds", type=int, nargs="+", default=[0])
-    calibrate.add_argument("--output-dir", default="runs/calibration", help="runs (default: runs/calibration)")
+    calibrate.add_argument("--output-dir", help="runs (default: runs/calibration; with --literature, where the "
+                                                "profile's runs are: runtime.output_dir of the profile)")
+    calibrate.add_argument("--literature", action="store_true",
+                           help="trains nothing: do the stored runs of each scenario's main benchmark order the "
+                                "established methods as their papers do (mmcl/literature.yaml, docs/literature.md)")
+    calibrate.add_argument("--literature-file", help="with --literature: another literature file "
+                                                     "(default: the one shipped, mmcl/literature.yaml)")
     calibrate.add_argument("--table-dir", default="figures", help="calibration tables (default: figures)")
     calibrate.add_argument("--document", help="a Markdown file whose calibration block gets the tables, "
                                               "e.g. docs/benchmark.md")
@@ -213,6 +226,13 @@ def _tune(args) -> int:
         raise ConfigError("mmcl tune: give --method M --scenario S, or --all")
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials: must be at least 1, got {args.trials}")
+    if args.seed is not None and args.seeds is not None:
+        raise ConfigError("mmcl tune: give --seeds or --seed, not both")
+    seeds = args.seeds if args.seeds is not None else [args.seed] if args.seed is not None else None
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: give distinct seeds, got {seeds}")
+    if args.max_extensions is not None and args.max_extensions < 0:
+        raise ConfigError(f"--max-extensions: must be at least 0, got {args.max_extensions}")
     if args.all:
         scenarios = [args.scenario] if args.scenario else list(config.scenarios)
         jobs = [(name, s) for name in sorted(REGISTRY) for s in scenarios if s in REGISTRY[name].compatible_scenarios]
@@ -226,10 +246,16 @@ def _tune(args) -> int:
             print(f"skipped {name}: it trains nothing, so there is nothing to tune")
             continue
         pairs.append((scenario, name))
-    for record in tune_many(config, pairs, seed=args.seed, benchmark=args.benchmark, trials=args.trials,
-                            output_dir=args.output_dir):
+    for record in tune_many(config, pairs, seeds=seeds, benchmark=args.benchmark, trials=args.trials,
+                            output_dir=args.output_dir, max_extensions=args.max_extensions):
+        rounds = len(record["rounds"])
         print(f"{record['method']} · {record['scenario']} · {record['benchmark']}: chose {record['chosen']} "
-              f"(validation {record['chosen_score']:.2f} over {record['budget']} trials); record {record['record']}")
+              f"(validation {record['chosen_score']:.2f}, mean over seeds {', '.join(map(str, record['seeds']))}; "
+              f"{record['budget']} trials per round, {rounds} round{'s' if rounds > 1 else ''}, "
+              f"{record['runs']} runs); record {record['record']}")
+        for edge in record["edges"]:
+            print(f"  at edge: {edge['key']}={edge['value']} ({edge['side']} end of "
+                  f"{record['grid'][edge['key']]}): {edge['reason']}")
         if args.write_defaults:
             print(f"  defaults written to {write_defaults(record)}")
     return 0
@@ -331,10 +357,19 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2) if args.json else format_bench(result))
         elif args.command == "tune":
             return _tune(args)
+        elif args.command == "calibrate" and args.literature:
+            from mmcl.calibrate import calibrate_literature
+
+            config = load_config(args.profile, args.overrides)
+            checks, text = calibrate_literature(config, args.output_dir or config.runtime.output_dir, args.table_dir,
+                                                args.literature_file)
+            print(text)
+            return 1 if any(check.verdict == "FAIL" for check in checks) else 0
         elif args.command == "calibrate":
             from mmcl.calibrate import calibrate
 
             config = load_config(args.profile, args.overrides)
+            args.output_dir = args.output_dir or "runs/calibration"
             command = " ".join(["mmcl calibrate", f"--profile {args.profile}", "--seeds", *map(str, args.seeds),
                                 *[f"--set {o}" for o in args.overrides]])
             targets = calibrate(config, args.seeds, args.output_dir, args.table_dir, args.document, command,

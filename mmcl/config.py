@@ -182,6 +182,14 @@ class RuntimeConfig(_Strict):
     # Evaluation batch size: an int, or "auto": train.eval_batch_size on CPU, sized to the free
     # memory on a GPU. Exact whatever its value (evaluation has no batch statistics).
     eval_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    # The forgetting decomposition (mmcl.engine.forgetting_decomposition): at each task's end, a
+    # nearest-class-mean probe on the method's current representation beside its own classifier,
+    # recorded in tasks.jsonl and metrics.json. A diagnostic that changes no other number of the run
+    # (tested byte for byte), so, like all of runtime, not part of a run's identity.
+    forgetting_decomposition: bool = True
+    # Training samples per class the probe's class means read (the first ones of each task's training
+    # data, no random draw); None: all. Bounds its cost on large datasets (the paper profile).
+    forgetting_decomposition_per_class: int | None = Field(None, ge=1)
 
 
 class BenchmarkConfig(_Strict):
@@ -216,9 +224,21 @@ class BenchmarkConfig(_Strict):
 
 
 class TuningConfig(_Strict):
-    """``mmcl tune``: the same number of validation trials for every method."""
+    """``mmcl tune``: the same validation budget for every method (see :mod:`mmcl.tuning`)."""
 
-    trials: int = Field(6, ge=1)  # every shipped grid: 3 learning-rate scales x 2 values of one knob
+    trials: int = Field(6, ge=1)  # per round; every shipped grid: 3 learning-rate scales x 2 values of one knob
+    # Every trial point runs once per seed; its score is the mean final validation accuracy over them.
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1], min_length=1)
+    # Rounds after the first: a choice at an edge of a key with >= 3 values moves that key's window
+    # one step beyond the edge and searches again (the same trials); at most this many times.
+    max_extensions: int = Field(3, ge=0)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
 
 
 class ScenarioConfig(_Strict):

@@ -60,3 +60,33 @@ def test_zero_shot_of_a_modality_stream_follows_each_seed_s_modality_order():
     runs.loc[runs["seed"] == 1, "task_names"] = pd.Series([["t2", "t1"]] * 5, index=runs.index[runs["seed"] == 1])
     table = zero_shot_table(runs).set_index("modality")["zero_shot_mean"].to_dict()
     assert table == {"t1": 35.0, "t2": 45.0}  # t1: 50 (seed 0) and 20 (seed 1); t2: 30 and 60
+
+
+def test_domain_and_modality_targets_read_the_accuracy_matrices():
+    def scenario_runs(scenario, benchmark, finetune_matrix, joint_matrix, forgetting):
+        common = {"scenario": scenario, "benchmark": benchmark, "seed": 0, "chance": 100 / 6, "version": "abc",
+                  "modality": None, "zero_shot_tasks": None, "task_names": ["a", "b", "c"]}
+        return [{**common, "method": "joint", "final": 80.0, "forgetting": 0.0, "run_dir": "j", "matrix": joint_matrix},
+                {**common, "method": "replay", "final": 70.0, "forgetting": 5.0, "run_dir": "r", "matrix": None},
+                {**common, "method": "finetune", "final": 60.0, "forgetting": forgetting, "run_dir": "f",
+                 "matrix": finetune_matrix},
+                {**common, "method": "zero-shot", "final": 30.0, "forgetting": 0.0, "run_dir": "z",
+                 "modality": "all", "zero_shot_tasks": [30.0, 30.0, 30.0]}]
+
+    # domain gaps: after - before = (70 - 50) and (80 - 76): mean 12 >= 10
+    domain = [[60.0, 50.0, 40.0], [55.0, 70.0, 76.0], [50.0, 60.0, 80.0]]
+    modality = [[90.0, 0.0, 0.0], [80.0, 70.0, 0.0], [75.0, 60.0, 49.0]]
+    rows = scenario_runs("domain_incremental", "multilingual-emotion", domain, [[80.0] * 3] * 3, 12.0)
+    rows += scenario_runs("modality_incremental", "modality-stream", modality, modality, 40.0)
+    table = calibration_table(pd.DataFrame(rows)).set_index(["benchmark", "check"])
+    gap = table.loc[("multilingual-emotion", "finetune: next domain after - before training")]
+    assert gap["measured_mean"] == pytest.approx(12.0) and gap["pass"] == "pass"
+    assert table.loc[("multilingual-emotion", "finetune forgetting"), "pass"] == "pass"  # 12 >= 10 (domain)
+    assert table.loc[("modality-stream", "finetune forgetting"), "pass"] == "pass"  # 40 >= 30
+    weakest = table.loc[("modality-stream", "joint final, weakest modality")]
+    assert weakest["measured_mean"] == pytest.approx(49.0) and weakest["pass"] == "FAIL"
+    # a domain step where training adds little fails the gap target
+    flat = [[60.0, 58.0, 58.0], [60.0, 60.0, 59.0], [60.0, 60.0, 60.0]]
+    rows = scenario_runs("domain_incremental", "multilingual-emotion", flat, [[80.0] * 3] * 3, 12.0)
+    assert calibration_table(pd.DataFrame(rows)).set_index("check").loc[
+        "finetune: next domain after - before training", "pass"] == "FAIL"

@@ -1,6 +1,7 @@
 """Validation split, the method contract without evaluation data, and `mmcl tune` on the smoke profile."""
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -186,37 +187,70 @@ def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monk
 
 
 def test_tune_on_smoke_records_every_trial_and_writes_defaults(tmp_path, monkeypatch, capsys):
+    """The real path end to end: two trials per round, two seeds, at most one extension round. With
+    no training step every point ties, so the first point is chosen: lr_scale 0.3, the low edge of
+    0.3/1/3, moves the window to 0.1/0.3/1 for one more round, whose choice 0.1 is an edge again
+    when the rounds have run out."""
     monkeypatch.setattr(tuning, "TUNED_DIR", tmp_path / "tuned")
     runs = tmp_path / "runs"
-    code = main(["tune", "--method", "finetune", "--scenario", "class_incremental", "--profile", "smoke",
-                 "--trials", "2", "--write-defaults", "--set", f"runtime.output_dir={runs}",
-                 "--set", "train.epochs=1"])
-    assert code == 0
+    command = ["tune", "--method", "finetune", "--scenario", "class_incremental", "--profile", "smoke",
+               "--trials", "2", "--seeds", "0", "1", "--max-extensions", "1", "--write-defaults",
+               "--set", f"runtime.output_dir={runs}", "--set", "train.epochs=0"]
+    assert main(command) == 0
     path = runs / "smoke" / "tuning" / "class_incremental" / "av-events" / "finetune.json"
     record = json.loads(path.read_text())
-    assert {k: record[k] for k in ("profile", "scenario", "benchmark", "method", "seed", "budget")} == \
+    assert {k: record[k] for k in ("profile", "scenario", "benchmark", "method", "seeds", "budget",
+                                   "max_extensions")} == \
         {"profile": "smoke", "scenario": "class_incremental", "benchmark": "av-events", "method": "finetune",
-         "seed": 0, "budget": 2}
-    assert record["grid"] == REGISTRY["finetune"].tuning_grid
-    assert [t["values"] for t in record["trials"]] == [{"lr_scale": 0.3, "trainable_blocks": 0},
-                                                      {"lr_scale": 1.0, "trainable_blocks": 1}]
-    scores = [t["val_score"] for t in record["trials"]]
-    assert record["chosen"] == record["trials"][scores.index(max(scores))]["values"]
-    assert set(record["code_version"]) >= {"git_commit", "source_fingerprint"}
+         "seeds": [0, 1], "budget": 2, "max_extensions": 1}
+    first, second = record["rounds"]
+    assert first["grid"] == record["declared_grid"] == REGISTRY["finetune"].tuning_grid
+    assert first["points"] == [{"lr_scale": 0.3, "trainable_blocks": 0}, {"lr_scale": 1.0, "trainable_blocks": 1}]
+    assert first["chosen"] == {"lr_scale": 0.3, "trainable_blocks": 0} and first["extended"] == {"lr_scale": 0.1}
+    assert second["grid"] == record["grid"] == {"lr_scale": [0.1, 0.3, 1.0], "trainable_blocks": [0, 1]}
+    assert second["points"] == [{"lr_scale": 0.1, "trainable_blocks": 0}, {"lr_scale": 0.3, "trainable_blocks": 1}]
+    assert record["chosen"] == second["chosen"] == {"lr_scale": 0.1, "trainable_blocks": 0}
+    assert record["at_edge"] is True and [(e["key"], e["value"], e["side"], e["bound"]) for e in record["edges"]] == \
+        [("lr_scale", 0.1, "low", False)]
+    assert "rounds ran out" in record["edges"][0]["reason"]
+    assert [r["new_runs"] for r in record["rounds"]] == [4, 4]
+    assert record["grid"] == record["rounds"][-1]["grid"]
+    assert record["runs"] == 2 * len(record["trials"]) == sum(r["new_runs"] for r in record["rounds"])
     for trial in record["trials"]:  # normal runs, evaluated on validation data (9 samples per task)
-        run_dir = Path(trial["run_dir"])
-        assert run_dir.parent.parent == path.parent
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert metrics["modes"]["standard"]["final_accuracy"] == trial["val_score"]
-        assert metrics["run"]["hparams"]["lr_scale"] == trial["values"]["lr_scale"]
-        rows = [json.loads(line) for line in (run_dir / "tasks.jsonl").read_text().splitlines()]
-        assert rows[-1]["evaluation"]["standard"]["count"] == [9, 9]
-        assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["eval_split"] == "val"
+        assert [run["seed"] for run in trial["runs"]] == [0, 1]
+        assert trial["val_score"] == pytest.approx(sum(trial["seed_scores"]) / 2)
+        for run in trial["runs"]:
+            run_dir = Path(run["run_dir"])
+            assert run_dir.parent.parent == path.parent and run_dir.name == f"seed{run['seed']}"
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            assert metrics["modes"]["standard"]["final_accuracy"] == run["val_score"]
+            assert metrics["run"]["hparams"]["lr_scale"] == trial["values"]["lr_scale"]
+            rows = [json.loads(line) for line in (run_dir / "tasks.jsonl").read_text().splitlines()]
+            assert rows[-1]["evaluation"]["standard"]["count"] == [9, 9]
+            assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["eval_split"] == "val"
+    last = record["rounds"][-1]
+    scores = [t["val_score"] for t in last["trials"]]
+    assert record["chosen"] == last["trials"][scores.index(max(scores))]["values"] == last["chosen"]
+    assert record["at_edge"] == bool(record["edges"])
+    assert set(record["code_version"]) >= {"git_commit", "source_fingerprint"}
     tuned = yaml.safe_load((tmp_path / "tuned" / "smoke.yaml").read_text())
     assert tuned["class_incremental"]["finetune"]["values"] == record["chosen"]
     assert tuned["class_incremental"]["finetune"]["source"]["trials"] == 2
+    assert tuned["class_incremental"]["finetune"]["source"]["seeds"] == [0, 1]
+    assert tuning.tuned_values("smoke", "class_incremental", "finetune") == record["chosen"]
     out = capsys.readouterr().out
     assert "chose" in out and "defaults written to" in out
+    assert "  at edge: lr_scale=0.1 (low end of [0.1, 0.3, 1.0]): rounds ran out" in out
+    assert [(e["method"], e["key"], e["value"], e["reason"]) for e in tuning.tuned_edges("smoke")] == \
+        [("finetune", "lr_scale", 0.1, record["edges"][0]["reason"])]
+    # The same command again, with the tuned defaults as they were: every run is reused (a run's
+    # identity is its resolved values), the same choice. (Written defaults would move the folders:
+    # a run's folder is named by its difference from the profile's defaults, tuned values included.)
+    monkeypatch.setattr(tuning, "TUNED_DIR", tmp_path / "tuned-before")
+    assert main(command[:-5] + command[-4:]) == 0  # without --write-defaults
+    progress = re.findall(r"^\[tuning[^\]]*\] .*: (.*)$", capsys.readouterr().out, re.M)
+    assert progress == ["reused"] * record["runs"]
+    assert json.loads(path.read_text())["chosen"] == record["chosen"]
     # Nothing to train: skipped with a message; a missing method is a one-line error.
     assert main(["tune", "--method", "zero-shot", "--scenario", "class_incremental", "--profile", "smoke"]) == 0
     assert "skipped zero-shot" in capsys.readouterr().out
