@@ -39,13 +39,13 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from mmcl import kernels, records, tracking
+from mmcl import forgetting, kernels, records, tracking
 from mmcl.config import Config, ConfigError, config_to_yaml, parse_yaml, profile_defaults
 from mmcl.data.benchmarks import load_benchmark, require_data
 from mmcl.data.dataset import MultiModalDataset, concatenate
 from mmcl.data.scenarios import Stream, build_stream
 from mmcl.methods.base import Method, RunContext, Task, method_class
-from mmcl.metrics import summarize
+from mmcl.metrics import forgetting_decomposition_summary, summarize
 from mmcl.models import prefix_cache
 from mmcl.models.backbone import build_encoder
 
@@ -252,6 +252,103 @@ def evaluate_stream(method: Method, tasks: list[Task], after: int, modes: list[s
             row["count"].append(count)
         results[mode] = row
     return results
+
+
+class _Untouched:
+    """``with _Untouched(method, device):`` the block leaves no trace on the run: every module's
+    train/eval flag and the global random generators (python, numpy, torch, CUDA) are put back as
+    they were, and gradients are off inside it."""
+
+    def __init__(self, method: Method, device: torch.device):
+        self.method, self.device = method, device
+
+    def __enter__(self):
+        self.modes = [(module, module.training) for module in self.method.modules()]
+        self.random = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                       torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None)
+        self.grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_grad_enabled(self.grad)
+        python, numpy_state, torch_state, cuda_states = self.random
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        for module, training in self.modes:
+            module.training = training
+
+
+def forgetting_decomposition(method: Method, tasks: list[Task], after: int, modes: list[str],
+                             results: dict[str, dict[str, list]], config: Config,
+                             device: torch.device) -> dict[str, dict | None]:
+    """After training task ``after``: the nearest-class-mean probe (:mod:`mmcl.forgetting`) on the
+    method's current representation, beside its own classifier, per evaluation mode.
+
+    The class means come from the training data of tasks ``0..after`` (every seen class; at most
+    ``runtime.forgetting_decomposition_per_class`` samples of each class per task, the first ones); each
+    seen task's evaluation data is scored over the seen classes, as :func:`evaluate_stream` scores
+    it. The own classifier's numbers are ``results`` (the row :func:`evaluate_stream` just
+    computed), not computed again. Per mode: ``ncm_accuracy``, ``ncm_correct``, ``count`` (tasks
+    ``0..after``), and ``own_old`` / ``ncm_old``, the sample-weighted accuracy on the tasks before
+    ``after`` (None after the first task); None for a mode where the method has no representation
+    (:meth:`~mmcl.methods.base.Method.representation`).
+
+    Neutral: no gradient, every module's train/eval flag and the global random generators are put
+    back (:class:`_Untouched`), no data order changes (unshuffled batches; training draws its order
+    from its own generator), and the frozen prefix cache may build a table earlier, but with the same
+    rows whoever builds it first; so every other number of the run stays the same bytes (on CPU,
+    tested for every method: ``tests/test_forgetting_decomposition.py``).
+    """
+    seen_tasks = tasks[: after + 1]
+    classes = sorted({c for task in seen_tasks for c in task.classes})
+    decomposition: dict[str, dict | None] = {}
+    with _Untouched(method, device), autocast_for(config, device):
+        method.eval()
+        for mode in modes:
+            if mode != modes[0] and not method.uses_modality_id:
+                decomposition[mode] = decomposition[modes[0]]  # as evaluate_stream: the same numbers
+                continue
+            known = mode != "modality_agnostic"
+            decomposition[mode] = _ncm_of_mode(method, seen_tasks, classes, known, config, device)
+            if decomposition[mode] is None:
+                continue
+            own_correct, counts = results[mode]["correct"][:after], results[mode]["count"][:after]
+            ncm_correct = decomposition[mode]["ncm_correct"][:after]
+            decomposition[mode]["own_old"] = 100.0 * sum(own_correct) / sum(counts) if after else None
+            decomposition[mode]["ncm_old"] = 100.0 * sum(ncm_correct) / sum(counts) if after else None
+    return decomposition
+
+
+def _ncm_of_mode(method: Method, seen_tasks: list[Task], classes: list[int], modality_known: bool,
+                 config: Config, device: torch.device) -> dict | None:
+    """NCM correct counts and accuracies on ``seen_tasks``' evaluation data (see :func:`forgetting_decomposition`)."""
+    means = forgetting.ClassMeans()
+    for task in seen_tasks:
+        picks = forgetting.first_per_class(task.train.labels, config.runtime.forgetting_decomposition_per_class)
+        size = eval_batch_size(config, method, device, task.train)
+        for start in range(0, len(picks), size):
+            batch = task.train.batch(picks[start:start + size]).to(device, pin_memory=pins_memory(config, device))
+            features = method.representation(batch, modality_known=modality_known)
+            if features is None:
+                return None
+            means.add(features, batch.labels)
+    class_means = means.means(classes)
+    row = {"ncm_accuracy": [], "ncm_correct": [], "count": []}
+    for task in seen_tasks:
+        data = task.val if config.train.eval_split == "val" else task.test
+        correct = 0
+        for batch in data.batches(eval_batch_size(config, method, device, data)):
+            batch = batch.to(device, pin_memory=pins_memory(config, device))
+            correct += forgetting.ncm_correct(method.representation(batch, modality_known=modality_known),
+                                              batch.labels, class_means, classes)
+        row["ncm_accuracy"].append(100.0 * correct / len(data))
+        row["ncm_correct"].append(correct)
+        row["count"].append(len(data))
+    return row
 
 
 def training_data(method: Method, tasks: list[Task], index: int) -> list[MultiModalDataset]:
@@ -605,6 +702,11 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         for mode in modes:
             row.setdefault("average_accuracy", {})[mode] = float(np.mean(results[mode]["accuracy"][: index + 1]))
         row["memory"] = records.memory_usage(device)
+        if config.runtime.forgetting_decomposition:  # a diagnostic (after the memory record): changes no number
+            probed = time.perf_counter()
+            row["forgetting_decomposition"] = forgetting_decomposition(method_obj, tasks, index, modes, results,
+                                                                       config, device)
+            row["forgetting_decomposition_seconds"] = time.perf_counter() - probed
         save_checkpoint(run_dir, index, {"method_state": method_obj.checkpoint_state(), "rows": rows},
                         config.runtime.keep_checkpoints)
         records.write_jsonl(run_dir / "tasks.jsonl", rows, fault=("tasks-write", index))
@@ -613,11 +715,15 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         log.info("%s task %d: average accuracy %.2f", run_dir, index, row["average_accuracy"][modes[0]])
 
     metrics = finalize(rows, zero_shot, modes, scenario, tasks)
+    metrics["forgetting_decomposition"] = forgetting_decomposition_record(
+        rows, modes, config.runtime.forgetting_decomposition, config.runtime.forgetting_decomposition_per_class)
     metrics["run"] = {**run_record, "hparams": method_obj.hparams_dict(), **records.code_version()}
     metrics.update(method_obj.run_record())
     metrics["timing"] = {"run_seconds_this_session": time.perf_counter() - started,
                          "train_seconds": sum(r.get("train_seconds", 0.0) for r in rows),
-                         "eval_seconds": sum(r["eval_seconds"] for r in rows)}
+                         "eval_seconds": sum(r["eval_seconds"] for r in rows),
+                         "forgetting_decomposition_seconds": sum(r.get("forgetting_decomposition_seconds", 0.0)
+                                                                 for r in rows)}
     metrics["memory"] = records.memory_summary(rows)
     records.atomic_write_json(run_dir / "metrics.json", metrics, fault=("metrics-write", None))
     tracker.log_metrics(metrics)
@@ -636,6 +742,28 @@ def finalize(rows: list[dict], zero_shot: dict, modes: list[str], scenario: str,
         summaries[mode]["zero_shot_accuracy"] = float(np.mean(zero_shot[mode]))
     return {"modes": summaries, "accuracy_matrix": matrices, "zero_shot": zero_shot,
             "task_names": [t.name for t in tasks]}
+
+
+def forgetting_decomposition_record(rows: list[dict], modes: list[str], enabled: bool,
+                                    per_class: int | None = None) -> dict:
+    """``metrics.json``'s ``forgetting_decomposition``: whether it was on (``runtime.forgetting_decomposition``),
+    the training samples per class its class means read (``per_class``, None: all) and, per mode,
+    :func:`mmcl.metrics.forgetting_decomposition_summary` of the rows' probes; ``modes`` is None with a
+    ``note`` when some task lacks the probe (a run resumed with it switched on), and a mode is None
+    where the method has no representation."""
+    if not enabled:
+        return {"enabled": False}
+    record: dict = {"enabled": True, "per_class": per_class}
+    missing = [r["task"] for r in rows if "forgetting_decomposition" not in r]
+    if missing:
+        return record | {"modes": None, "note": f"tasks {missing} were run without the probe"}
+    record["modes"] = {}
+    for mode in modes:
+        probes = [r["forgetting_decomposition"].get(mode) for r in rows]
+        record["modes"][mode] = None if any(p is None for p in probes) else forgetting_decomposition_summary(
+            [r["evaluation"][mode]["accuracy"] for r in rows], [p["ncm_accuracy"] for p in probes],
+            [p["own_old"] for p in probes], [p["ncm_old"] for p in probes])
+    return record
 
 
 def save_checkpoint(run_dir: Path, index: int, state: dict, keep: str) -> None:

@@ -17,6 +17,16 @@ Modality streams (``m(j)`` the modality of task j):
 - BWT when a modality returns at task i ``mean_{j<i, m(j)=m(i)} (A[i, j] - A[i-1, j])``: what
   training the modality's new task did to its earlier tasks; ``recurrence_bwt`` is the mean over
   every return (``None`` in a stream where no modality returns)
+
+Forgetting decomposition (:func:`forgetting_decomposition_summary`; ``N[i, j]`` the accuracy of a
+nearest-class-mean probe on the method's representation after task i, :mod:`mmcl.forgetting`):
+
+- old-class accuracy after task i, own classifier vs probe: sample-weighted over tasks ``j < i``
+- own drop        ``mean_{j<T-1} (A[j, j] - A[T-1, j])`` (= -BWT): what the method lost on old tasks
+- NCM drop        ``mean_{j<T-1} (N[j, j] - N[T-1, j])``: what its representation lost (representation
+  forgetting); own drop minus NCM drop is what the classifier lost on top
+- classifier gap  final NCM old-class accuracy minus final own old-class accuracy: how much better the
+  old classes read from the current representation than from the method's own classifier
 """
 from __future__ import annotations
 
@@ -131,3 +141,33 @@ def summarize(matrix, zero_shot: Sequence[float], final_correct: Sequence[int], 
         summary["recurrence_bwt"] = float(np.mean(list(returns.values()))) if returns else None
         summary["recurrence_bwt_by_task"] = {str(i): v for i, v in returns.items()}
     return summary
+
+
+def forgetting_decomposition_summary(own_rows: Sequence[Sequence[float]], ncm_rows: Sequence[Sequence[float]],
+                                     own_old: Sequence[float | None], ncm_old: Sequence[float | None]) -> dict:
+    """The forgetting decomposition of one evaluation mode of a run, as a JSON-ready dict.
+
+    ``own_rows[i]`` is row i of the accuracy matrix (at least tasks ``0..i``), ``ncm_rows[i]`` the
+    probe's accuracies on tasks ``0..i`` after task i; ``own_old[i]`` / ``ncm_old[i]`` the
+    sample-weighted old-class accuracies after task i (None after the first). Returns the per-task-end
+    lists ``own_old``, ``ncm_old``, the probe's lower-triangular ``ncm_matrix``, and the final
+    ``final_own_old``, ``final_ncm_old``, ``classifier_gap``, ``own_drop``, ``ncm_drop`` (None
+    with one task).
+    """
+    t = len(ncm_rows)
+    if len(own_rows) != t or len(own_old) != t or len(ncm_old) != t:
+        raise ValueError("own rows, probe rows and old-class accuracies must cover the same task ends")
+    if any(len(ncm_rows[i]) != i + 1 or len(own_rows[i]) < i + 1 for i in range(t)):
+        raise ValueError("row i must hold tasks 0..i")
+    summary = {"own_old": [None if v is None else float(v) for v in own_old],
+               "ncm_old": [None if v is None else float(v) for v in ncm_old],
+               "ncm_matrix": [[float(v) for v in row] for row in ncm_rows]}
+    if t < 2:
+        return summary | {"final_own_old": None, "final_ncm_old": None, "classifier_gap": None,
+                          "own_drop": None, "ncm_drop": None}
+    final_own, final_ncm = float(own_old[-1]), float(ncm_old[-1])
+    return summary | {
+        "final_own_old": final_own, "final_ncm_old": final_ncm, "classifier_gap": final_ncm - final_own,
+        "own_drop": float(np.mean([own_rows[j][j] - own_rows[t - 1][j] for j in range(t - 1)])),
+        "ncm_drop": float(np.mean([ncm_rows[j][j] - ncm_rows[t - 1][j] for j in range(t - 1)])),
+    }

@@ -299,6 +299,68 @@ def plot_forgetting(runs: pd.DataFrame, scenario: str) -> plt.Figure:
     return figure
 
 
+def plot_forgetting_decomposition(runs: pd.DataFrame, scenario: str) -> plt.Figure:
+    """Why methods forget: per method, old-class accuracy after the last task read by its own
+    classifier (solid bar) and by a nearest-class-mean probe on its representation (hatched bar of
+    the same colour); mean over seeds, error bar ±1 std. The reproduced papers' methods stand apart
+    at the right, on a shaded band. One panel per (benchmark, evaluation mode) of ``scenario``,
+    stacked. A probe bar far above its own bar: the representation still holds the old classes
+    and the classifier lost them; both low: the representation forgot.
+
+    Runs without the diagnostic are left out (silently: the table, :func:`mmcl.results.
+    forgetting_decomposition_table`, says so in one line); ValueError when no run of ``scenario`` has it."""
+    selected = results.decomposition_runs(runs[runs["scenario"] == scenario], warn=False)
+    if selected.empty:
+        raise ValueError(f"no run of scenario {scenario!r} holds the forgetting decomposition")
+    panels = _panels(selected)
+    labels = results.sort_methods(selected["label"])
+    others = [label for label in labels if not results.is_paper_method(results.split_label(label)[0])]
+    papers = [label for label in labels if label not in others]
+    positions = {label: float(k) for k, label in enumerate(others)}
+    positions |= {label: len(others) + 0.6 + k for k, label in enumerate(papers)}  # a gap before the papers
+    show_mode = selected["mode"].nunique() > 1
+    width = 0.38
+    with paper_style():
+        figure, axes = plt.subplots(len(panels), 1, figsize=(min(TEXT_WIDTH, 1.2 + 0.36 * len(labels)),
+                                                             0.9 + 1.7 * len(panels)),
+                                    squeeze=False, sharex=True, layout="constrained")
+        axes = list(axes[:, 0])
+        for axis, (benchmark, mode) in zip(axes, panels):
+            data = selected[(selected["benchmark"] == benchmark) & (selected["mode"] == mode)]
+            if papers:
+                axis.axvspan(len(others) + 0.6 - 0.5, len(others) + 0.6 + len(papers) - 0.5, color="#f2f2f2",
+                             zorder=0, linewidth=0)
+            for label in labels:
+                values = data[data["label"] == label]
+                if values.empty:  # not run here, or no representation in this mode (MoE adapters, agnostic)
+                    if label in set(selected["label"]):
+                        axis.text(positions[label], 2, "n/a", ha="center", va="bottom", fontsize=6, color="#777777")
+                    continue
+                color = method_color(label)
+                for offset, column, hatch, face in ((-width / 2, "own_old_accuracy", "", color),
+                                                    (width / 2, "ncm_old_accuracy", "////", "white")):
+                    numbers = values[column].astype(float)
+                    axis.bar(positions[label] + offset, numbers.mean(), width=width, color=face, edgecolor=color,
+                             linewidth=0.8, hatch=hatch, zorder=2)
+                    if len(numbers) > 1:
+                        axis.errorbar(positions[label] + offset, numbers.mean(), yerr=numbers.std(ddof=1), fmt="none",
+                                      ecolor="#333333", elinewidth=0.7, capsize=1.5, zorder=3)
+            axis.set_ylim(0, 105)
+            axis.set_ylabel("old-class acc. (%)")
+            axis.set_title(_panel_title(benchmark, mode, show_mode), loc="left")
+            if papers:
+                axis.text(len(others) + 0.6 + (len(papers) - 1) / 2, 101, "paper methods", ha="center", va="top",
+                          fontsize=6.5, color="#555555")
+        axes[-1].set_xticks([positions[label] for label in labels], labels, rotation=45, ha="right")
+        axes[-1].set_xlim(-0.6, max(positions.values()) + 0.6)
+        handles = [plt.Rectangle((0, 0), 1, 1, facecolor="#777777", edgecolor="#777777", label="own classifier"),
+                   plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="#777777", hatch="////",
+                                 label="NCM probe on its representation")]
+        figure.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+        figure.suptitle(f"{results.SCENARIO_TITLES.get(scenario, scenario)}: old-class accuracy after the last task")
+    return figure
+
+
 def plot_modality_accuracy(runs: pd.DataFrame, scenario: str = "modality_incremental") -> plt.Figure:
     """Final accuracy on each modality's task per method; one panel per evaluation mode."""
     data = results.modality_accuracy(_scenario_runs(runs, scenario)).rename(columns={"accuracy": "value"})
@@ -401,8 +463,9 @@ def write_figures(runs: pd.DataFrame, directory: str | Path) -> dict[str, list[P
     """Every figure of the paper that ``runs`` can support, as PNG + PDF under ``directory``.
 
     Names: ``accuracy_curves_<scenario>``, ``accuracy_matrix_<scenario>_<benchmark>[_<mode>]``,
-    ``forgetting_<scenario>``, ``modality_accuracy``, ``modality_stream_<benchmark>`` (COMM's runs),
-    ``ablations_<method>``. Returns name -> paths.
+    ``forgetting_<scenario>``, ``forgetting_decomposition_<scenario>`` (runs that hold it),
+    ``modality_accuracy``, ``modality_stream_<benchmark>`` (COMM's runs), ``ablations_<method>``.
+    Returns name -> paths.
     """
     written: dict[str, list[Path]] = {}
 
@@ -416,6 +479,9 @@ def write_figures(runs: pd.DataFrame, directory: str | Path) -> dict[str, list[P
     for scenario in [s for s in results.SCENARIO_TITLES if s in set(base["scenario"])]:
         keep(f"accuracy_curves_{scenario}", plot_accuracy_curves(runs, scenario))
         keep(f"forgetting_{scenario}", plot_forgetting(runs, scenario))
+        scenario_runs = runs[runs["scenario"] == scenario]
+        if pd.to_numeric(scenario_runs["ncm_old_accuracy"], errors="coerce").notna().any():
+            keep(f"forgetting_decomposition_{scenario}", plot_forgetting_decomposition(runs, scenario))
         for benchmark, mode in _panels(base[base["scenario"] == scenario]):
             suffix = "" if mode == "standard" else f"_{mode}"
             keep(f"accuracy_matrix_{scenario}_{benchmark}{suffix}", plot_accuracy_matrices(runs, scenario, benchmark, mode))

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 MAIN_METRICS = ("final_accuracy", "average_incremental_accuracy", "forgetting")
 SUMMARY_METRICS = ("final_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "fwt",
                    "old_accuracy", "new_accuracy", "zero_shot_accuracy")
+# The forgetting decomposition (metrics.json's ``forgetting_decomposition``, mmcl.metrics.
+# forgetting_decomposition_summary): the column -> its key there. Absent (None) in runs recorded
+# without it.
+DECOMPOSITION_METRICS = {"own_old_accuracy": "final_own_old", "ncm_old_accuracy": "final_ncm_old",
+                         "classifier_gap": "classifier_gap", "own_drop": "own_drop", "ncm_drop": "ncm_drop"}
 
 # Short column headers with units; "higher is better" marks follow the usual CL convention.
 METRIC_HEADERS = {
@@ -47,6 +52,11 @@ METRIC_HEADERS = {
     "new_accuracy": "New-class acc. (%)",
     "zero_shot_accuracy": "Zero-shot acc. (%)",
     "delta_final_accuracy": "Δ final acc. (pp)",
+    "own_old_accuracy": "Old acc., own (%)",
+    "ncm_old_accuracy": "Old acc., NCM (%)",
+    "classifier_gap": "NCM − own (pp)",
+    "own_drop": "Own drop (pp)",
+    "ncm_drop": "NCM drop (pp)",
 }
 HIGHER_IS_BETTER = {"final_accuracy": True, "average_incremental_accuracy": True, "forgetting": False,
                     "bwt": True, "fwt": True, "old_accuracy": True, "new_accuracy": True}
@@ -64,8 +74,8 @@ FAMILY_ORDER = ("reference-floor", "classic", "rehearsal", "fine-tuning", "promp
 METHOD_ORDER = ("zero-shot", "finetune", "ewc", "lwf", "replay", "l2p", "moe-adapters", "comm", "joint")
 
 COLUMNS = ["profile", "scenario", "benchmark", "method", "variant", "label", "seed", "mode", "num_tasks",
-           *SUMMARY_METRICS, "accuracy_by_modality", "accuracy_matrix", "zero_shot", "task_names",
-           "modality_order", "train_seconds", "eval_seconds", "run_seconds", "peak_rss_mib", "cuda_peak_mib",
+           *SUMMARY_METRICS, *DECOMPOSITION_METRICS, "accuracy_by_modality", "accuracy_matrix", "zero_shot",
+           "task_names", "modality_order", "train_seconds", "eval_seconds", "run_seconds", "peak_rss_mib", "cuda_peak_mib",
            "identity", "difference", "source_fingerprint", "git_commit", "git_dirty", "backbone_sha256", "data_sha256",
            "run_dir", "role", "note"]
 
@@ -157,8 +167,10 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
     memory = metrics.get("memory") or {}  # absent in runs recorded before memory was
     difference = run.get("difference") or {}
     manifest = read_json_record(run_dir / "manifest.json", "its columns are left empty") or {}
+    decomposition = (metrics.get("forgetting_decomposition") or {}).get("modes") or {}
     rows = []
     for mode, summary in metrics["modes"].items():
+        probe = decomposition.get(mode) or {}
         matrix = metrics["accuracy_matrix"][mode]
         row = {
             "profile": run["profile"], "scenario": run["scenario"], "benchmark": run["benchmark"],
@@ -167,6 +179,7 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
             "mode": mode,
             "num_tasks": len(matrix),
             **{name: summary.get(name) for name in SUMMARY_METRICS},
+            **{name: probe.get(key) for name, key in DECOMPOSITION_METRICS.items()},
             "accuracy_by_modality": summary.get("accuracy_by_modality"),
             "accuracy_matrix": matrix, "zero_shot": metrics.get("zero_shot", {}).get(mode),
             "task_names": metrics.get("task_names"), "modality_order": order.get("modality_order"),
@@ -404,6 +417,46 @@ def main_table(runs: pd.DataFrame, scenario: str, metrics: Sequence[str] = MAIN_
     return _ordered(table, ["benchmark", "mode", "label"]).rename(columns={"label": "method"})
 
 
+def is_paper_method(method: str) -> bool:
+    """Whether ``method`` is a reproduced paper's method (``family == "paper"``: the MoE adapters, COMM)."""
+    from mmcl.methods import REGISTRY
+
+    cls = REGISTRY.get(method)
+    return cls is not None and cls.family == "paper"
+
+
+def decomposition_runs(runs: pd.DataFrame, warn: bool = True) -> pd.DataFrame:
+    """The main-table rows of ``runs`` (defaults and fair comparisons) that hold the forgetting
+    decomposition; with ``warn``, one log line says how many runs were left out for lack of it (recorded
+    before the probe, or with ``runtime.forgetting_decomposition`` off, or a mode without a representation)."""
+    selected = runs[runs["variant"].isna() | is_comparison(runs)]
+    recorded = pd.to_numeric(selected["ncm_old_accuracy"], errors="coerce").notna() if len(selected) else \
+        pd.Series(dtype=bool)
+    if warn and len(selected) and not recorded.all():
+        missing = selected.loc[~recorded, "run_dir"].nunique()
+        log.warning("forgetting decomposition: %d of %d runs hold none (recorded without the probe, or a mode "
+                    "without a representation); left out", missing, selected["run_dir"].nunique())
+    return selected[recorded] if len(selected) else selected
+
+
+def forgetting_decomposition_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Old-class accuracy after the last task, the method's own classifier beside a nearest-class-mean
+    probe on its representation (:mod:`mmcl.forgetting`), per scenario, benchmark, mode and method:
+    mean ± std over seeds of :data:`DECOMPOSITION_METRICS` (``NCM − own``: how much better the old
+    classes read from the representation than from the classifier; the drops: accuracy on old tasks
+    when learned minus at the end, own and probe). Rows of runs without the diagnostic are left out
+    (:func:`decomposition_runs`); empty when none has it."""
+    selected = decomposition_runs(runs)
+    keys = ["scenario", "benchmark", "mode", "label"]
+    if selected.empty:
+        return summarize_over_seeds(selected, keys, list(DECOMPOSITION_METRICS)).rename(columns={"label": "method"})
+    single_profile(selected)
+    table = summarize_over_seeds(selected, keys, list(DECOMPOSITION_METRICS))
+    table["_scenario"] = table["scenario"].map(lambda s: list(SCENARIO_TITLES).index(s) if s in SCENARIO_TITLES else 9)
+    table = _ordered(table, ["_scenario", *keys]).drop(columns="_scenario")
+    return table.rename(columns={"label": "method"})
+
+
 def is_comparison(runs: pd.DataFrame) -> pd.Series:
     """Rows of fair-comparison variants (recorded ``role``; absent in runs recorded before roles were)."""
     if "role" not in runs:
@@ -638,8 +691,8 @@ def appendix_benchmarks(config) -> dict[str, list[str]]:
 
 def write_tables(runs: pd.DataFrame, directory: str | Path,
                  appendix: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, Path]]:
-    """Every table of the paper from ``runs``: ``main_<scenario>`` per scenario present, and
-    ``ablations`` when variants were run. Benchmarks of ``appendix`` (scenario -> names, see
+    """Every table of the paper from ``runs``: ``main_<scenario>`` per scenario present,
+    ``ablations`` when variants were run, and ``forgetting_decomposition`` when runs hold it. Benchmarks of ``appendix`` (scenario -> names, see
     :func:`appendix_benchmarks`) are left out of those and reported in ``appendix_<scenario>``.
     Returns table name -> format -> path."""
     appendix = appendix or {}
@@ -661,4 +714,10 @@ def write_tables(runs: pd.DataFrame, directory: str | Path,
     ablations = ablation_table(main_runs)
     if not ablations.empty:
         written["ablations"] = write_table(ablations, directory, "ablations", "Ablations", group_by="Method")
+    decomposition = forgetting_decomposition_table(main_runs)
+    if not decomposition.empty:
+        written["forgetting_decomposition"] = write_table(
+            decomposition, directory, "forgetting_decomposition",
+            "Why methods forget: old-class accuracy after the last task, own classifier vs a nearest-class-mean "
+            "probe on the method's representation", group_by="Scenario")
     return written

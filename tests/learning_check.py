@@ -60,11 +60,6 @@ NOT_LEARNED_ON_SMOKE: dict[tuple[str, str], str] = {
     ("dualprompt", "modality_incremental"): "DualPrompt's train-time mask: 0.00 of zero-shot's errors fixed",
     ("coda-prompt", "class_incremental"): "CODA-Prompt's train-time mask: 0.20 of zero-shot's errors fixed",
     ("coda-prompt", "modality_incremental"): "CODA-Prompt's train-time mask: 0.00 of zero-shot's errors fixed",
-    # COMM on a class-incremental stream (our reading, docs/methods/comm.md): every pool is revisited
-    # from the second task on, and the teacher self-regularisation holds the new classes' embeddings
-    # to the previous task's pools (self_reg off: A[1][1] 94.4 %, the first task forgotten, 5.6 %).
-    ("comm", "class_incremental"): "teacher self-regularisation on revisited pools: 0.13 of zero-shot's errors "
-                                   "fixed (A[1][1] 27.8 % vs zero-shot 16.7 %), seed 0",
 }
 
 

@@ -197,6 +197,16 @@ def test_continual_classes_come_in_pairs_the_captions_cannot_tell_apart():
     assert len({(c.shape, c.colour) for c in concepts}) == 32
 
 
+def test_version_5_keeps_the_pretraining_concepts_of_version_4():
+    # The backbones' cache key says PRETRAINING_VERSION: the set of continual concepts (and so of
+    # pre-training concepts) must be the one version 4 held out. Version 4's rule, written out:
+    pool = [(s, c) for s in range(8) for c in range(8) if (s + c) % 2 == 0]
+    held_out = {synthetic.Concept(s, c, t).index for s, c in pool
+                for t in (((s + c) // 2) % 2, ((s + c) // 2) % 2 + 2)}
+    assert {c.index for c in synthetic.continual_concepts()} == held_out
+    assert synthetic.PRETRAINING_VERSION == 4 and synthetic.GENERATOR_VERSION == 5
+
+
 def _hue_degrees(rgb: np.ndarray) -> float:
     import colorsys
 
@@ -215,6 +225,17 @@ def _dominant_pitch(style: str, domain: int) -> float:
                                        np.random.default_rng(domain))
     spectrum = np.abs(np.fft.rfft(waves, axis=1)).mean(axis=0)
     return float(np.fft.rfftfreq(waves.shape[1], 1 / 8000)[spectrum.argmax()])
+
+
+def test_depth_maps_keep_the_plateau_height_after_normalisation():
+    from mmcl.data.modalities import depth_to_tensor
+
+    def plateau(colour: int) -> float:
+        concept = synthetic.Concept(shape=1, colour=colour, texture=0)  # a plain square
+        maps = synthetic.render_depth(concept, 8, 32, synthetic.DomainStyle(0, "speaker"), np.random.default_rng(0))
+        return float(depth_to_tensor(maps, 32)[:, 0, 14:18, 14:18].float().mean())
+    levels = [plateau(c) for c in range(8)]
+    assert all(b > a + 5 for a, b in zip(levels, levels[1:]))  # higher for each colour, by > 5 of 255
 
 
 def test_speaker_domains_keep_the_class_cues_and_conflicting_domains_move_them():
@@ -245,7 +266,7 @@ def test_profiles_have_the_stress_benchmark_with_conflicting_domains():
         assert "stress test" in config.benchmarks["multilingual-emotion-stress"].description
 
 
-def test_generator_version_is_part_of_the_cache_keys(tmp_path, small_config, monkeypatch):
+def test_generator_and_pretraining_versions_key_the_caches(tmp_path, small_config, monkeypatch):
     from mmcl.models.backbone import tiny_cache_path
 
     config = small_config.model_copy(update={"data": small_config.data.model_copy(update={"cache_dir": str(tmp_path)})})
@@ -256,6 +277,8 @@ def test_generator_version_is_part_of_the_cache_keys(tmp_path, small_config, mon
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
     load_benchmark(config, "ego-activities")
     assert len(list((tmp_path / "benchmarks").glob("ego-activities-*.pt"))) == 2
+    assert tiny_cache_path(config) == backbone  # pre-training reads nothing the benchmark version changes
+    monkeypatch.setattr(synthetic, "PRETRAINING_VERSION", synthetic.PRETRAINING_VERSION + 1)
     assert tiny_cache_path(config) != backbone
 
 

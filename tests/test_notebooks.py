@@ -82,7 +82,7 @@ def test_runs_tables_and_figures_are_written(reproduced):
     assert (runs / "class_incremental" / "av-events" / "lwf~no-distillation" / "seed0" / "metrics.json").is_file()
     figures = root / "figures"
     for table in ("main_class_incremental", "main_domain_incremental", "main_modality_incremental", "ablations",
-                  "appendix_domain_incremental"):
+                  "appendix_domain_incremental", "forgetting_decomposition"):
         for suffix in (".csv", ".tex", ".md"):
             assert (figures / f"{table}{suffix}").is_file(), table + suffix
     assert "multilingual-emotion-stress" not in (figures / "main_domain_incremental.md").read_text()
@@ -91,7 +91,8 @@ def test_runs_tables_and_figures_are_written(reproduced):
     assert claims_csv.startswith("paper,claim,") and "moe-adapters" in claims_csv and "comm" in claims_csv
     assert (figures / "claims.md").read_text().startswith("# Claims of the papers, measured")
     for figure in ("accuracy_curves_class_incremental", "forgetting_modality_incremental", "modality_accuracy",
-                   "accuracy_matrix_domain_incremental_multilingual-emotion", "ablations_lwf"):
+                   "accuracy_matrix_domain_incremental_multilingual-emotion", "ablations_lwf",
+                   "forgetting_decomposition_class_incremental", "forgetting_decomposition_modality_incremental"):
         for suffix in (".png", ".pdf"):
             assert (figures / f"{figure}{suffix}").is_file(), figure + suffix
 

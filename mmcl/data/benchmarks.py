@@ -54,6 +54,13 @@ class Benchmark:
     def domain_names(self) -> list[str]:
         return self.train.domain_names
 
+    def class_groups(self) -> list[list[int]]:
+        """Classes a class-incremental stream keeps in one task: the embedded benchmark's twins
+        (:func:`mmcl.data.synthetic.twin_groups`); every class alone for prepared datasets."""
+        if self.spec.source == "synthetic":
+            return synthetic.twin_groups(self.class_names)
+        return [[c] for c in range(len(self.class_names))]
+
 
 def dataset_digest(*parts) -> str:
     """sha256 (hex) of datasets (and plain JSON-able values), in order; None parts count as such."""
@@ -225,11 +232,10 @@ def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = F
 
 def _generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool,
                         label: str) -> tuple[MultiModalDataset, MultiModalDataset]:
-    concepts = synthetic.continual_concepts()
-    if spec.num_classes > len(concepts):
-        raise ConfigError(f"benchmarks.{label}.num_classes: the embedded benchmark has at most "
-                          f"{len(concepts)} continual-learning classes")
-    concepts = concepts[: spec.num_classes]
+    try:
+        concepts = synthetic.benchmark_concepts(spec.num_classes, spec.num_tasks)
+    except ValueError as error:
+        raise ConfigError(f"benchmarks.{label}.num_classes: {error}") from None
     data = config.data
     splits = []
     jobs = [(split, d) for split in (0, 1) for d in range(len(spec.domains))]

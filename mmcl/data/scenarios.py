@@ -1,10 +1,13 @@
 """Scenarios: how a benchmark becomes a stream of tasks.
 
 - ``class_incremental``: the classes, in a seed-drawn order, split into ``num_tasks`` equal
-  groups; every task has all of the benchmark's modalities.
+  groups; every task has all of the benchmark's modalities. Classes the benchmark groups (the
+  embedded benchmark's twins, :meth:`Benchmark.class_groups`) stay in one task
+  (:func:`grouped_class_order`), so no later class differs from an earlier one by a single cue.
 - ``domain_incremental``: all classes in every task; task t is domain t, in the benchmark's order.
 - ``modality_incremental`` (COMM): one modality per task, in a seed-drawn order; the classes, in a
-  seed-drawn order, split equally; a task's samples carry only its modality. When the data says
+  seed-drawn order (twins in one task, as above), split equally; a task's samples carry only its
+  modality. When the data says
   which modality each class exists in (real streams: one dataset per modality), task m takes
   exactly the classes of modality m. A benchmark's ``modality_tasks`` gives a modality more than
   one task: the modality recurs (never twice in a row), each time with a new class group (real
@@ -50,6 +53,30 @@ def class_order(num_classes: int, seed: int) -> list[int]:
     return np.random.default_rng([seed, 7]).permutation(num_classes).tolist()
 
 
+def grouped_class_order(groups: list[list[int]], num_tasks: int, seed: int, what: str = "classes") -> list[int]:
+    """The seed's class order for ``num_tasks`` equal tasks that keeps every group in one task.
+
+    The groups, in a seed-drawn order, go largest first to the task with the most room left (the
+    first such task on a tie); then the tasks, and the classes within each, are put in a seed-drawn
+    order. Every class is in exactly one group."""
+    classes = sorted(c for group in groups for c in group)
+    if classes != list(range(len(classes))):
+        raise ValueError(f"{what}: the groups {groups} do not cover classes 0..{len(classes) - 1} once each")
+    if len(classes) % num_tasks:
+        raise ConfigError(f"{what}: {len(classes)} classes do not split evenly into {num_tasks} tasks")
+    size = len(classes) // num_tasks
+    rng = np.random.default_rng([seed, 7])
+    drawn = sorted((groups[i] for i in rng.permutation(len(groups))), key=len, reverse=True)
+    tasks: list[list[int]] = [[] for _ in range(num_tasks)]
+    for group in drawn:
+        task = max(range(num_tasks), key=lambda t: (size - len(tasks[t]), -t))
+        if size - len(tasks[task]) < len(group):
+            raise ConfigError(f"{what}: cannot keep groups of sizes {sorted(map(len, groups), reverse=True)} "
+                              f"in one task each with {num_tasks} tasks of {size} classes")
+        tasks[task] += group
+    return [tasks[t][i] for t in rng.permutation(num_tasks) for i in rng.permutation(size)]
+
+
 def modality_order(modalities: list[str], seed: int) -> list[str]:
     picks = np.random.default_rng([seed, 11]).permutation(len(modalities))
     return [modalities[i] for i in picks]
@@ -83,7 +110,12 @@ def build_stream(scenario: str, benchmark: Benchmark, seed: int) -> Stream:
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; known: {list(SCENARIOS)}")
     spec = benchmark.spec
-    order = class_order(len(benchmark.class_names), seed)
+    if scenario == "domain_incremental" or benchmark.class_modalities is not None:
+        order = class_order(len(benchmark.class_names), seed)  # every task has every class, or the data splits them
+    else:  # the classes split into equal tasks: twins stay in one
+        num_tasks = spec.num_tasks if scenario == "class_incremental" else \
+            sum(spec.modality_tasks.get(m, 1) for m in spec.modalities)
+        order = grouped_class_order(benchmark.class_groups(), num_tasks, seed, f"benchmarks.{benchmark.name}.num_tasks")
     mapping = torch.empty(len(order), dtype=torch.long)
     mapping[torch.tensor(order)] = torch.arange(len(order))
     names = [benchmark.class_names[i] for i in order]

@@ -11,12 +11,21 @@ A *concept* is a (shape, colour, texture) triple. Its meaning is shared by every
 - text: a caption/transcript naming a random subset of the attributes, in the domain's language.
 
 Of the 256 concepts, 64 are reserved for continual learning: 32 (colour, shape) pairs, each with
-two textures, pair-mates adjacent in the class order. The other 192 are the *pre-training
-concepts* on which the tiny CLIP of the ``tiny``/``smoke`` profiles is trained. Pre-training
-captions name colours and shapes, or a texture alone, never a texture with a colour or a shape,
-so a continual class name ("red striped circle") is a combination no caption names, and what
-tells a class from its pair-mate was never captioned with either: zero-shot transfer finds the
-(colour, shape) pair far more easily than the class.
+two textures (the two *pair-mates*). The other 192 are the *pre-training concepts* on which the
+tiny CLIP of the ``tiny``/``smoke`` profiles is trained. Pre-training captions name colours and
+shapes, or a texture alone, never a texture with a colour or a shape, so a continual class name
+("red striped circle") is a combination no caption names, and what tells a class from its
+pair-mate was never captioned with either: zero-shot transfer finds the (colour, shape) pair far
+more easily than the class.
+
+Twins (version 5). Two classes that share every defining cue but one are *twins*; a twin learnt
+in a later task, from a cue never contrasted with the earlier class, absorbs it. The first 16
+pairs (:func:`continual_pairs`) are chosen so that the only twins among their 32 classes are
+pair-mates (shape = colour or colour + 2, modulo 8, with the two pairs of a colour, and the two
+of a shape, on different texture sets), and :func:`benchmark_concepts` gives a benchmark of up to
+32 classes from them; a class-incremental stream keeps each group of twins in one task
+(:func:`twin_groups`, ``mmcl.data.scenarios``). When a task's size is odd, each task gets one
+class whose pair-mate is not in the benchmark.
 
 :class:`Difficulty` sets the intra-class variation and nuisance (``data.generator`` in a profile):
 per-sample jitter of the defining cues (neighbouring classes' cue distributions overlap), sensor
@@ -37,7 +46,13 @@ import numpy as np
 
 # 4: generated on one BLAS thread (generate_synthetic): version 3's modality streams depended on the
 # machine's BLAS thread count (a numpy product summed in another order); other benchmarks unchanged.
-GENERATOR_VERSION = 4
+# 5: a benchmark's classes come from twin-free pairs first (benchmark_concepts), and class-incremental
+# streams keep twins in one task; a back wall in depth maps (DEPTH_WALL_HEIGHT). Pre-training images
+# are RGB: unchanged.
+GENERATOR_VERSION = 5
+# What the tiny backbone's pre-training reads (its concepts, images and captions): unchanged by
+# version 5, whose change is which continual concepts a benchmark takes, so the backbones stay.
+PRETRAINING_VERSION = 4
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "crescent")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink")
@@ -70,6 +85,9 @@ SPEAKER_PATCH = np.array(
 SPEAKER_GAIN = (1.0, 0.85, 1.1, 0.75, 0.95)
 SPEAKER_FORMANT_HZ = (0.0, 700.0, 1100.0, 1600.0, 2300.0)
 SPEAKER_REVERB_S = (0.0, 0.04, 0.08, 0.02, 0.12)
+# Depth maps (version 5): a back wall at this height fills the top rows, so that the per-map min-max
+# normalisation (mmcl.data.modalities.depth_to_tensor) keeps the object's plateau height (its colour cue).
+DEPTH_WALL_HEIGHT = 1.6
 
 VOCABULARY = {
     "en": {
@@ -177,15 +195,22 @@ class Concept:
 
 
 def continual_pairs() -> list[tuple[int, int]]:
-    """The 32 (shape, colour) pairs of the continual classes, in a fixed, attribute-diverse order."""
+    """The 32 (shape, colour) pairs of the continual classes (shape + colour even), each half in a
+    fixed, attribute-diverse order: first the 16 *twin-free* pairs (shape = colour or colour + 2,
+    modulo 8), among whose classes only pair-mates share all cues but one, then the other 16."""
     pool = [(shape, colour) for shape in range(8) for colour in range(8) if (shape + colour) % 2 == 0]
-    order = np.random.default_rng(20250311).permutation(len(pool))
-    return [pool[i] for i in order]
+    twin_free = [(shape, colour) for shape, colour in pool if (shape - colour) % 8 in (0, 2)]
+    rest = [pair for pair in pool if pair not in twin_free]
+    rng = np.random.default_rng(20250311)
+    return [twin_free[i] for i in rng.permutation(len(twin_free))] + [rest[i] for i in rng.permutation(len(rest))]
+
+
+TWIN_FREE_PAIRS = 16
 
 
 def continual_concepts() -> list[Concept]:
     """The 64 continual-learning concepts: each pair of :func:`continual_pairs` with two textures
-    (plain/checkered or striped/dotted), the two pair-mates adjacent in the class order."""
+    (plain/checkered or striped/dotted, by the parity of (shape + colour) / 2), pair-mates adjacent."""
     flips = np.random.default_rng(20250312).integers(0, 2, size=32)
     concepts = []
     for (shape, colour), flip in zip(continual_pairs(), flips):
@@ -193,6 +218,62 @@ def continual_concepts() -> list[Concept]:
         textures = (first, first + 2) if not flip else (first + 2, first)
         concepts += [Concept(shape, colour, t) for t in textures]
     return concepts
+
+
+def benchmark_concepts(num_classes: int, num_tasks: int = 1) -> list[Concept]:
+    """The classes of a benchmark of ``num_classes`` classes in ``num_tasks`` equal tasks.
+
+    Whole pairs of :func:`continual_concepts`, in order; when the tasks' size is odd (more than one
+    task), each task also gets one class without its pair-mate: the first mate of the ``num_tasks``
+    pairs after the whole ones. Up to 32 classes (16 pairs) no two classes but pair-mates are twins.
+    """
+    concepts = continual_concepts()
+    odd_tasks = num_tasks > 1 and num_classes % num_tasks == 0 and (num_classes // num_tasks) % 2 == 1
+    if not odd_tasks:
+        if num_classes > len(concepts):
+            raise ValueError(f"the embedded benchmark has at most {len(concepts)} continual-learning classes")
+        return concepts[:num_classes]
+    whole = (num_classes - num_tasks) // 2
+    if whole + num_tasks > len(concepts) // 2:
+        raise ValueError(f"the embedded benchmark cannot give {num_classes} classes in {num_tasks} tasks of "
+                         f"{num_classes // num_tasks} (at most {len(concepts) // 2} pairs)")
+    return concepts[:2 * whole] + [concepts[2 * (whole + k)] for k in range(num_tasks)]
+
+
+def concept_of_name(name: str) -> Concept:
+    """The concept of an English class name ("red striped circle")."""
+    try:
+        colour, texture, shape = name.split(" ")
+        return Concept(SHAPES.index(shape), COLOURS.index(colour), TEXTURES.index(texture))
+    except ValueError:
+        raise ValueError(f"{name!r} is not a class name of the embedded benchmark") from None
+
+
+def are_twins(a: Concept, b: Concept) -> bool:
+    """True when two concepts share every defining cue (shape, colour, texture) but one."""
+    return (a.shape != b.shape) + (a.colour != b.colour) + (a.texture != b.texture) == 1
+
+
+def twin_groups(class_names: list[str]) -> list[list[int]]:
+    """The classes (indices into ``class_names``) linked by chains of twins, each group in class
+    order, the groups ordered by their first class: what a class-incremental stream keeps in one task."""
+    concepts = [concept_of_name(name) for name in class_names]
+    parent = list(range(len(concepts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(concepts)):
+        for j in range(i + 1, len(concepts)):
+            if are_twins(concepts[i], concepts[j]):
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(concepts)):
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values(), key=lambda group: group[0])
 
 
 def pretraining_concepts() -> list[Concept]:
@@ -396,6 +477,7 @@ def _render(scene: _Scene, size: int, rng: np.random.Generator, shift: np.ndarra
     if as_height:
         image = np.where(mask > 0, 0.1 + scene.level[:, None, None] + 0.18 * pattern, image)
         image = np.where(occluded, 0.1 + 0.5 * scene.occluder["colour"][:, :1, None], image)
+        image = np.where((y > 0.8)[None], np.float32(DEPTH_WALL_HEIGHT), image)  # the back wall
         tilt = rng.uniform(-0.08, 0.08, size=(n, 2)).astype(np.float32)
         image = image + tilt[:, 0, None, None] * x + tilt[:, 1, None, None] * y
         return image + rng.normal(0, 1, size=image.shape).astype(np.float32) * 0.5 * scene.noise[:, None, None]

@@ -80,6 +80,9 @@ class APER(TextAnchoredMethod):
             self.bank.add(self.prototype_features(batch), batch.labels)
         self.train(was_training)
 
+    def representation(self, batch, modality_known=True):
+        return self.prototype_features(batch) if self.hparams.prototypes else self.features(batch)
+
     def predict(self, batch, label_space, modality_known=True):
         if not self.hparams.prototypes:
             return self.logits(batch, label_space)

@@ -300,6 +300,14 @@ class Method(nn.Module):
         """Logits ``[B, len(label_space)]`` for the run labels in ``label_space``."""
         raise NotImplementedError
 
+    def representation(self, batch: Batch, modality_known: bool = True) -> torch.Tensor | None:
+        """The features ``[B, D]`` the method's classifier reads (its head, prototypes or readout),
+        computed as :meth:`predict` computes them; None where the method has no single such feature
+        (the engine's forgetting decomposition then skips it). A diagnostic only: the engine fits a
+        nearest-class-mean classifier on it (:func:`mmcl.engine.forgetting_decomposition`), never
+        a prediction of the method's. Default: None."""
+        return None
+
     def optimizer_parameter_groups(self) -> list[dict]:
         """Parameter groups for the engine's optimizer (default: every trainable parameter)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
@@ -443,6 +451,10 @@ class TextAnchoredMethod(Method):
 
     def predict(self, batch: Batch, label_space: torch.Tensor, modality_known: bool = True) -> torch.Tensor:
         return self.logits(batch, label_space)
+
+    def representation(self, batch: Batch, modality_known: bool = True) -> torch.Tensor | None:
+        """The fused features the cosine head reads (a subclass that predicts from other features overrides it)."""
+        return self.features(batch)
 
     def classification_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-entropy over the seen classes; returns (loss, logits, label space)."""

@@ -153,5 +153,8 @@ class CODAPrompt(Method):
     def predict(self, batch, label_space, modality_known=True):
         return self.head(self.embed(batch), label_space)
 
+    def representation(self, batch, modality_known=True):
+        return self.embed(batch)
+
     def optimizer_parameter_groups(self):
         return prompt_parameter_groups(self, self.context.config.train.lr * self.hparams.prompt_lr_scale)

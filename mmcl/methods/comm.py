@@ -625,6 +625,11 @@ class COMM(Method):
         embeddings, _, _ = self.embed_batch(batch, known=modality_known)
         return self.classify(self.combine(embeddings), label_space)
 
+    def representation(self, batch, modality_known=True):
+        """The prompted embeddings before the re-alignment layer (which, with the head, is the classifier)."""
+        embeddings, _, _ = self.embed_batch(batch, known=modality_known)
+        return self.combine(embeddings)
+
     def optimizer_parameter_groups(self):
         lr = self.context.config.train.lr
         return prompt_parameter_groups(self, lr * self.hparams.prompt_lr_scale,

@@ -98,5 +98,8 @@ class L2P(Method):
     def predict(self, batch, label_space, modality_known=True):
         return self.head(self.embed(batch)[0], label_space)
 
+    def representation(self, batch, modality_known=True):
+        return self.embed(batch)[0]
+
     def optimizer_parameter_groups(self):
         return prompt_parameter_groups(self, self.context.config.train.lr * self.hparams.prompt_lr_scale)

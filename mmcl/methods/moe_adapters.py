@@ -235,6 +235,12 @@ class MoEAdapters(Method):
             best_confidence = torch.where(better, confidence, best_confidence)
         return best_logits
 
+    def representation(self, batch: Batch, modality_known: bool = True) -> torch.Tensor | None:
+        """The fused adapted features; None modality-agnostic, where the head itself picks the adapter set."""
+        if not modality_known and self.agnostic_adapter_sets(batch):
+            return None
+        return fuse_embeddings(self.adapters.encode(self.encoder, batch.inputs).embeddings, self.hparams.fusion)
+
     def agnostic_adapter_sets(self, batch: Batch) -> list[str]:
         """The adapter sets a single-modality batch may be read with when its modality is not known:
         those of the modalities trained so far (tasks whose classes are all seen) in the same tower,

@@ -76,6 +76,9 @@ class RanPAC(TextAnchoredMethod):
         self.readout.copy_(ridge_solution(self.gram, self.class_sums, ridge).float())
         self.fitted.fill_(True)
 
+    def representation(self, batch, modality_known=True):
+        return self.projected(batch) if bool(self.fitted) else self.features(batch)
+
     def predict(self, batch, label_space, modality_known=True):
         if not bool(self.fitted):
             return self.logits(batch, label_space)

@@ -518,7 +518,7 @@ def tiny_cache_path(config: Config) -> Path:
         "pretrain": config.model.pretrain.model_dump(exclude={"seed", "per_run_seed"}),  # the seed below says it
         "image_size": config.data.image_size,
         "benchmark_seed": pretraining_seed(config),
-        "generator": synthetic.GENERATOR_VERSION,
+        "generator": synthetic.PRETRAINING_VERSION,  # what pre-training reads
         # 2: pre-trained on one thread, so the weights do not depend on runtime.num_threads;
         # 3: with the CPU kernels pinned (mmcl.kernels), so they do not depend on the machine either.
         "recipe": 3,
