@@ -42,11 +42,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmcl.config import Config
 from mmcl.data import modalities as pipeline
 from mmcl.data.processed import FORMAT_VERSION
+from mmcl.progress import bar as progress_bar
 from mmcl.records import RefusedFile, atomic_torch_save, atomic_write_json, load_tensors, writing
 
 log = logging.getLogger("data_prep")
@@ -398,7 +398,8 @@ def run_preparation(adapter: DatasetAdapter, raw_dir: Path, out_dir: Path, confi
     by_split = {split: [i for i in plan.items if i.split == split] for split in SPLITS}
     resumed, failures, assembled, failed_shards = 0, [], {}, []
     total_shards = sum(-(-len(v) // shard_size) for v in by_split.values())
-    bar = tqdm(total=total_shards, desc=f"preparing {adapter.name}", disable=not progress, unit="shard")
+    # A bar in a terminal or a live notebook; none in a log or an executed notebook (mmcl.progress).
+    bar = progress_bar(total=total_shards, desc=f"preparing {adapter.name}", disable=not progress, unit="shard")
     for split, items in by_split.items():
         shards = []
         for index, chunk in _chunks(items, shard_size):

@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 from mmcl.atomic import DiskWriteError
 from mmcl.config import SCENARIOS, ConfigError, PreparedDataError, available_profiles, list_parameter, load_config
@@ -327,11 +328,14 @@ def main(argv: list[str] | None = None) -> int:
             print(_list(args.what, args.profile))
         elif args.command == "run":
             from mmcl.engine import run, variant_overrides
+            from mmcl.progress import RunTime, format_seconds, sweep_eta
             from mmcl.records import RunFolderInUse, source_fingerprint
 
             config = load_config(args.profile, args.overrides)
             hparams = variant_overrides(args.method, args.variant) if args.variant else None
-            for seed in args.seed or [config.seed]:
+            seeds, measured = args.seed or [config.seed], []
+            for number, seed in enumerate(seeds, 1):
+                begun = time.perf_counter()
                 try:
                     result = run(config, args.scenario, args.method, seed=seed, benchmark=args.benchmark,
                                  output_dir=args.output_dir, force=args.force, variant=args.variant, hparams=hparams)
@@ -339,7 +343,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"mmcl: error: {error}", file=sys.stderr)
                     return 2
                 status = "reused complete run" if result.skipped else "finished"
-                print(f"{status}: {result.run_dir}")
+                eta = ""
+                if len(seeds) > 1:  # several seeds: a line per run with the ETA of the others (mmcl.progress)
+                    recorded = (result.metrics.get("timing") or {}).get("run_seconds_this_session")
+                    if not result.skipped:
+                        measured.append(RunTime((), args.method, time.perf_counter() - begun, measured=True))
+                    elif recorded:  # a reused run: what its record says it took
+                        measured.append(RunTime((), args.method, float(recorded), measured=False))
+                    left = sweep_eta([((), args.method)] * (len(seeds) - number), measured)
+                    eta = f" ({number}/{len(seeds)}, ETA {format_seconds(left)})"
+                print(f"{status}: {result.run_dir}{eta}", flush=True)
                 if result.skipped and result.made_by_other_code:
                     made_by = result.metrics["run"].get("source_fingerprint") or "unknown"
                     print(f"mmcl: warning: {result.run_dir} was made by other code (source {made_by}, this code "
@@ -372,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             args.output_dir = args.output_dir or "runs/calibration"
             command = " ".join(["mmcl calibrate", f"--profile {args.profile}", "--seeds", *map(str, args.seeds),
                                 *[f"--set {o}" for o in args.overrides]])
+            from mmcl.progress import enabled
+
             targets = calibrate(config, args.seeds, args.output_dir, args.table_dir, args.document, command,
-                                progress=config.runtime.progress)
+                                progress=enabled(config.runtime.progress))
             from mmcl.results import display_table, to_markdown
 
             print(to_markdown(display_table(targets)))
@@ -399,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             from mmcl.verify import format_input_digests, input_digests
 
             config = load_config(args.profile, args.overrides)
-            found = input_digests(config, args.benchmark, progress=config.runtime.progress,
+            from mmcl.progress import enabled
+
+            found = input_digests(config, args.benchmark, progress=enabled(config.runtime.progress),
                                   seeds=args.seeds or config.runtime.seeds)
             print(json.dumps(found, indent=2) if args.json else format_input_digests(found))
         elif args.command == "claims":

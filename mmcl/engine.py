@@ -37,7 +37,6 @@ from typing import Iterator
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from mmcl import forgetting, kernels, records, tracking
 from mmcl.config import Config, ConfigError, config_to_yaml, parse_yaml, profile_defaults
@@ -48,6 +47,7 @@ from mmcl.methods.base import Method, RunContext, Task, method_class
 from mmcl.metrics import forgetting_decomposition_summary, summarize
 from mmcl.models import prefix_cache
 from mmcl.models.backbone import build_encoder
+from mmcl.progress import bar as progress_bar, enabled as progress_enabled, sweep_active
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
     device = device or resolve_device(config.runtime.device)
     benchmark = scenario_benchmark(config, scenario, benchmark)
     require_data(config, benchmark)  # a real dataset not prepared yet: said before the backbone loads (or downloads)
+    progress = progress_enabled(progress)  # pre-training and generation bars: only where bars fit
     encoder = build_encoder(config, device, progress=progress)
     data = load_benchmark(config, benchmark, encoder.tokenizer, progress=progress)
     stream = build_stream(scenario, data, seed)
@@ -429,8 +430,8 @@ def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], co
     train = config.train
     steps, samples, loss_sum, started = 0, 0, 0.0, time.perf_counter()
     batches_per_epoch = sum(d.num_batches(train.batch_size) for d in datasets)
-    bar = tqdm(total=train.epochs * batches_per_epoch, desc=f"task {task.index} ({task.name})",
-               disable=not progress, leave=False, unit="step")
+    bar = progress_bar(total=train.epochs * batches_per_epoch, desc=f"task {task.index} ({task.name})",
+                       disable=not progress, leave=False, unit="step")
     method.train()
     method.encoder.eval()  # frozen parts keep inference behaviour
     fault_step = max(1, train.epochs * batches_per_epoch // 2)  # where MMCL_FAULT=train:<task> strikes
@@ -587,7 +588,8 @@ def run(config: Config, scenario: str, method: str, seed: int | None = None, ben
     hyper-parameter overrides ``hparams``, recorded in its own folder ``<method>~<variant>``.
     """
     location = locate_run(config, scenario, method, seed, benchmark, output_dir, variant, hparams)
-    progress = location.config.runtime.progress if progress is None else progress
+    # Bars only where they fit (a terminal, a live notebook): none in a log or an executed notebook.
+    progress = progress_enabled(location.config.runtime.progress if progress is None else progress)
     if not force and records.is_complete(location.run_dir):  # a complete run is never written again: no lock
         return _reused(location)
     config = location.config
@@ -679,8 +681,10 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         # checkpoint, or a kill between writing the checkpoint and the file).
         records.write_jsonl(run_dir / "tasks.jsonl", rows)
     tracker = tracking.open_tracker(config.runtime.tracking, run_dir, run_record)  # runtime.tracking; off: no-op
-    bar = tqdm(range(len(rows), len(tasks)), desc=f"{method} · {scenario} · seed {seed}", disable=not progress,
-               unit="task", initial=len(rows), total=len(tasks))
+    # Left on screen after a single run; a sweep's run bars vanish, its lines say what each run did.
+    bar = progress_bar(range(len(rows), len(tasks)), desc=f"{method} · {scenario} · seed {seed}",
+                       disable=not progress, unit="task", initial=len(rows), total=len(tasks),
+                       leave=not sweep_active())
     for index in bar:
         task = method_obj.context.tasks[index]  # the training view; ``tasks`` keeps the evaluation data
         seed_everything(seed, index)

@@ -1,7 +1,9 @@
 """Executors: where the runs of a sweep execute (``runtime.executor``; ``mmcl reproduce --executor``).
 
 Every executor takes the same list of jobs (keyword arguments of :func:`mmcl.engine.run`) and
-returns their run folders in the same order, printing one progress line per run as it finishes:
+returns their run folders in the same order, reporting each run as it finishes with the sweep's ETA
+(:class:`mmcl.progress.SweepProgress`: a line per run in a log or an executed notebook, a sweep bar
+above those lines in a terminal or a live notebook):
 
 - ``local`` (:class:`LocalExecutor`): in the calling process, one run after the other.
 - ``pool`` (:class:`PoolExecutor`): a pool of ``runtime.executor.parallelism`` worker processes
@@ -26,6 +28,7 @@ worker. Another executor subclasses :class:`Executor` and implements ``execute``
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shlex
 import shutil
@@ -38,6 +41,7 @@ from pathlib import Path
 from mmcl import results
 from mmcl.atomic import atomic_write_text
 from mmcl.config import Config, ConfigError
+from mmcl.progress import SWITCH as PROGRESS_SWITCH, SweepProgress
 
 
 class SweepFailed(RuntimeError):
@@ -118,10 +122,41 @@ class Executor:
         return [o.run_dir for o in outcomes]
 
 
-def _progress(what: str, number: int, total: int, outcome: Outcome) -> None:
+def job_key(job: dict) -> tuple[tuple, str]:
+    """(key, method) of a job for the sweep's ETA (:mod:`mmcl.progress`): key = (benchmark, method,
+    variant); runs of one key take about the same time."""
+    return (job.get("benchmark"), job["method"], job.get("variant")), job["method"]
+
+
+def recorded_seconds(run_dir: Path | None) -> float | None:
+    """The run seconds a complete run's record holds (``metrics.json``: ``timing``), or None."""
+    if run_dir is None:
+        return None
+    try:
+        timing = json.loads((Path(run_dir) / "metrics.json").read_text()).get("timing") or {}
+        seconds = float(timing.get("run_seconds_this_session") or 0.0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return seconds if seconds > 0 else None
+
+
+def sweep_progress(what: str, jobs: list[dict], workers: int) -> SweepProgress:
+    """The progress report of a sweep of ``jobs`` on ``workers`` at once."""
+    return SweepProgress(what, [job_key(job) for job in jobs], workers)
+
+
+def _report(sweep: SweepProgress, index: int, outcome: Outcome) -> None:
     status = "reused" if outcome.status == "reused" else f"{outcome.seconds:5.1f} s" \
         if outcome.status == "done" else "FAILED"
-    print(f"[{what} {number}/{total}] {job_label(outcome.job)}: {status}", flush=True)
+    sweep.finished(index, f"{job_label(outcome.job)}: {status}",
+                   outcome.seconds if outcome.status == "done" else None)
+
+
+def _mark_reused(sweep: SweepProgress, outcomes: Sequence[Outcome | None]) -> None:
+    """Tell the sweep's ETA which runs are complete already, with their recorded seconds."""
+    for i, outcome in enumerate(outcomes):
+        if outcome is not None and outcome.status == "reused":
+            sweep.reused(i, recorded_seconds(outcome.run_dir))
 
 
 class LocalExecutor(Executor):
@@ -129,14 +164,34 @@ class LocalExecutor(Executor):
 
     name = "local"
 
+    complete: list | None = None  # the jobs' complete runs, when the caller looked them up already
+
     def execute(self, config, jobs, output_dir, what):
         outcomes = []
-        for number, job in enumerate(jobs, 1):
-            begun = time.perf_counter()
-            run_dir, reused = run_job(config, job, output_dir)
-            outcomes.append(Outcome(job, Path(run_dir), "reused" if reused else "done", time.perf_counter() - begun))
-            _progress(what, number, len(jobs), outcomes[-1])
+        with sweep_progress(what, jobs, 1) as sweep:
+            complete = self.complete if self.complete is not None and len(self.complete) == len(jobs) else None
+            _mark_reused(sweep, complete or _complete_runs(config, jobs, output_dir))
+            for index, job in enumerate(jobs):
+                begun = time.perf_counter()
+                run_dir, reused = run_job(config, job, output_dir)
+                outcomes.append(Outcome(job, Path(run_dir), "reused" if reused else "done",
+                                        time.perf_counter() - begun))
+                _report(sweep, index, outcomes[-1])
         return outcomes
+
+
+def _complete_runs(config: Config, jobs: list[dict], output_dir, strict: bool = False) -> list[Outcome | None]:
+    """``reused`` outcomes of the jobs whose runs are complete now (None for the others). A job that
+    cannot be located raises with ``strict``; otherwise all are None (running the job says why)."""
+    from mmcl.engine import is_reusable
+
+    try:
+        locations = [locate_job(config, job, output_dir) for job in jobs]
+        return [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None for job, loc in zip(jobs, locations)]
+    except Exception:  # noqa: BLE001 - for the ETA only a guess; the run itself raises the error
+        if strict:
+            raise
+        return [None] * len(jobs)
 
 
 class SubmititExecutor(Executor):
@@ -183,19 +238,23 @@ class SubmititExecutor(Executor):
                                           for job, loc in zip(jobs, locations)]
         missing = [i for i, o in enumerate(outcomes) if o is None]
         folder = self.folder(config, output_dir)
-        number = 0
-        for i, outcome in enumerate(outcomes):
-            if outcome is not None:
-                number += 1
-                _progress(what, number, len(jobs), outcome)
-        if not missing:
-            return outcomes
+        # SLURM: one array, throttled by the array's %N; local: at most `parallelism` subprocesses.
+        window = len(missing) if self.cluster == "slurm" else resolved_parallelism(self.settings)
+        at_once = _array_parallelism(self.settings) if self.cluster == "slurm" else window
+        with sweep_progress(what, jobs, at_once) as sweep:
+            _mark_reused(sweep, outcomes)
+            for i, outcome in enumerate(outcomes):
+                if outcome is not None:
+                    _report(sweep, i, outcome)
+            if missing:
+                self._submit(config, jobs, output_dir, what, outcomes, locations, missing, folder, window, sweep)
+        return outcomes
+
+    def _submit(self, config, jobs, output_dir, what, outcomes, locations, missing, folder, window, sweep):
         self.check(config, output_dir)
         executor = self.submitit_executor(folder)
         print(f"{what}: submitting {len(missing)} of {len(jobs)} runs as {self.name} jobs (logs in {folder})",
               flush=True)
-        # SLURM: one array, throttled by the array's %N; local: at most `parallelism` subprocesses.
-        window = len(missing) if self.cluster == "slurm" else resolved_parallelism(self.settings)
         queue, running = list(missing), {}
         while queue or running:
             if queue and len(running) < window:
@@ -217,9 +276,7 @@ class SubmititExecutor(Executor):
                     message = str(error).strip().splitlines()
                     outcomes[i] = Outcome(jobs[i], locations[i].run_dir, "failed", time.perf_counter() - begun,
                                           Path(job.paths.stderr), _last_error_line(message))
-                number += 1
-                _progress(what, number, len(jobs), outcomes[i])
-        return outcomes
+                _report(sweep, i, outcomes[i])
 
 
 def cpu_cores() -> int:
@@ -248,12 +305,15 @@ def _init_worker() -> None:
     before the worker starts, so before torch is imported). It ignores SIGINT: an interrupted
     Jupyter kernel (by Jupyter when it shuts one down, by ``mmcl reproduce`` stopped while a cell
     runs) interrupts its whole process group, and the workers, idle in the queue, would each print
-    a KeyboardInterrupt traceback; the pool that owns them stops them at exit (:func:`shutdown_pools`)."""
+    a KeyboardInterrupt traceback; the pool that owns them stops them at exit (:func:`shutdown_pools`).
+    A worker draws no progress bar: it shares the terminal with the sweep's bar in the process that
+    owns the pool, which reports each run as it finishes (:mod:`mmcl.progress`)."""
     import signal
 
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ[PROGRESS_SWITCH] = "lines"
 
     torch.set_num_threads(1)
     try:
@@ -302,22 +362,25 @@ class PoolExecutor(Executor):
     name = "pool"
 
     def execute(self, config, jobs, output_dir, what):
-        from concurrent.futures import FIRST_COMPLETED, wait
-
         from mmcl.engine import is_reusable
 
         locations = [locate_job(config, job, output_dir) for job in jobs]
         outcomes: list[Outcome | None] = [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
                                           for job, loc in zip(jobs, locations)]
-        number = 0
-        for outcome in outcomes:
-            if outcome is not None:
-                number += 1
-                _progress(what, number, len(jobs), outcome)
         missing = [i for i, o in enumerate(outcomes) if o is None]
-        if not missing:
-            return outcomes
         workers = resolved_parallelism(self.settings)
+        with sweep_progress(what, jobs, workers) as sweep:
+            _mark_reused(sweep, outcomes)
+            for i, outcome in enumerate(outcomes):
+                if outcome is not None:
+                    _report(sweep, i, outcome)
+            if missing:
+                self._run_in_pool(config, jobs, output_dir, outcomes, locations, missing, workers, sweep)
+        return outcomes
+
+    def _run_in_pool(self, config, jobs, output_dir, outcomes, locations, missing, workers, sweep):
+        from concurrent.futures import FIRST_COMPLETED, wait
+
         saved = {key: os.environ.get(key) for key in _SINGLE_THREAD_ENV}
         os.environ.update(_SINGLE_THREAD_ENV)  # workers are spawned (on demand) with this environment
         try:
@@ -333,15 +396,13 @@ class PoolExecutor(Executor):
                     except Exception as error:  # noqa: BLE001 - a failed run is listed, the others go on
                         text = f"{type(error).__name__}: {error}".strip().splitlines()
                         outcomes[i] = Outcome(jobs[i], locations[i].run_dir, "failed", error=_last_error_line(text))
-                    number += 1
-                    _progress(what, number, len(jobs), outcomes[i])
+                    _report(sweep, i, outcomes[i])
         finally:
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-        return outcomes
 
 
 def _last_error_line(lines: Sequence[str]) -> str:
@@ -383,10 +444,10 @@ class AutoExecutor(Executor):
     name = "auto"
 
     def execute(self, config, jobs, output_dir, what):
-        from mmcl.engine import is_reusable
-
-        missing = sum(not is_reusable(locate_job(config, job, output_dir)) for job in jobs)
+        complete = _complete_runs(config, jobs, output_dir, strict=True)
+        missing = sum(outcome is None for outcome in complete)
         chosen = PoolExecutor(config) if auto_executor_name(config, missing) == "pool" else LocalExecutor(config)
+        chosen.complete = complete
         self.name = f"auto: {chosen.name}"
         return chosen.execute(config, jobs, output_dir, what)
 

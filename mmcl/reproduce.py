@@ -48,7 +48,9 @@ def compatible_methods(scenario: str, methods: Sequence[str] | None = None) -> l
 
 def _run_all(config: Config, jobs: list[dict], output_dir: str | Path | None, what: str) -> pd.DataFrame:
     """Run ``jobs`` (keyword arguments of :func:`mmcl.engine.run`) on the executor of
-    ``config.runtime.executor`` (:mod:`mmcl.executors`), one progress line each as it finishes."""
+    ``config.runtime.executor`` (:mod:`mmcl.executors`), each reported as it finishes with the
+    sweep's ETA (:mod:`mmcl.progress`: a line per run in a log or an executed notebook, a sweep bar
+    in a terminal or a live notebook)."""
     from mmcl.executors import make_executor
 
     return results.load_runs(*make_executor(config).run_jobs(config, jobs, output_dir, what))
@@ -159,7 +161,9 @@ def prepare_data(config: Config, benchmarks: Sequence[str] | None = None, raw_ro
     from mmcl.data.benchmarks import generate_cached, load_benchmark, synthetic_cache_path
     from mmcl.executors import cpu_cores
     from mmcl.models.backbone import build_encoder, pretrain_tiny_clip, pretrained_backbone_missing, tiny_cache_path
+    from mmcl.progress import enabled
 
+    progress = enabled(progress)  # bars only in a terminal or a live notebook (mmcl.progress)
     names = list(list_parameter(benchmarks, "benchmarks") or config.benchmarks)
     processed = [n for n in names if config.benchmarks[n].source == "processed"]
     if processed:
@@ -431,7 +435,8 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     """Execute the notebook sequence with papermill; return seconds per notebook.
 
     Executed notebooks are written to ``<output_dir>/<profile>/notebooks/``; tables and figures
-    to ``figures_dir``. Progress bars of single runs are turned off (one line per run instead).
+    to ``figures_dir``. The notebooks' kernels run unattended, so they show no bars
+    (:mod:`mmcl.progress`): each sweep prints one line per run with its ETA, which this process relays.
     ``extra_parameters``: notebook name -> more papermill parameters (e.g. ``{"20_ablations":
     {"methods": ["lwf"]}}``). A notebook whose executed copy is :func:`up_to_date` is skipped
     (0 seconds) unless ``rerun``. Complete runs of the profile made by other code are listed

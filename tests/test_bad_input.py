@@ -72,8 +72,8 @@ def test_defaults_and_every_ablation_are_in_range():
 
 
 def write_prepared(root, config, test_classes) -> None:
-    """A prepared av-events folder (the format of mmcl.data.processed): 6 classes, 2 samples each
-    in train, and test samples only for ``test_classes``."""
+    """A prepared av-events folder (the format of mmcl.data.processed): the profile's classes, 2 samples
+    each in train, and test samples only for ``test_classes``."""
     from data_prep.core import Settings
 
     def split(classes):
@@ -83,11 +83,12 @@ def write_prepared(root, config, test_classes) -> None:
                            "audio": torch.zeros(n, 3, 32, 32, dtype=torch.uint8)},
                 "labels": labels, "domains": torch.zeros(n, dtype=torch.long), "texts": {}, "keys": [str(i) for i in range(n)]}
 
+    classes = config.benchmarks["av-events"].num_classes
     root.mkdir(parents=True)
-    torch.save(split(range(6)), root / "train.pt")
+    torch.save(split(range(classes)), root / "train.pt")
     torch.save(split(test_classes), root / "test.pt")
     (root / "meta.json").write_text(json.dumps({
-        "format_version": 2, "dataset": "ave", "complete": True, "class_names": [f"event {k}" for k in range(6)],
+        "format_version": 2, "dataset": "ave", "complete": True, "class_names": [f"event {k}" for k in range(classes)],
         "domain_names": ["default"], "modalities": ["video", "audio"], "class_modalities": None,
         "settings": Settings.from_config(config).fingerprint_fields()}))
 
@@ -106,7 +107,7 @@ def test_task_without_test_samples_is_named_at_stream_build(tmp_path, capsys):
 @pytest.mark.parametrize("damaged", ["train.pt", "meta.json"])
 def test_unreadable_prepared_file_is_one_line_naming_it(tmp_path, capsys, damaged):
     prepared = tmp_path / "prepared"
-    write_prepared(prepared, load_config("smoke"), test_classes=range(6))
+    write_prepared(prepared, load_config("smoke"), test_classes=range(4))
     (prepared / damaged).write_bytes((prepared / damaged).read_bytes()[:40])  # truncated
     run_cli(tmp_path, "class_incremental", "finetune", "benchmarks.av-events.source=processed",
             f"benchmarks.av-events.path={prepared}")
@@ -119,7 +120,7 @@ def test_unreadable_prepared_file_is_one_line_naming_it(tmp_path, capsys, damage
 @pytest.mark.parametrize("planted", ["crafted", "old-format"])
 def test_prepared_split_holding_other_objects_is_refused_in_one_line_naming_it(tmp_path, capsys, planted):
     prepared = tmp_path / "prepared"
-    write_prepared(prepared, load_config("smoke"), test_classes=range(6))
+    write_prepared(prepared, load_config("smoke"), test_classes=range(4))
     path, marker = prepared / "train.pt", tmp_path / "executed"
     if planted == "crafted":
         plant_crafted_pickle(path, marker)

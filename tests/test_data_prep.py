@@ -246,7 +246,7 @@ def test_ave_prepare_skips_corrupt_file_and_trains(tmp_path, smoke_config):
     again = data_prep.prepare("ave", raw, tmp_path / "ave", smoke_config, max_skipped_fraction=0.1)
     assert again.reused and again.skipped == 1
 
-    config = smoke_with(tmp_path, "av-events", tmp_path / "ave")
+    config = smoke_with(tmp_path, "av-events", tmp_path / "ave", ["benchmarks.av-events.num_classes=6"])
     from mmcl.data.benchmarks import load_benchmark
 
     benchmark = load_benchmark(config, "av-events")  # valSet.txt is the validation split, train stays whole

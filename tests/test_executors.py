@@ -32,7 +32,7 @@ def test_submitit_local_sweep_equals_the_in_process_sweep(tmp_path, capsys):
     frame = reproduce.run_sweep(submitted, "class_incremental", methods=["finetune", "replay"], seeds=[0])
     out = capsys.readouterr().out
     assert "submitting 2 of 2 runs as submitit-local jobs" in out
-    assert len(re.findall(r"^\[class_incremental \d/2\] .*: +\d+\.\d s$", out, re.M)) == 2
+    assert len(re.findall(r"^\[class_incremental \d/2\] .*: +\d+\.\d s, ETA .+$", out, re.M)) == 2
     for job in jobs:
         relative = f"smoke/class_incremental/av-events/{job['method']}/seed0"
         assert _metrics(tmp_path / "local" / relative) == _metrics(tmp_path / "jobs" / relative)
@@ -113,7 +113,7 @@ def test_pool_sweep_equals_the_local_sweep_and_lists_failures(tmp_path, capsys):
     try:
         reproduce.run_sweep(pooled, "class_incremental", methods=methods, seeds=[0])
         out = capsys.readouterr().out
-        assert len(re.findall(r"^\[class_incremental \d/2\] class_incremental · av-events · \w+ · seed 0: +\d+\.\d s$",
+        assert len(re.findall(r"^\[class_incremental \d/2\] class_incremental · av-events · \w+ · seed 0: +\d+\.\d s, ETA .+$",
                               out, re.M)) == 2
         for job in jobs:
             relative = f"smoke/class_incremental/av-events/{job['method']}/seed0"
@@ -123,7 +123,7 @@ def test_pool_sweep_equals_the_local_sweep_and_lists_failures(tmp_path, capsys):
         make_executor(pooled).run_jobs(pooled, jobs, None, "missing")
         out = capsys.readouterr().out
         assert "[missing 1/2] class_incremental · av-events · finetune · seed 0: reused" in out
-        assert re.search(r"^\[missing 2/2\] .* replay · seed 0: +\d+\.\d s$", out, re.M)
+        assert re.search(r"^\[missing 2/2\] .* replay · seed 0: +\d+\.\d s, ETA 0 s$", out, re.M)
         # A run that fails inside its worker is listed with its error (runtime.device does not
         # change a run's identity, so the run is submitted and fails in the worker).
         broken = load_config("smoke", [f"runtime.output_dir={tmp_path / 'broken'}", "runtime.executor.name=pool",

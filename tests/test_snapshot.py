@@ -43,6 +43,7 @@ def train_tasks(method, stream, config, upto: int) -> None:
 
 def test_lwf_teacher_after_three_tasks_holds_model_state_only(smoke_config):
     config = smoke_config.model_copy(deep=True)
+    config.benchmarks["av-events"].num_classes = 6  # three tasks of one pair of twins
     config.benchmarks["av-events"].num_tasks = 3
     config.train.epochs = 1
     method, stream = engine.build_run(config, "class_incremental", "lwf", seed=0, device=torch.device("cpu"))

@@ -38,10 +38,10 @@ import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mmcl import kernels
 from mmcl.config import Config, ConfigError
+from mmcl.progress import bar as progress_bar
 from mmcl.records import RefusedFile, atomic_torch_save, build_lock, load_tensors
 
 log = logging.getLogger(__name__)
@@ -676,7 +676,8 @@ def _pretrain_tiny_clip(config: Config, path: Path, progress: bool) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(s, recipe.steps) / recipe.steps)))
     clip.train()
-    bar = tqdm(range(recipe.steps), desc=f"pre-training {config.model.name}", disable=not progress, leave=False)
+    bar = progress_bar(range(recipe.steps), desc=f"pre-training {config.model.name}", disable=not progress,
+                       leave=False)
     for _ in bar:
         picks = torch.randint(len(images), (recipe.batch_size,), generator=generator)
         image_features, text_features = pretraining_features(encoder, images[picks], tokens[picks])
