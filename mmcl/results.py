@@ -77,7 +77,7 @@ COLUMNS = ["profile", "scenario", "benchmark", "method", "variant", "label", "se
            *SUMMARY_METRICS, *DECOMPOSITION_METRICS, "accuracy_by_modality", "accuracy_matrix", "zero_shot",
            "task_names", "modality_order", "train_seconds", "eval_seconds", "run_seconds", "peak_rss_mib", "cuda_peak_mib",
            "identity", "difference", "source_fingerprint", "git_commit", "git_dirty", "backbone_sha256", "data_sha256",
-           "run_dir", "role", "note"]
+           "run_dir", "role", "note", "buffer"]
 
 
 def _value_text(value) -> str:
@@ -195,26 +195,58 @@ def _rows_of_run(run_dir: Path) -> list[dict]:
             "data_sha256": (manifest.get("data") or {}).get("sha256"), "run_dir": str(run_dir),
         }
         row["role"], row["note"] = run.get("role"), run_note(row["label"], run, metrics)
+        row["buffer"] = metrics.get("buffer")  # a rehearsal method's buffer (mmcl.models.exemplars.buffer_record)
         rows.append(row)
     return rows
 
 
 def run_note(label: str, run: dict, metrics: dict) -> str | None:
-    """What a table row is, where its label does not say it: a fair comparison's overrides, the
-    replay buffer as a share of the training data, hyper-parameters that did not come from the
-    validation search (``mmcl tune``) while a table's other rows may have. None when none applies."""
+    """What a table row is, where its label does not say it: a fair comparison's overrides,
+    hyper-parameters that did not come from the validation search (``mmcl tune``) while a table's
+    other rows may have. None when none applies. (The replay buffer is stated per benchmark by
+    :func:`buffer_notes`, from the ``buffer`` column.)"""
     parts = []
     if run.get("role") == "comparison" and run.get("variant_overrides"):
         flat = _dotted(run["variant_overrides"])
         parts.append(f"{run['method']} with " + ", ".join(f"{k}={_value_text(v)}" for k, v in flat.items()))
-    buffer = metrics.get("buffer")
-    if buffer:
-        cap = f", capped at {buffer['buffer_size']}" if buffer.get("buffer_size") is not None else ""
-        parts.append(f"buffer of {buffer['size']} exemplars ({buffer['per_class']} per class{cap}), "
-                     f"{100 * buffer['share_of_training_data']:.1f} % of the training data")
     if run.get("tuned") is False:  # recorded for trained methods only; absent in older runs
         parts.append("not tuned: the method's own defaults, not chosen by the validation search")
     return f"{label}: " + "; ".join(parts) if parts else None
+
+
+def _span(values: Sequence[float], text) -> str:
+    """One number, or ``low–high`` when the seeds' records differ."""
+    low, high = min(values), max(values)
+    return text(low) if text(low) == text(high) else f"{text(low)}–{text(high)}"
+
+
+def buffer_notes(runs: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(benchmark, label) -> the replay buffer its runs kept, as printed under a main table, from the
+    records (``metrics.json``'s ``buffer``): ``"replay: buffer of 40 exemplars (5 per class), 5.0 % of
+    the training data"``. Methods whose buffers hold the same on a benchmark share one line, each
+    with its way of choosing exemplars where recorded (``"replay, icarl (herding): ..."``); the
+    benchmark is named when ``runs`` hold several; a number that differs between seeds is shown as
+    its range. Runs without a buffer give no entry."""
+    has_buffer = [isinstance(b, dict) for b in runs.get("buffer", pd.Series([None] * len(runs), index=runs.index))]
+    kept = runs[has_buffer].drop_duplicates("run_dir") if any(has_buffer) else runs.iloc[:0]
+    several = runs["benchmark"].nunique() > 1
+    lines: dict[tuple[str, str], list[str]] = {}  # (benchmark, buffer text) -> "label (selection)"
+    for (benchmark, label), group in kept.groupby(["benchmark", "label"], sort=False):
+        records = list(group["buffer"])
+        caps = [r["buffer_size"] for r in records if r.get("buffer_size") is not None]
+        cap = f", capped at {_span(caps, str)}" if caps else ""
+        text = (f"buffer of {_span([r['size'] for r in records], str)} exemplars "
+                f"({_span([r['per_class'] for r in records], str)} per class{cap}), "
+                f"{_span([100 * r['share_of_training_data'] for r in records], lambda v: f'{v:.1f}')} % of the "
+                "training data")
+        selection = sorted({r["selection"] for r in records if r.get("selection")})
+        lines.setdefault((benchmark, text), []).append(label + (f" ({', '.join(selection)})" if selection else ""))
+    notes = {}
+    for (benchmark, text), labels in lines.items():
+        names = sorted(labels, key=lambda name: method_sort_key(name.split(" (")[0]))
+        line = ", ".join(names) + (f" on {benchmark}" if several else "") + f": {text}"
+        notes.update({(benchmark, name.split(" (")[0]): line for name in labels})
+    return notes
 
 
 def _dotted(mapping: dict, prefix: str = "") -> dict:
@@ -402,27 +434,37 @@ def main_table(runs: pd.DataFrame, scenario: str, metrics: Sequence[str] = MAIN_
     Fair-comparison variants (``Method.comparisons``, run by the main sweeps) are rows of their own
     next to their method; ablation variants are left out (see :func:`ablation_table`). Columns:
     benchmark, mode, method, seeds, ``<metric>_mean``, ``<metric>_std``, ``run_versions`` and
-    ``notes`` (what a comparison row is, the replay buffer's share of the training data; written
-    under the table by :func:`write_table`).
+    ``notes`` (what a comparison row is) and ``buffer_notes`` (the replay buffer a rehearsal method
+    kept on the benchmark, :func:`buffer_notes`), written under the table by :func:`write_table`.
     """
     selected = runs[(runs["scenario"] == scenario) & (runs["variant"].isna() | is_comparison(runs))]
     if selected.empty:
         table = summarize_over_seeds(selected, ["benchmark", "mode", "label"], metrics)
-        return table.assign(notes=[]).rename(columns={"label": "method"})
+        return table.assign(notes=[], buffer_notes=[]).rename(columns={"label": "method"})
     single_profile(selected)
     table = summarize_over_seeds(selected, ["benchmark", "mode", "label"], metrics)
     notes = selected.groupby(["benchmark", "mode", "label"], sort=False)["note"].agg(
         lambda values: tuple(sorted({v for v in values if isinstance(v, str)})))
-    table["notes"] = [notes.get((b, m, label), ()) for b, m, label in zip(table["benchmark"], table["mode"], table["label"])]
+    table["notes"] = [notes.get((b, m, label), ()) for b, m, label in zip(table["benchmark"], table["mode"],
+                                                                         table["label"])]
+    buffers = buffer_notes(selected)
+    table["buffer_notes"] = [(buffers[(b, label)],) if (b, label) in buffers else ()
+                             for b, label in zip(table["benchmark"], table["label"])]
     return _ordered(table, ["benchmark", "mode", "label"]).rename(columns={"label": "method"})
 
 
 def is_paper_method(method: str) -> bool:
     """Whether ``method`` is a reproduced paper's method (``family == "paper"``: the MoE adapters, COMM)."""
+    return method_family(method) == "paper"
+
+
+def method_family(method: str) -> str | None:
+    """The ``family`` a registered method declares (rehearsal, prompt, ..., paper, reference); None
+    for a method nobody registered."""
     from mmcl.methods import REGISTRY
 
     cls = REGISTRY.get(method)
-    return cls is not None and cls.family == "paper"
+    return cls.family if cls is not None else None
 
 
 def decomposition_runs(runs: pd.DataFrame, warn: bool = True) -> pd.DataFrame:
@@ -522,7 +564,7 @@ def display_table(table: pd.DataFrame, decimals: int = 1, plus_minus: str = " ±
     Modes are shown by their titles; a ``mode`` column holding only ``standard`` is dropped, and
     so is ``run_versions`` (:func:`write_table` states the code version under the table).
     """
-    shown = table.drop(columns=["run_versions", "run_inputs", "notes"], errors="ignore")
+    shown = table.drop(columns=["run_versions", "run_inputs", "notes", "buffer_notes"], errors="ignore")
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
     for metric in metrics:
         shown[METRIC_HEADERS.get(metric, metric)] = [
@@ -550,21 +592,23 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
 
 
-def _latex_cell(text: str) -> str:
+def _latex_cell(text: str, bold: bool = False) -> str:
     text = str(text)
     if " ± " in text:
         mean, std = text.split(" ± ")
-        return f"${mean} \\pm {std}$"
-    return latex_escape(text).replace("Δ", r"$\Delta$").replace("–", "--")
+        return f"$\\mathbf{{{mean} \\pm {std}}}$" if bold else f"${mean} \\pm {std}$"
+    cell = latex_escape(text).replace("Δ", r"$\Delta$").replace("–", "--").replace(PAPER_MARK, r"$^\dagger$")
+    return f"\\textbf{{{cell}}}" if bold else cell
 
 
 def to_latex(shown: pd.DataFrame, group_by: str | None = None, comment: str = "",
-             footnotes: Sequence[str] = ()) -> str:
+             footnotes: Sequence[str] = (), bold: set[tuple[int, str]] = frozenset()) -> str:
     """A booktabs ``tabular`` of a display table; a ``\\midrule`` separates groups of ``group_by``.
 
     Text columns are left-aligned, numbers right-aligned. Only the tabular is written, so a paper
     wraps it in its own ``table`` environment (``\\input{...}``). Needs ``\\usepackage{booktabs}``.
-    Each of ``footnotes`` is a small full-width line under the bottom rule.
+    Each of ``footnotes`` is a small full-width line under the bottom rule. The cells of ``bold``
+    ((row position, column name) pairs) are set in bold.
     """
     text_columns = {"Scenario", "Benchmark", "Mode", "Method", "Variant"}
     align = "".join("l" if c in text_columns else "r" for c in shown.columns)
@@ -572,36 +616,84 @@ def to_latex(shown: pd.DataFrame, group_by: str | None = None, comment: str = ""
         f"\\begin{{tabular}}{{{align}}}", r"\toprule",
         " & ".join(_latex_cell(c) for c in shown.columns) + r" \\", r"\midrule"]
     previous = None
-    for _, row in shown.iterrows():
+    for position, (_, row) in enumerate(shown.iterrows()):
         if group_by is not None and previous is not None and row[group_by] != previous:
             lines.append(r"\midrule")
         previous = row[group_by] if group_by is not None else None
-        lines.append(" & ".join(_latex_cell(v) for v in row) + r" \\")
+        lines.append(" & ".join(_latex_cell(v, (position, c) in bold) for c, v in row.items()) + r" \\")
     lines.append(r"\bottomrule")
-    lines += [f"\\multicolumn{{{len(shown.columns)}}}{{l}}{{\\footnotesize {latex_escape(note)}}} \\\\"
+    lines += [f"\\multicolumn{{{len(shown.columns)}}}{{l}}{{\\footnotesize {_latex_cell(note)}}} \\\\"
               for note in footnotes]
     lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(shown: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of a display table (numbers right-aligned)."""
+def to_markdown(shown: pd.DataFrame, bold: set[tuple[int, str]] = frozenset()) -> str:
+    """A GitHub-flavoured Markdown table of a display table (numbers right-aligned); the cells of
+    ``bold`` ((row position, column name) pairs) in bold."""
     text_columns = {"Scenario", "Benchmark", "Mode", "Method", "Variant", "Claim", "Rival", "Claimed", "Verdict"}
 
-    def cell(value) -> str:
-        return str(value).replace("|", r"\|")
+    def cell(value, strong: bool = False) -> str:
+        text = str(value).replace("|", r"\|")
+        return f"**{text}**" if strong else text
 
     header = "| " + " | ".join(cell(c) for c in shown.columns) + " |"
     rule = "|" + "|".join(":---" if c in text_columns else "---:" for c in shown.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    body = ["| " + " | ".join(cell(v, (position, c) in bold) for c, v in zip(shown.columns, row)) + " |"
+            for position, row in enumerate(shown.itertuples(index=False))]
     return "\n".join([header, rule, *body]) + "\n"
 
 
+PAPER_MARK = "†"
+
+
+def is_reference(method: str) -> bool:
+    """Whether ``method`` is a bound rather than a competitor (``family == "reference"``: zero-shot, joint)."""
+    return method_family(method) == "reference"
+
+
+def highlight_main_table(table: pd.DataFrame, shown: pd.DataFrame,
+                         decimals: int = 1) -> tuple[pd.DataFrame, set[tuple[int, str]], str]:
+    """What a main table marks: the best mean of each metric column within each benchmark (and
+    mode), the references (:func:`is_reference`) left out and ties at the printed precision all
+    marked, and the reproduced papers' rows (:func:`is_paper_method`), whose method gets
+    :data:`PAPER_MARK`. Returns (``shown`` with the marks, the bold cells as (row position, column
+    name) pairs, the legend line under the table; "" when nothing is marked)."""
+    shown = shown.copy()
+    methods = table["method"].tolist()
+    papers = [is_paper_method(split_label(m)[0]) for m in methods]
+    if "Method" in shown:
+        shown["Method"] = [f"{m}{PAPER_MARK}" if paper else m for m, paper in zip(shown["Method"], papers)]
+    competing = np.array([not is_reference(split_label(m)[0]) for m in methods], dtype=bool)
+    blocks = table[[c for c in ("benchmark", "mode") if c in table]].astype(str).agg(" ".join, axis=1) \
+        if {"benchmark", "mode"} & set(table) else pd.Series("", index=table.index)
+    bold = set()
+    for metric, higher in HIGHER_IS_BETTER.items():
+        if f"{metric}_mean" not in table or METRIC_HEADERS[metric] not in shown:
+            continue
+        means = pd.to_numeric(table[f"{metric}_mean"], errors="coerce").round(decimals).to_numpy(float)
+        for block in blocks.unique():
+            rows = np.flatnonzero((blocks == block).to_numpy() & competing & ~np.isnan(means))
+            if len(rows) < 2:  # a block of one method: nothing to compare
+                continue
+            best = means[rows].max() if higher else means[rows].min()
+            bold |= {(int(r), METRIC_HEADERS[metric]) for r in rows if means[r] == best}
+    parts = []
+    if any(papers):
+        parts.append(f"{PAPER_MARK} a reproduced paper's method")
+    if bold:
+        where = " and mode" if "mode" in table and table["mode"].nunique() > 1 else ""
+        parts.append(f"bold: the best mean of each column per benchmark{where} (references zero-shot and joint "
+                     "not competing)")
+    legend = "; ".join(parts) + "."
+    return shown, bold, legend[0].upper() + legend[1:] if parts else ""
+
+
 def table_notes(table: pd.DataFrame) -> list[str]:
-    """The rows' notes (see :func:`main_table`), each once, in the table's order."""
-    if "notes" not in table:
-        return []
-    return list(dict.fromkeys(note for notes in table["notes"] for note in notes))
+    """The rows' notes (see :func:`main_table`), each once, in the table's order; the replay
+    buffers (``buffer_notes``) after the others, together."""
+    columns = [column for column in ("notes", "buffer_notes") if column in table]
+    return list(dict.fromkeys(note for column in columns for notes in table[column] for note in notes))
 
 
 def code_footnotes(table: pd.DataFrame) -> list[str]:
@@ -653,7 +745,7 @@ def input_footnotes(table: pd.DataFrame) -> list[str]:
 
 
 def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: str = "",
-                group_by: str | None = "Benchmark", decimals: int = 1) -> dict[str, Path]:
+                group_by: str | None = "Benchmark", decimals: int = 1, highlight: bool = False) -> dict[str, Path]:
     """Write ``table`` as ``<name>.csv`` (numeric: means, stds, seed counts), ``<name>.tex``
     (booktabs) and ``<name>.md`` (both ``mean ± std``) under ``directory``; returns the paths.
 
@@ -662,25 +754,32 @@ def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: st
     ``; ``-separated), LaTeX and Markdown in a footnote (:func:`code_footnotes`). Each file is
     written atomically (:mod:`mmcl.atomic`): a full or read-only disk raises
     :class:`~mmcl.atomic.DiskWriteError` naming it and leaves no half-written table.
+
+    ``highlight`` (main tables): LaTeX and Markdown mark the best number of each column and the
+    reproduced papers' rows, with a legend line (:func:`highlight_main_table`).
     """
     directory = Path(directory)
     shown = display_table(table, decimals)
     if group_by not in shown.columns:
         group_by = None
-    footnotes = table_notes(table) + code_footnotes(table) + input_footnotes(table)
+    bold: set[tuple[int, str]] = set()
+    legend = ""
+    if highlight and "method" in table:
+        shown, bold, legend = highlight_main_table(table, shown, decimals)
+    footnotes = [legend] * bool(legend) + table_notes(table) + code_footnotes(table) + input_footnotes(table)
     comment = (f"{title}\n" if title else "") + "mean ± sample std over seeds; generated by mmcl.results from run records"
     paths = {"csv": directory / f"{name}.csv", "tex": directory / f"{name}.tex", "md": directory / f"{name}.md"}
-    numbers = table.drop(columns=["run_versions", "run_inputs", "notes"], errors="ignore")
+    numbers = table.drop(columns=["run_versions", "run_inputs", "notes", "buffer_notes"], errors="ignore")
     if "run_versions" in table:
         numbers["code"] = ["; ".join(sorted({version for _, version in pairs})) for pairs in table["run_versions"]]
     if "run_inputs" in table:
         numbers["inputs"] = ["; ".join(sorted({text for _, text in pairs})) for pairs in table["run_inputs"]]
     atomic_write_text(paths["csv"], numbers.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(paths["tex"], to_latex(shown, group_by, comment, footnotes))
+    atomic_write_text(paths["tex"], to_latex(shown, group_by, comment, footnotes, bold))
     # Markdown: a paragraph under the table; the versions of a mixed table as a list.
     notes = "\n" + "".join(f"- {line}\n" for line in footnotes) if footnotes else ""
-    atomic_write_text(paths["md"], (f"**{title}** (mean ± std over seeds)\n\n" if title else "") + to_markdown(shown)
-                      + notes)
+    heading = f"**{title}** (mean ± std over seeds)\n\n" if title else ""
+    atomic_write_text(paths["md"], heading + to_markdown(shown, bold) + notes)
     return paths
 
 
@@ -704,13 +803,15 @@ def write_tables(runs: pd.DataFrame, directory: str | Path,
         table = main_table(main_runs, scenario)
         if not table.empty:
             written[f"main_{scenario}"] = write_table(table, directory, f"main_{scenario}",
-                                                      f"{SCENARIO_TITLES[scenario]} learning: main results")
+                                                      f"{SCENARIO_TITLES[scenario]} learning: main results",
+                                                      highlight=True)
     for scenario in [s for s in SCENARIO_TITLES if s in set(appendix_runs["scenario"])]:
         table = main_table(appendix_runs, scenario)
         if not table.empty:
             written[f"appendix_{scenario}"] = write_table(
                 table, directory, f"appendix_{scenario}",
-                f"{SCENARIO_TITLES[scenario]} learning: appendix benchmarks (stress tests, not in the main table or the claims)")
+                f"{SCENARIO_TITLES[scenario]} learning: appendix benchmarks (stress tests, not in the main table or "
+                "the claims)", highlight=True)
     ablations = ablation_table(main_runs)
     if not ablations.empty:
         written["ablations"] = write_table(ablations, directory, "ablations", "Ablations", group_by="Method")

@@ -1,4 +1,4 @@
-"""mmcl.plots: fixed method colours, figures written from fake run folders."""
+"""mmcl.plots: which methods a figure highlights, figures written from fake run folders."""
 from __future__ import annotations
 
 import matplotlib
@@ -43,31 +43,42 @@ def _bar_colors(figure) -> dict[str, str]:
     return found
 
 
-def test_method_colours_are_fixed_distinct_and_cover_later_methods():
-    from mmcl.methods import REGISTRY
+def test_the_paper_method_and_each_familys_best_are_highlighted_the_rest_grey(runs):
+    rows = runs[(runs["scenario"] == "class_incremental") & runs["variant"].isna()]
+    styles = plots.method_styles(rows, "class_incremental")
+    # Legend order: final accuracy, best first (replay about 80, the unregistered method 70, lwf 60, finetune 40).
+    assert list(styles) == ["replay", "comm-like-new-method", "lwf", "finetune"]
+    assert styles["replay"].role == "rival" and styles["replay"].color == plots.FAMILY_COLORS["rehearsal"]
+    assert styles["replay"].legend == "replay (best rehearsal)"
+    assert styles["lwf"].role == "rival" and styles["lwf"].color == plots.FAMILY_COLORS["classic"]
+    assert styles["finetune"].role == "other" and styles["finetune"].color == plots.OTHER_COLOR  # lwf is better
+    # A method nobody registered is a family of its own, in a reserve colour no other series has.
+    assert styles["comm-like-new-method"].color in plots.RESERVE_COLORS
+    # The scenario's paper method (the claims: MoE adapters on class-IL, COMM on modality-IL).
+    assert plots.scenario_papers("class_incremental") == {"moe-adapters"}
+    assert plots.scenario_papers("modality_incremental") == {"comm"}
+    streams = runs[(runs["scenario"] == "modality_incremental") & runs["variant"].isna()]
+    styles = plots.method_styles(streams, "modality_incremental")
+    assert styles["comm"].role == "paper" and styles["comm"].color == plots.PAPER_COLORS["comm"]
+    assert styles["zero-shot"].role == "reference" and styles["zero-shot"].linestyle == ":"
+    assert list(styles)[-1] == "zero-shot"  # references close the legend
+    colors = [style.color for style in styles.values() if style.highlighted]
+    assert len(set(colors)) == len(colors)
 
-    known = sorted(REGISTRY)  # every registered method: one colour each
-    colours = [plots.method_color(m) for m in known]
-    assert len(set(colours)) == len(known), dict(zip(known, colours))
-    assert plots.method_color("comm") == plots.METHOD_COLORS["comm"].lower()
-    # A method nobody has registered yet still gets a stable colour from the reserve palette.
-    assert plots.method_color("new-method") in [c.lower() for c in plots.RESERVE_COLORS]
-    assert plots.method_color("new-method") == plots.method_color("new-method")
-    # A variant is a lighter shade of its method, different from the method and stable.
-    variant = plots.method_color("comm~shared-pool")
-    assert variant != plots.method_color("comm")
-    assert sum(mcolors.to_rgb(variant)) > sum(mcolors.to_rgb(plots.method_color("comm")))
 
-
-def test_the_same_method_has_the_same_colour_in_every_figure(runs):
+def test_a_method_has_one_colour_across_a_scenarios_figures(runs):
     curves = plots.plot_accuracy_curves(runs, "class_incremental")
     forgetting = plots.plot_forgetting(runs, "class_incremental")
-    modality = plots.plot_modality_accuracy(runs)
-    line_colors, bar_colors, modality_colors = _line_colors(curves), _bar_colors(forgetting), _bar_colors(modality)
-    assert set(line_colors) == {"finetune", "lwf", "replay", "comm-like-new-method"}
+    line_colors, bar_colors = _line_colors(curves), _bar_colors(forgetting)
+    assert set(line_colors) == {"lwf", "replay", "comm-like-new-method"}  # finetune: a grey line
+    assert "lwf~no-distillation" not in str(line_colors)  # variants: the ablation figures only
     for method, colour in line_colors.items():
-        assert bar_colors[method] == colour == plots.method_color(method)
-    assert modality_colors["replay"] == line_colors["replay"]
+        assert bar_colors[method] == colour
+    grey = [line for axis in curves.axes for line in axis.get_lines() if line.get_label() == "_finetune"]
+    assert grey and mcolors.to_hex(grey[0].get_color()) == plots.OTHER_COLOR.lower()
+    assert "finetune" in {text.get_text() for text in curves.axes[0].texts}  # named at its end
+    modality = plots.plot_modality_accuracy(runs)
+    assert _bar_colors(modality)["replay"] == plots.FAMILY_COLORS["rehearsal"].lower()
     plt.close("all")
 
 
@@ -98,30 +109,36 @@ def test_write_figures_writes_png_and_pdf_of_every_figure(runs, tmp_path):
 
 def test_accuracy_matrix_heatmap_blanks_untrained_tasks(runs):
     figure = plots.plot_accuracy_matrices(runs, "class_incremental", "av-events", "standard")
-    image = figure.axes[0].images[0]
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles[:4] == ["replay", "comm-like-new-method", "lwf", "finetune"]  # best final accuracy first
+    image = figure.axes[titles.index("finetune")].images[0]
     data = image.get_array()
     assert data.mask[0, 1] and not data.mask[1, 0]  # above the diagonal: not trained yet
     assert data[2, 0] == pytest.approx(40.0)  # finetune, mean over two seeds
     assert image.get_clim() == (0, 100)
+    assert all(mcolors.to_hex(axis.title.get_color()) == "#000000" for axis in figure.axes[:4])  # not pale
     plt.close("all")
 
 
-def test_ablation_bars_show_full_method_and_variant(runs):
+def test_ablation_bars_show_each_variant_against_a_line_at_the_full_method(runs):
     figure = plots.plot_ablations(runs)
-    labels = [tick.get_text() for tick in figure.axes[0].get_yticklabels()]
-    assert labels == ["full method (n=2)", "no-distillation (n=2)"][::-1] or labels == ["full method (n=2)",
-                                                                                        "no-distillation (n=2)"]
-    widths = sorted(p.get_width() for p in figure.axes[0].patches)
-    assert widths == pytest.approx([(30 + 40 + 90) / 3, 60.0 + 1 / 6])
+    axis = figure.axes[0]
+    assert [tick.get_text() for tick in axis.get_yticklabels()] == ["no-distillation"]
+    bars = [p for container in axis.containers if hasattr(container, "patches") for p in container]
+    assert [p.get_width() for p in bars] == pytest.approx([(30 + 40 + 90) / 3])
+    (full,) = [line for line in axis.get_lines() if line.get_label() == "full method"]
+    assert full.get_xdata()[0] == pytest.approx(60.0 + 1 / 6) and full.get_linestyle() == "--"
     plt.close("all")
 
 
-def test_modality_stream_draws_one_line_per_modality_along_the_stream(runs):
+def test_modality_stream_draws_each_modality_along_the_stream_per_method(runs):
     figure = plots.plot_modality_stream(runs, "modality-stream-recurring")
-    assert len(figure.axes) == 2  # one panel per seed: each seed has its own modality order
-    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
-    assert set(lines) == {"image", "audio"}
-    assert list(lines["image"].get_xdata()) == [0, 1, 2, 3]
-    assert list(lines["image"].get_ydata()) == [80, 70, 55, 56.5]  # after task 3: mean(55, 58)
-    assert list(lines["audio"].get_xdata()) == [1, 2, 3] and list(lines["audio"].get_ydata()) == [90, 85, 55]
+    # Both seeds drew the same modality order: one row, averaged; one panel per modality.
+    assert [axis.get_title() for axis in figure.axes] == ["image tasks", "audio tasks"]
+    image, audio = ({line.get_label(): line for line in axis.get_lines()} for axis in figure.axes)
+    assert set(image) == {"comm"}  # the only method run on this stream
+    assert list(image["comm"].get_xdata()) == [1, 2, 3, 4]
+    assert list(image["comm"].get_ydata()) == [80, 70, 55, 56.5]  # after task 3: mean(55, 58)
+    assert list(audio["comm"].get_xdata()) == [2, 3, 4] and list(audio["comm"].get_ydata()) == [90, 85, 55]
+    assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == ["image", "audio", "image", "audio"]
     plt.close(figure)
