@@ -159,6 +159,23 @@ def _mark_reused(sweep: SweepProgress, outcomes: Sequence[Outcome | None]) -> No
             sweep.reused(i, recorded_seconds(outcome.run_dir))
 
 
+def _report_reused(sweep: SweepProgress, outcomes: Sequence[Outcome | None]) -> None:
+    """Start a sweep whose complete runs are known: their seconds feed the ETA, each is reported."""
+    _mark_reused(sweep, outcomes)
+    for i, outcome in enumerate(outcomes):
+        if outcome is not None:
+            _report(sweep, i, outcome)
+
+
+def _locate_all(config: Config, jobs: list[dict], output_dir) -> tuple[list, list[Outcome | None]]:
+    """Each job's run location, and a ``reused`` outcome for each job whose run is complete (None for the others)."""
+    from mmcl.engine import is_reusable
+
+    locations = [locate_job(config, job, output_dir) for job in jobs]
+    return locations, [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
+                       for job, loc in zip(jobs, locations)]
+
+
 class LocalExecutor(Executor):
     """In the calling process, one run after the other (an error stops the sweep at once)."""
 
@@ -183,11 +200,8 @@ class LocalExecutor(Executor):
 def _complete_runs(config: Config, jobs: list[dict], output_dir, strict: bool = False) -> list[Outcome | None]:
     """``reused`` outcomes of the jobs whose runs are complete now (None for the others). A job that
     cannot be located raises with ``strict``; otherwise all are None (running the job says why)."""
-    from mmcl.engine import is_reusable
-
     try:
-        locations = [locate_job(config, job, output_dir) for job in jobs]
-        return [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None for job, loc in zip(jobs, locations)]
+        return _locate_all(config, jobs, output_dir)[1]
     except Exception:  # noqa: BLE001 - for the ETA only a guess; the run itself raises the error
         if strict:
             raise
@@ -231,21 +245,14 @@ class SubmititExecutor(Executor):
         return executor
 
     def execute(self, config, jobs, output_dir, what):
-        from mmcl.engine import is_reusable
-
-        locations = [locate_job(config, job, output_dir) for job in jobs]
-        outcomes: list[Outcome | None] = [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
-                                          for job, loc in zip(jobs, locations)]
+        locations, outcomes = _locate_all(config, jobs, output_dir)
         missing = [i for i, o in enumerate(outcomes) if o is None]
         folder = self.folder(config, output_dir)
         # SLURM: one array, throttled by the array's %N; local: at most `parallelism` subprocesses.
         window = len(missing) if self.cluster == "slurm" else resolved_parallelism(self.settings)
         at_once = _array_parallelism(self.settings) if self.cluster == "slurm" else window
         with sweep_progress(what, jobs, at_once) as sweep:
-            _mark_reused(sweep, outcomes)
-            for i, outcome in enumerate(outcomes):
-                if outcome is not None:
-                    _report(sweep, i, outcome)
+            _report_reused(sweep, outcomes)
             if missing:
                 self._submit(config, jobs, output_dir, what, outcomes, locations, missing, folder, window, sweep)
         return outcomes
@@ -362,18 +369,11 @@ class PoolExecutor(Executor):
     name = "pool"
 
     def execute(self, config, jobs, output_dir, what):
-        from mmcl.engine import is_reusable
-
-        locations = [locate_job(config, job, output_dir) for job in jobs]
-        outcomes: list[Outcome | None] = [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
-                                          for job, loc in zip(jobs, locations)]
+        locations, outcomes = _locate_all(config, jobs, output_dir)
         missing = [i for i, o in enumerate(outcomes) if o is None]
         workers = resolved_parallelism(self.settings)
         with sweep_progress(what, jobs, workers) as sweep:
-            _mark_reused(sweep, outcomes)
-            for i, outcome in enumerate(outcomes):
-                if outcome is not None:
-                    _report(sweep, i, outcome)
+            _report_reused(sweep, outcomes)
             if missing:
                 self._run_in_pool(config, jobs, output_dir, outcomes, locations, missing, workers, sweep)
         return outcomes
