@@ -185,8 +185,10 @@ class RuntimeConfig(_Strict):
     # The forgetting decomposition (mmcl.engine.forgetting_decomposition): at each task's end, a
     # nearest-class-mean probe on the method's current representation beside its own classifier,
     # recorded in tasks.jsonl and metrics.json. A diagnostic that changes no other number of the run
-    # (tested byte for byte), so, like all of runtime, not part of a run's identity.
-    forgetting_decomposition: bool = True
+    # (tested byte for byte), so, like all of runtime, not part of a run's identity. "auto": in the runs
+    # the decomposition table reads (a method's defaults and its fair comparisons), not in ablation
+    # variants, where it would cost time no output uses; true: every run; false: none.
+    forgetting_decomposition: bool | Literal["auto"] = "auto"
     # Training samples per class the probe's class means read (the first ones of each task's training
     # data, no random draw); None: all. Bounds its cost on large datasets (the paper profile).
     forgetting_decomposition_per_class: int | None = Field(None, ge=1)

@@ -642,6 +642,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
 
     method_obj, stream = built
     tasks, modes = stream.tasks, evaluation_modes(scenario)
+    probes = probes_forgetting(config, run_record.get("role"))
     records.atomic_write_text(stored, config_text)
     records.atomic_write_json(run_dir / "order.json", stream.order_record())
     if records.read_json_record(run_dir / "manifest.json", MANIFEST_DAMAGED) is None:
@@ -706,7 +707,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
         for mode in modes:
             row.setdefault("average_accuracy", {})[mode] = float(np.mean(results[mode]["accuracy"][: index + 1]))
         row["memory"] = records.memory_usage(device)
-        if config.runtime.forgetting_decomposition:  # a diagnostic (after the memory record): changes no number
+        if probes:  # a diagnostic (after the memory record): changes no number
             probed = time.perf_counter()
             row["forgetting_decomposition"] = forgetting_decomposition(method_obj, tasks, index, modes, results,
                                                                        config, device)
@@ -720,7 +721,7 @@ def _run_in_locked_folder(location: RunLocation, scenario: str, force: bool, pro
 
     metrics = finalize(rows, zero_shot, modes, scenario, tasks)
     metrics["forgetting_decomposition"] = forgetting_decomposition_record(
-        rows, modes, config.runtime.forgetting_decomposition, config.runtime.forgetting_decomposition_per_class)
+        rows, modes, probes, config.runtime.forgetting_decomposition_per_class)
     metrics["run"] = {**run_record, "hparams": method_obj.hparams_dict(), **records.code_version()}
     metrics.update(method_obj.run_record())
     metrics["timing"] = {"run_seconds_this_session": time.perf_counter() - started,
@@ -746,6 +747,15 @@ def finalize(rows: list[dict], zero_shot: dict, modes: list[str], scenario: str,
         summaries[mode]["zero_shot_accuracy"] = float(np.mean(zero_shot[mode]))
     return {"modes": summaries, "accuracy_matrix": matrices, "zero_shot": zero_shot,
             "task_names": [t.name for t in tasks]}
+
+
+def probes_forgetting(config: Config, role: str | None) -> bool:
+    """Whether a run of ``role`` (None: a method's defaults; "comparison"; "ablation") runs the
+    forgetting decomposition's probe: ``runtime.forgetting_decomposition`` true or false, or "auto":
+    every run but ablation variants, the runs the decomposition table reads
+    (:func:`mmcl.results.decomposition_runs`)."""
+    setting = config.runtime.forgetting_decomposition
+    return role != "ablation" if setting == "auto" else bool(setting)
 
 
 def forgetting_decomposition_record(rows: list[dict], modes: list[str], enabled: bool,

@@ -318,3 +318,22 @@ def test_the_figure_sets_the_paper_methods_apart(decomposed_runs, tmp_path):
         paths = written[f"forgetting_decomposition_{scenario}"]
         assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
     assert not plt.get_fignums()
+
+
+def test_auto_probes_the_runs_the_table_reads_and_not_ablation_variants(smoke_config, tmp_path):
+    """``runtime.forgetting_decomposition: auto`` (the default): the defaults and the fair comparisons
+    carry the probe, which the decomposition table reads; an ablation variant, which no output reads
+    it from, does not; true and false switch it for every run."""
+    assert smoke_config.runtime.forgetting_decomposition == "auto"
+    default = engine.run(smoke_config, "class_incremental", "ranpac", seed=0, output_dir=tmp_path / "auto")
+    variant = engine.run(smoke_config, "class_incremental", "ranpac", seed=0, output_dir=tmp_path / "auto",
+                         variant="no-projection")
+    assert default.metrics["forgetting_decomposition"]["enabled"] is True
+    assert variant.metrics["run"]["role"] == "ablation"
+    assert variant.metrics["forgetting_decomposition"] == {"enabled": False}
+    assert variant.metrics["timing"]["forgetting_decomposition_seconds"] == 0.0
+    for setting, role, expected in [(True, "ablation", True), (False, None, False), (False, "comparison", False),
+                                    ("auto", "comparison", True), ("auto", None, True), ("auto", "ablation", False)]:
+        config = smoke_config.model_copy(update={"runtime": smoke_config.runtime.model_copy(
+            update={"forgetting_decomposition": setting})})
+        assert engine.probes_forgetting(config, role) is expected, (setting, role)
