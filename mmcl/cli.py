@@ -1,4 +1,4 @@
-"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``tune``, ``calibrate``, ``reproduce``, ``claims``, ``verify``.
+"""The ``mmcl`` command line: ``run``, ``list``, ``bench``, ``tune``, ``calibrate``, ``reproduce``, ``verify``, ``inputs``, ``claims``.
 
     mmcl run --scenario class_incremental --method lwf --seed 0 --profile tiny --set train.epochs=5
     mmcl list methods
@@ -11,6 +11,10 @@
     mmcl calibrate --profile tiny --seeds 0 1 --document docs/benchmark.md
     mmcl calibrate --literature --profile tiny
     mmcl --version
+
+Each subcommand is a pair of functions: ``_add_<command>`` declares its arguments (in :func:`_parser`) and
+points ``set_defaults(func=...)`` at ``_cmd_<command>``, which does the work and returns the exit code;
+:func:`main` only parses, dispatches, and turns bad input into a one-line error (exit code 2).
 
 The heavy libraries (torch, open_clip, pandas) are imported by the command that uses them, never at
 the top of this module: ``mmcl --help``, ``mmcl --version`` and ``mmcl list`` import none of them
@@ -26,6 +30,10 @@ import time
 
 from mmcl.atomic import DiskWriteError
 from mmcl.config import SCENARIOS, ConfigError, PreparedDataError, available_profiles, list_parameter, load_config
+
+# The errors that are bad input (a profile, a key, a missing file or prepared data, a full disk): main()
+# prints them as one line, "mmcl: error: ...", and exits 2.
+INPUT_ERRORS = (ConfigError, FileNotFoundError, PreparedDataError, DiskWriteError)
 
 
 def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,12 +73,21 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The parser: one ``_add_<command>`` per subcommand, in the order ``mmcl --help`` lists them.
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcl", description="Multi-modal continual learning.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     parser.add_argument("--version", action=_Version, help="print the package version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_list, _add_bench, _add_tune, _add_calibrate, _add_reproduce, _add_verify,
+                _add_inputs, _add_claims):
+        add(commands)
+    return parser
 
+
+def _add_run(commands) -> None:
     run = commands.add_parser("run", help="run (or resume) one continual-learning run")
     run.add_argument("--scenario", required=True, choices=SCENARIOS)
     run.add_argument("--method", required=True)
@@ -80,11 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--variant", help="a named ablation of the method (see `mmcl list methods`); runs go to <method>~<variant>")
     run.add_argument("--force", action="store_true", help="delete an existing run folder and start again")
     _add_profile_arguments(run)
+    run.set_defaults(func=_cmd_run)
 
+
+def _add_list(commands) -> None:
     listing = commands.add_parser("list", help="list methods, scenarios, benchmarks or profiles")
     listing.add_argument("what", nargs="?", default="all", choices=["all", "methods", "scenarios", "benchmarks", "profiles"])
     listing.add_argument("--profile", default="tiny")
+    listing.set_defaults(func=_cmd_list)
 
+
+def _add_bench(commands) -> None:
     bench = commands.add_parser("bench", help="training-step throughput and memory of a method")
     bench.add_argument("--method", required=True)
     bench.add_argument("--scenario", default="class_incremental", choices=SCENARIOS)
@@ -94,7 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--peak-tflops", type=float, help="the device's stated peak in the run's precision "
                                                          "(e.g. a GPU's datasheet bf16 TFLOP/s), to report the share of it")
     _add_profile_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
 
+
+def _add_tune(commands) -> None:
     tune = commands.add_parser("tune", help="choose a method's hyper-parameters on validation data (same budget for all)")
     tune.add_argument("--method", help="a registered method (or --all)")
     tune.add_argument("--scenario", choices=SCENARIOS, help="default with --all: every scenario of the profile")
@@ -111,7 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--write-defaults", action="store_true",
                       help="write the chosen values into mmcl/profiles/tuned/<profile>.yaml")
     _add_profile_arguments(tune)
+    tune.set_defaults(func=_cmd_tune)
 
+
+def _add_calibrate(commands) -> None:
     calibrate = commands.add_parser("calibrate", help="check the embedded benchmark's calibration targets "
                                                       "(zero-shot, joint, replay, finetune on each main benchmark); "
                                                       "--literature: check the stored runs against published orderings")
@@ -127,7 +156,10 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--document", help="a Markdown file whose calibration block gets the tables, "
                                               "e.g. docs/benchmark.md")
     _add_profile_arguments(calibrate)
+    calibrate.set_defaults(func=_cmd_calibrate)
 
+
+def _add_reproduce(commands) -> None:
     reproduce = commands.add_parser("reproduce", help="run the notebook sequence with papermill (resumes)")
     reproduce.add_argument("--output-dir", help="runs and executed notebooks (default: runtime.output_dir)")
     reproduce.add_argument("--figures-dir", default="figures", help="tables and figures (default: figures)")
@@ -153,7 +185,10 @@ def _parser() -> argparse.ArgumentParser:
                                help=f"runtime.executor.{key} (SLURM jobs; parallelism also pool and submitit-local, "
                                     f"a number or auto)")
     _add_profile_arguments(reproduce)
+    reproduce.set_defaults(func=_cmd_reproduce)
 
+
+def _add_verify(commands) -> None:
     verify = commands.add_parser("verify", help="compare a reproduction's main-table numbers with the expected ones "
                                                 "(mmcl/profiles/expected/<profile>.yaml): pass/fail table")
     verify.add_argument("--runs", help="the runs folder (default: runtime.output_dir of the profile)")
@@ -162,7 +197,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="write the expected-results file from the runs instead (keeps its paper entries)")
     verify.add_argument("--all", action="store_true", help="list every entry, not only those that do not pass")
     _add_profile_arguments(verify)
+    verify.set_defaults(func=_cmd_verify)
 
+
+def _add_inputs(commands) -> None:
     inputs = commands.add_parser("inputs", help="the sha256 of the backbone and of each embedded benchmark this "
                                                 "machine makes (built if missing), with its CPU and kernels")
     inputs.add_argument("--benchmark", action="append", help="repeatable; default: every generated benchmark")
@@ -170,7 +208,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="the run seeds whose backbones to digest (default: the profile's runtime.seeds)")
     inputs.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_profile_arguments(inputs)
+    inputs.set_defaults(func=_cmd_inputs)
 
+
+def _add_claims(commands) -> None:
     claims = commands.add_parser("claims", help="measure the papers' claims on the stored runs (figures/claims.{md,csv})")
     claims.add_argument("--output-dir", help="where the runs are (default: runtime.output_dir of the profile)")
     claims.add_argument("--figures-dir", default="figures", help="where claims.{md,csv} go (default: figures)")
@@ -184,8 +225,13 @@ def _parser() -> argparse.ArgumentParser:
                         help='with --replicate: the two seed sets, e.g. --sets "0 1 2" "3 4 5" '
                              "(default: the seeds run, split in halves)")
     _add_profile_arguments(claims)
-    return parser
+    claims.set_defaults(func=_cmd_claims)
 
+
+# ---------------------------------------------------------------------------------------------------------
+# The commands: ``_cmd_<command>(args) -> exit code``. Every one imports what it needs (mmcl.engine, torch,
+# pandas, ...) inside itself, on purpose: so that ``mmcl list``, ``--help`` and ``--version`` stay instant
+# and import no heavy library (tests/test_cli.py). Keep these imports local.
 
 def _list(what: str, profile: str, methods: dict[str, dict] | None = None) -> str:
     """The listing; ``methods``: :func:`mmcl.method_index.methods` (the index, no torch) unless given."""
@@ -217,12 +263,64 @@ def _list(what: str, profile: str, methods: dict[str, dict] | None = None) -> st
     return "\n".join(lines)
 
 
-def _tune(args) -> int:
-    from mmcl.methods import REGISTRY
-    from mmcl.methods.base import method_class
-    from mmcl.tuning import tune_many, write_defaults
+def _cmd_list(args) -> int:
+    print(_list(args.what, args.profile))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from mmcl.engine import run
+    from mmcl.hparams import variant_overrides
+    from mmcl.progress import RunTime, format_seconds, sweep_eta
+    from mmcl.records import RunFolderInUse, source_fingerprint
 
     config = load_config(args.profile, args.overrides)
+    hparams = variant_overrides(args.method, args.variant) if args.variant else None
+    seeds, measured = args.seed or [config.seed], []
+    for number, seed in enumerate(seeds, 1):
+        begun = time.perf_counter()
+        try:
+            result = run(config, args.scenario, args.method, seed=seed, benchmark=args.benchmark,
+                         output_dir=args.output_dir, force=args.force, variant=args.variant, hparams=hparams)
+        except RunFolderInUse as error:
+            print(f"mmcl: error: {error}", file=sys.stderr)
+            return 2
+        status = "reused complete run" if result.skipped else "finished"
+        eta = ""
+        if len(seeds) > 1:  # several seeds: a line per run with the ETA of the others (mmcl.progress)
+            recorded = (result.metrics.get("timing") or {}).get("run_seconds_this_session")
+            if not result.skipped:
+                measured.append(RunTime((), args.method, time.perf_counter() - begun, measured=True))
+            elif recorded:  # a reused run: what its record says it took
+                measured.append(RunTime((), args.method, float(recorded), measured=False))
+            left = sweep_eta([((), args.method)] * (len(seeds) - number), measured)
+            eta = f" ({number}/{len(seeds)}, ETA {format_seconds(left)})"
+        print(f"{status}: {result.run_dir}{eta}", flush=True)
+        if result.skipped and result.made_by_other_code:
+            made_by = result.metrics["run"].get("source_fingerprint") or "unknown"
+            print(f"mmcl: warning: {result.run_dir} was made by other code (source {made_by}, this code "
+                  f"{source_fingerprint()}); --force runs it again", file=sys.stderr)
+        for mode, summary in result.metrics["modes"].items():
+            print(f"  {mode}: final {summary['final_accuracy']:.2f}  "
+                  f"avg-incremental {summary['average_incremental_accuracy']:.2f}  "
+                  f"forgetting {summary['forgetting']:.2f}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from mmcl.bench import bench_method, format_bench
+
+    config = load_config(args.profile, args.overrides)
+    result = bench_method(config, args.method, args.scenario, steps=args.steps, variant=args.variant,
+                          peak_tflops=args.peak_tflops)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+def _tune_jobs(args, config) -> tuple[list[tuple[str, str]], list[int] | None]:
+    """The checked arguments of ``mmcl tune``: its (method, scenario) jobs and its seeds."""
+    from mmcl.methods import REGISTRY
+
     if args.all == bool(args.method):
         raise ConfigError("mmcl tune: give --method M --scenario S, or --all")
     if args.trials is not None and args.trials < 1:
@@ -241,6 +339,16 @@ def _tune(args) -> int:
         if not args.scenario:
             raise ConfigError("mmcl tune: --scenario is required with --method")
         jobs = [(args.method, args.scenario)]
+    return jobs, seeds
+
+
+def _cmd_tune(args) -> int:
+    from mmcl.methods import REGISTRY  # noqa: F401 (imported before the profile is read, as always)
+    from mmcl.methods.base import method_class
+    from mmcl.tuning import tune_many, write_defaults
+
+    config = load_config(args.profile, args.overrides)
+    jobs, seeds = _tune_jobs(args, config)
     pairs = []
     for name, scenario in jobs:
         if not method_class(name).trains:
@@ -262,7 +370,56 @@ def _tune(args) -> int:
     return 0
 
 
-def _verify(args) -> int:
+def _cmd_calibrate(args) -> int:
+    if args.literature:
+        return _calibrate_literature(args)
+    from mmcl.calibrate import calibrate
+
+    config = load_config(args.profile, args.overrides)
+    args.output_dir = args.output_dir or "runs/calibration"
+    command = " ".join(["mmcl calibrate", f"--profile {args.profile}", "--seeds", *map(str, args.seeds),
+                        *[f"--set {o}" for o in args.overrides]])
+    from mmcl.progress import enabled
+
+    targets = calibrate(config, args.seeds, args.output_dir, args.table_dir, args.document, command,
+                        progress=enabled(config.runtime.progress))
+    from mmcl.results import display_table, to_markdown
+
+    print(to_markdown(display_table(targets)))
+    failed = (targets["pass"] != "pass").sum()
+    print(f"{len(targets) - failed} of {len(targets)} targets pass")
+    return 0
+
+
+def _calibrate_literature(args) -> int:
+    """``mmcl calibrate --literature``: trains nothing; exit 1 when a published ordering fails."""
+    from mmcl.calibrate import calibrate_literature
+
+    config = load_config(args.profile, args.overrides)
+    checks, text = calibrate_literature(config, args.output_dir or config.runtime.output_dir, args.table_dir,
+                                        args.literature_file)
+    print(text)
+    return 1 if any(check.verdict == "FAIL" for check in checks) else 0
+
+
+def _cmd_reproduce(args) -> int:
+    from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
+
+    executor_keys = {k: v for k, v in vars(args).items() if k.startswith("executor_") and v is not None}
+    args.overrides += [f"runtime.executor.{k[len('executor_'):]}={v}" for k, v in executor_keys.items()]
+    if args.executor:
+        args.overrides.append(f"runtime.executor.name={args.executor}")
+    try:
+        reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
+                  seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks,
+                  rerun_stale=args.rerun_stale, update_docs=args.update_docs)
+    except NotebookFailed as error:
+        print(f"mmcl reproduce: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_verify(args) -> int:
     from pathlib import Path
 
     from mmcl import results, verify
@@ -297,6 +454,45 @@ def _verify(args) -> int:
     return 0 if (table["verdict"] == "pass").all() else 1
 
 
+def _cmd_inputs(args) -> int:
+    from mmcl.verify import format_input_digests, input_digests
+
+    config = load_config(args.profile, args.overrides)
+    from mmcl.progress import enabled
+
+    found = input_digests(config, args.benchmark, progress=enabled(config.runtime.progress),
+                          seeds=args.seeds or config.runtime.seeds)
+    print(json.dumps(found, indent=2) if args.json else format_input_digests(found))
+    return 0
+
+
+def _cmd_claims(args) -> int:
+    from pathlib import Path
+
+    from mmcl import claims, results
+    from mmcl.reproduce import DOCS_DIR
+
+    config = load_config(args.profile, args.overrides)
+    runs = results.load_runs(Path(args.output_dir or config.runtime.output_dir) / config.profile)
+    if args.replicate:
+        sets = [list_parameter(text, "--sets", int) for text in args.sets] if args.sets else None
+        try:
+            found = claims.replicate(runs, sets, results.appendix_benchmarks(config))
+        except ValueError as error:
+            raise ConfigError(f"--replicate: {error}") from None
+        print(claims.replication_text(found))
+        return 0
+    paths = claims.write_claims(runs, args.figures_dir, results.appendix_benchmarks(config))
+    table = claims.read_claims(paths["csv"])
+    print(f"{claims.tally_text(table)}: {paths['md']}, {paths['csv']}")
+    if args.update_docs:
+        changed = claims.update_docs(paths["csv"], args.docs_dir or DOCS_DIR)
+        print("rewritten: " + (", ".join(map(str, changed)) or "nothing (already up to date)"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+
 def _restart_for_kernels(args: argparse.Namespace) -> None:
     """Start this command again in a process whose CPU kernels are what the profile's
     ``runtime.portable_kernels`` asks (mmcl.kernels): the switch is read when mmcl is imported, so a
@@ -324,127 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # open_clip logs every model creation at INFO
     try:
-        if args.command == "list":
-            print(_list(args.what, args.profile))
-        elif args.command == "run":
-            from mmcl.engine import run, variant_overrides
-            from mmcl.progress import RunTime, format_seconds, sweep_eta
-            from mmcl.records import RunFolderInUse, source_fingerprint
-
-            config = load_config(args.profile, args.overrides)
-            hparams = variant_overrides(args.method, args.variant) if args.variant else None
-            seeds, measured = args.seed or [config.seed], []
-            for number, seed in enumerate(seeds, 1):
-                begun = time.perf_counter()
-                try:
-                    result = run(config, args.scenario, args.method, seed=seed, benchmark=args.benchmark,
-                                 output_dir=args.output_dir, force=args.force, variant=args.variant, hparams=hparams)
-                except RunFolderInUse as error:
-                    print(f"mmcl: error: {error}", file=sys.stderr)
-                    return 2
-                status = "reused complete run" if result.skipped else "finished"
-                eta = ""
-                if len(seeds) > 1:  # several seeds: a line per run with the ETA of the others (mmcl.progress)
-                    recorded = (result.metrics.get("timing") or {}).get("run_seconds_this_session")
-                    if not result.skipped:
-                        measured.append(RunTime((), args.method, time.perf_counter() - begun, measured=True))
-                    elif recorded:  # a reused run: what its record says it took
-                        measured.append(RunTime((), args.method, float(recorded), measured=False))
-                    left = sweep_eta([((), args.method)] * (len(seeds) - number), measured)
-                    eta = f" ({number}/{len(seeds)}, ETA {format_seconds(left)})"
-                print(f"{status}: {result.run_dir}{eta}", flush=True)
-                if result.skipped and result.made_by_other_code:
-                    made_by = result.metrics["run"].get("source_fingerprint") or "unknown"
-                    print(f"mmcl: warning: {result.run_dir} was made by other code (source {made_by}, this code "
-                          f"{source_fingerprint()}); --force runs it again", file=sys.stderr)
-                for mode, summary in result.metrics["modes"].items():
-                    print(f"  {mode}: final {summary['final_accuracy']:.2f}  "
-                          f"avg-incremental {summary['average_incremental_accuracy']:.2f}  "
-                          f"forgetting {summary['forgetting']:.2f}")
-        elif args.command == "bench":
-            from mmcl.bench import bench_method, format_bench
-
-            config = load_config(args.profile, args.overrides)
-            result = bench_method(config, args.method, args.scenario, steps=args.steps, variant=args.variant,
-                                  peak_tflops=args.peak_tflops)
-            print(json.dumps(result, indent=2) if args.json else format_bench(result))
-        elif args.command == "tune":
-            return _tune(args)
-        elif args.command == "calibrate" and args.literature:
-            from mmcl.calibrate import calibrate_literature
-
-            config = load_config(args.profile, args.overrides)
-            checks, text = calibrate_literature(config, args.output_dir or config.runtime.output_dir, args.table_dir,
-                                                args.literature_file)
-            print(text)
-            return 1 if any(check.verdict == "FAIL" for check in checks) else 0
-        elif args.command == "calibrate":
-            from mmcl.calibrate import calibrate
-
-            config = load_config(args.profile, args.overrides)
-            args.output_dir = args.output_dir or "runs/calibration"
-            command = " ".join(["mmcl calibrate", f"--profile {args.profile}", "--seeds", *map(str, args.seeds),
-                                *[f"--set {o}" for o in args.overrides]])
-            from mmcl.progress import enabled
-
-            targets = calibrate(config, args.seeds, args.output_dir, args.table_dir, args.document, command,
-                                progress=enabled(config.runtime.progress))
-            from mmcl.results import display_table, to_markdown
-
-            print(to_markdown(display_table(targets)))
-            failed = (targets["pass"] != "pass").sum()
-            print(f"{len(targets) - failed} of {len(targets)} targets pass")
-        elif args.command == "reproduce":
-            from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
-
-            executor_keys = {k: v for k, v in vars(args).items() if k.startswith("executor_") and v is not None}
-            args.overrides += [f"runtime.executor.{k[len('executor_'):]}={v}" for k, v in executor_keys.items()]
-            if args.executor:
-                args.overrides.append(f"runtime.executor.name={args.executor}")
-            try:
-                reproduce(args.profile, args.overrides, output_dir=args.output_dir, figures_dir=args.figures_dir,
-                          seeds=args.seeds, notebooks=args.only or NOTEBOOKS, rerun=args.rerun_notebooks,
-                          rerun_stale=args.rerun_stale, update_docs=args.update_docs)
-            except NotebookFailed as error:
-                print(f"mmcl reproduce: {error}", file=sys.stderr)
-                return 1
-        elif args.command == "verify":
-            return _verify(args)
-        elif args.command == "inputs":
-            from mmcl.verify import format_input_digests, input_digests
-
-            config = load_config(args.profile, args.overrides)
-            from mmcl.progress import enabled
-
-            found = input_digests(config, args.benchmark, progress=enabled(config.runtime.progress),
-                                  seeds=args.seeds or config.runtime.seeds)
-            print(json.dumps(found, indent=2) if args.json else format_input_digests(found))
-        elif args.command == "claims":
-            from pathlib import Path
-
-            from mmcl import claims, results
-            from mmcl.reproduce import DOCS_DIR
-
-            config = load_config(args.profile, args.overrides)
-            runs = results.load_runs(Path(args.output_dir or config.runtime.output_dir) / config.profile)
-            if args.replicate:
-                sets = [list_parameter(text, "--sets", int) for text in args.sets] if args.sets else None
-                try:
-                    found = claims.replicate(runs, sets, results.appendix_benchmarks(config))
-                except ValueError as error:
-                    raise ConfigError(f"--replicate: {error}") from None
-                print(claims.replication_text(found))
-                return 0
-            paths = claims.write_claims(runs, args.figures_dir, results.appendix_benchmarks(config))
-            table = claims.read_claims(paths["csv"])
-            print(f"{claims.tally_text(table)}: {paths['md']}, {paths['csv']}")
-            if args.update_docs:
-                changed = claims.update_docs(paths["csv"], args.docs_dir or DOCS_DIR)
-                print("rewritten: " + (", ".join(map(str, changed)) or "nothing (already up to date)"))
-    except (ConfigError, FileNotFoundError, PreparedDataError, DiskWriteError) as error:
+        return args.func(args)
+    except INPUT_ERRORS as error:
         print(f"mmcl: error: {error}", file=sys.stderr)  # DiskWriteError: a full or read-only disk, naming the file
         return 2
-    return 0
 
 
 if __name__ == "__main__":
