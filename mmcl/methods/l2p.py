@@ -29,11 +29,11 @@ from mmcl.models.prompts import (
     encode_prompted,
     frozen_query,
     key_query_matching_loss,
-    pool_frames,
     prefix_tokens_even,
     prompt_parameter_groups,
     single_modality,
 )
+from mmcl.models.towers import frames_of, mean_over_frames
 
 
 @register
@@ -44,8 +44,9 @@ class L2P(Method):
     tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.1, 0.5]}
     compatible_scenarios = ("modality_incremental",)  # one modality per batch (see single_modality)
     description = "learning to prompt: one shared prompt pool, top-k key-query selection"
-    # unmasked: cross-entropy over every seen class. Under L2P's mask nothing moves a new modality's
-    # samples out of the old classes' logits (tiny: 97 % of depth predictions land there).
+    # unmasked: cross-entropy over every seen class. Under L2P's mask the loss never sees the old
+    # classes' logits, so nothing moves a new modality's samples out of them (docs/methods/comm.md,
+    # "Does it learn what zero-shot cannot read?", measures where its predictions land).
     ablations = {"no-matching-loss": {"matching_weight": 0.0}, "unmasked": {"ce_over": "seen"}}
 
     @dataclass(config={"extra": "forbid"})
@@ -85,7 +86,7 @@ class L2P(Method):
         images = as_images(modality, inputs)
         prompts, _, similarity = self.pool(frozen_query(self.encoder, images))
         embeddings = encode_prompted(self.encoder, images, prompts, self.hparams.prompt_style)
-        return pool_frames(modality, embeddings, len(batch)), similarity
+        return mean_over_frames(embeddings, frames_of(modality, inputs)), similarity
 
     def training_loss(self, batch, task):
         embeddings, similarity = self.embed(batch)
