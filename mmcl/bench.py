@@ -6,9 +6,9 @@ scenario's second task (so methods with teachers, buffers or penalties do their 
 times optimizer steps at the profile's batch size. The floor is the forward pass of the frozen
 backbone alone on the same batches: no method can step faster than that. The step is split into
 its forward pass (frozen backbone included; minus the floor: the trainable part's forward),
-backward pass and optimizer step (:func:`mmcl.engine.train_step`'s ``phases``); beside it, data
+backward pass and optimizer step (:func:`mmcl.training.train_step`'s ``phases``); beside it, data
 handling (batching and the copy to the device) and evaluation (prediction on the task's test
-data, per sample). Threads: as a run's (:func:`mmcl.engine.run_threads`: one on CPU).
+data, per sample). Threads: as a run's (:func:`mmcl.runtime.run_threads`: one on CPU).
 
 How close a step comes to the hardware: the matrix FLOPs of one training step and of the frozen
 forward pass are counted (:func:`count_flops`: matrix products, convolutions and attention, forward
@@ -25,17 +25,10 @@ import time
 import torch
 
 from mmcl.config import Config
-from mmcl.engine import (
-    autocast_for,
-    build_run,
-    make_optimizer,
-    pins_memory,
-    resolve_device,
-    run_threads,
-    train_step,
-    variant_overrides,
-    with_method_overrides,
-)
+from mmcl.engine import build_run
+from mmcl.hparams import variant_overrides, with_method_overrides
+from mmcl.runtime import autocast_for, pins_memory, resolve_device, run_threads
+from mmcl.training import make_optimizer, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -70,7 +63,7 @@ def count_flops(fn) -> int:
 
 def matmul_rate(config: Config, device: torch.device, size: int | None = None, repeats: int = 5) -> tuple[float, int]:
     """(FLOP/s, size) of one ``size x size`` matrix product on ``device`` in the precision a run's
-    steps use there (under :func:`mmcl.engine.autocast_for`): the reference the step's rate is set
+    steps use there (under :func:`mmcl.runtime.autocast_for`): the reference the step's rate is set
     beside. ``size`` defaults to 1024 on CPU and 8192 on a GPU."""
     size = size or (8192 if device.type == "cuda" else 1024)
     a, b = (torch.randn(size, size, device=device) for _ in range(2))

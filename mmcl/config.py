@@ -147,7 +147,7 @@ class ExecutorConfig(_Strict):
 class RuntimeConfig(_Strict):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # torch threads of a run: None = 1 on CPU (every executor gives the same numbers; see
-    # mmcl.engine.run_threads), torch's default on GPU.
+    # mmcl.runtime.run_threads), torch's default on GPU.
     num_threads: int | None = Field(None, ge=1)
     # CPU kernels pinned to AVX2 (mmcl.kernels): the same bytes on every x86-64 machine. false: this
     # CPU's best kernels, numbers bound to the machine (the manifest says so; own folder and caches).

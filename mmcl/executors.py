@@ -22,7 +22,7 @@ above those lines in a terminal or a live notebook):
   (:class:`SweepFailed`).
 
 Every executor gives the same numbers: :func:`mmcl.engine.run` runs every CPU run single-threaded
-unless ``runtime.num_threads`` is set (:func:`mmcl.engine.run_threads`), in this process or in a
+unless ``runtime.num_threads`` is set (:func:`mmcl.runtime.run_threads`), in this process or in a
 worker. Another executor subclasses :class:`Executor` and implements ``execute``.
 """
 from __future__ import annotations
@@ -78,8 +78,8 @@ def split_job(config: Config, job: dict) -> tuple[Config, dict]:
 
 
 def locate_job(config: Config, job: dict, output_dir: str | Path | None):
-    """:func:`mmcl.engine.locate_run` of one job."""
-    from mmcl.engine import locate_run
+    """:func:`mmcl.runs.locate_run` of one job."""
+    from mmcl.runs import locate_run
 
     job_config, arguments = split_job(config, job)
     return locate_run(job_config, output_dir=output_dir, **arguments)
@@ -169,7 +169,7 @@ def _report_reused(sweep: SweepProgress, outcomes: Sequence[Outcome | None]) -> 
 
 def _locate_all(config: Config, jobs: list[dict], output_dir) -> tuple[list, list[Outcome | None]]:
     """Each job's run location, and a ``reused`` outcome for each job whose run is complete (None for the others)."""
-    from mmcl.engine import is_reusable
+    from mmcl.runs import is_reusable
 
     locations = [locate_job(config, job, output_dir) for job in jobs]
     return locations, [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
@@ -429,7 +429,7 @@ def slurm_script(settings, folder: str | Path, runs: int) -> str:
 def auto_executor_name(config: Config, missing: int, cores: int | None = None) -> str:
     """What ``runtime.executor.name=auto`` runs ``missing`` runs on: ``pool`` on CPU when more
     than one run is missing and there is more than one core (and parallelism), else ``local``."""
-    from mmcl.engine import resolve_device
+    from mmcl.runtime import resolve_device
 
     cores = cores or cpu_cores()
     if resolve_device(config.runtime.device).type != "cpu" or missing < 2:

@@ -27,7 +27,7 @@ What else could move bytes, and why it does not:
 
 - **Threads.** A reduction split over more threads sums in another order. Every CPU run, the
   pre-training and the benchmark generation run on one intra-op and one BLAS thread
-  (:func:`mmcl.engine.run_threads`), whatever ``OMP_NUM_THREADS`` says; ``runtime.num_threads``
+  (:func:`mmcl.runtime.run_threads`), whatever ``OMP_NUM_THREADS`` says; ``runtime.num_threads``
   overrides it and is recorded in the manifest.
 - **Cache sizes.** oneDNN chooses its blocking (and with it the order of a convolution's or a
   product's sums) by the caches it finds, which differ between processors of one instruction set.

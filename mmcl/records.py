@@ -50,7 +50,7 @@ checkpoint or cache copied from a shared folder could run commands when read; a 
 other objects (a crafted one, or one of an older format with numpy arrays or classes in it) is
 refused with a one-line :class:`RefusedFile`, never loaded.
 
-A run's *identity* (see :func:`mmcl.engine.run_identity`) is a mapping of what can change its
+A run's *identity* (see :func:`mmcl.runs.run_identity`) is a mapping of what can change its
 numbers; :func:`identity_digest` names it and :func:`identity_difference` says how it differs
 from the profile's defaults, as dotted keys. A run whose identity differs from the profile's
 defaults lives in ``<method>@<8 hex digits of the difference>`` (:func:`run_name`).

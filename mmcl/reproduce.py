@@ -18,7 +18,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -56,6 +56,29 @@ def _run_all(config: Config, jobs: list[dict], output_dir: str | Path | None, wh
     return results.load_runs(*make_executor(config).run_jobs(config, jobs, output_dir, what))
 
 
+def method_jobs(config: Config, scenario: str, method: str, benchmarks: Sequence[str],
+                variants: Iterable[tuple[str, dict]], seeds: Sequence[int], name_full_run: bool = False
+                ) -> list[dict]:
+    """The runs of one method on one scenario (keyword arguments of :func:`mmcl.engine.run`): on each
+    of ``benchmarks`` whose samples have what the method needs (:meth:`~mmcl.methods.base.Method.
+    inapplicable`: e.g. av-cil on a benchmark without audio has no row, its docs say why), the full
+    method and then each of ``variants`` (name, overrides), each on every seed in turn. A full-method
+    job names ``variant`` and ``hparams`` as None when ``name_full_run`` (the ablation jobs), else
+    leaves them out (the sweep jobs); a variant's job always names them."""
+    from mmcl.methods import REGISTRY
+
+    cls = REGISTRY[method]
+    jobs = []
+    for benchmark in benchmarks:
+        if benchmark in config.benchmarks and cls.inapplicable(config.benchmarks[benchmark].modalities):
+            continue
+        for variant, overrides in [(None, None), *variants]:
+            for seed in seeds:
+                job = {"scenario": scenario, "benchmark": benchmark, "method": method, "seed": int(seed)}
+                jobs.append(job | ({"variant": variant, "hparams": overrides} if variant or name_full_run else {}))
+    return jobs
+
+
 def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
                benchmarks: Sequence[str] | None = None) -> list[dict]:
     """The runs of a scenario sweep (keyword arguments of :func:`mmcl.engine.run`); with
@@ -66,7 +89,7 @@ def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = No
     ``comparison_scenarios``, with each of its fair-comparison variants (``Method.comparisons``).
     ``methods``, ``seeds`` and ``benchmarks`` may be strings that parse to lists (papermill's
     ``-p seeds "[0]"``, ``"0 1 2"``; :func:`mmcl.config.list_parameter`)."""
-    from mmcl.engine import scenario_benchmark
+    from mmcl.hparams import scenario_benchmark
     from mmcl.methods import REGISTRY
 
     methods, seeds = list_parameter(methods, "methods"), list_parameter(seeds, "seeds", int)
@@ -79,13 +102,8 @@ def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = No
     for benchmark in benchmarks:
         for method in compatible_methods(scenario, methods):
             cls = REGISTRY[method]
-            if benchmark in config.benchmarks and cls.inapplicable(config.benchmarks[benchmark].modalities):
-                continue  # e.g. av-cil on a benchmark without audio: no row (its docs say why)
             comparisons = cls.comparisons.items() if scenario in cls.comparison_scenarios else ()
-            for variant, overrides in [(None, None), *comparisons]:
-                for seed in seeds:
-                    job = {"scenario": scenario, "benchmark": benchmark, "method": method, "seed": int(seed)}
-                    jobs.append(job | ({"variant": variant, "hparams": overrides} if variant else {}))
+            jobs += method_jobs(config, scenario, method, [benchmark], comparisons, seeds)
     return jobs
 
 
@@ -107,7 +125,7 @@ def ablation_jobs(config: Config, methods: Sequence[str] | None = None, seeds: S
     declares compatible), on the profile's benchmark for the scenario and the benchmarks of its
     ``scenarios.<name>.ablations_also_on``. ``methods``, ``seeds`` and ``scenarios`` may be strings
     that parse to lists (:func:`mmcl.config.list_parameter`)."""
-    from mmcl.engine import scenario_benchmark
+    from mmcl.hparams import scenario_benchmark
     from mmcl.methods import REGISTRY
 
     methods, seeds = list_parameter(methods, "methods"), list_parameter(seeds, "seeds", int)
@@ -120,13 +138,8 @@ def ablation_jobs(config: Config, methods: Sequence[str] | None = None, seeds: S
         chosen = [s for s in cls.compatible_scenarios if scenarios is None or s in scenarios]
         for scenario in chosen[:1] if scenarios is None else chosen:
             also = config.scenarios[scenario].ablations_also_on if scenario in config.scenarios else []
-            for benchmark in [scenario_benchmark(config, scenario, None), *also]:
-                if benchmark in config.benchmarks and cls.inapplicable(config.benchmarks[benchmark].modalities):
-                    continue
-                for variant, overrides in [(None, None), *cls.ablations.items()]:
-                    for seed in seeds:
-                        jobs.append({"scenario": scenario, "benchmark": benchmark, "method": method,
-                                     "seed": int(seed), "variant": variant, "hparams": overrides})
+            jobs += method_jobs(config, scenario, method, [scenario_benchmark(config, scenario, None), *also],
+                                cls.ablations.items(), seeds, name_full_run=True)
     return jobs
 
 
@@ -320,7 +333,7 @@ def _effective_parameters(source: Path, parameters: dict) -> dict:
 def _runs_complete(name: str, source: Path, parameters: dict) -> bool:
     """Whether every run that notebook ``name`` would make with ``parameters`` is already complete
     (with the identity the notebook asks for)."""
-    from mmcl.engine import is_reusable, locate_run
+    from mmcl.runs import is_reusable, locate_run
 
     values = _effective_parameters(source, parameters)
     config = load_config(values["profile"], values.get("overrides") or [])

@@ -8,7 +8,7 @@ The frame has one row per (run, evaluation mode): class- and domain-incremental 
 mode (``standard``), modality-incremental runs two (``modality_aware``, ``modality_agnostic``).
 A run of an ablation variant has ``variant`` set and is labelled ``<method>~<variant>``. A run
 whose configuration differs from the profile's defaults (its ``difference``, see
-:func:`mmcl.engine.run_identity`) shows the difference in its label, ``replay (per_class=2)``,
+:func:`mmcl.runs.run_identity`) shows the difference in its label, ``replay (per_class=2)``,
 so it is its own row in every table; runs of different identity are never averaged.
 
 Every table carries the code version of its runs (source fingerprint and git commit, see

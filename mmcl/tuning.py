@@ -37,7 +37,7 @@ edges; the code version) is written beside the runs as ``<method>.json``.
 round's grid and choice, and every point's scores). :func:`tuned_edges` lists every tuned value at
 an edge of a >= 3-value grid in such a file, with its reason. The engine resolves a method's
 hyper-parameters as: the method's defaults < the tuned values < the profile's ``methods`` and
-``--set`` overrides (:func:`mmcl.engine.resolved_method_values`); the resolved values are part of
+``--set`` overrides (:func:`mmcl.hparams.resolved_method_values`); the resolved values are part of
 every run's identity, so runs made before a tuning are not reused after it.
 """
 from __future__ import annotations
@@ -303,7 +303,8 @@ def plan(config: Config, scenario: str, method: str, seeds: list[int] | int = (0
     """The validation runs of one round of a tuning (method on scenario) over ``grid`` (default: the
     method's ``tuning_grid``): its trial points and, for each point and seed, an executor job
     (:mod:`mmcl.executors`) carrying the configuration with that point's values."""
-    from mmcl.engine import evaluation_modes, scenario_benchmark, with_method_overrides
+    from mmcl.engine import evaluation_modes
+    from mmcl.hparams import scenario_benchmark, with_method_overrides  # here: mmcl.hparams imports mmcl.tuning
     from mmcl.methods.base import method_class
 
     method_cls = method_class(method)

@@ -12,14 +12,15 @@ import dataclasses
 import math
 
 from mmcl.methods.comm import (
-    GaussianBank,
     blend_weights,
     class_balanced_weights,
     gaussian_epoch_weights,
     promptsrc_regularisation,
     self_regularisation,
 )
-from mmcl.models.prompts import as_images, encode_prompted, pool_frames
+from mmcl.models.class_statistics import ClassStatistics
+from mmcl.models.prompts import as_images, encode_prompted
+from mmcl.models.towers import frames_of, mean_over_frames
 
 from learning_check import assert_learning_verdict, learning_cases
 
@@ -49,19 +50,19 @@ def test_gaussian_sampler_reproduces_the_stored_statistics():
     mean = torch.tensor([1.0, -2.0, 0.5])
     root = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.8, 0.0], [-0.3, 0.2, 0.4]])
     data = mean + torch.randn(4000, 3, generator=generator) @ root.T
-    bank = GaussianBank(shrinkage=0.0)
+    bank = ClassStatistics(10, 3, shrinkage=0.0, accumulate=False, jitter=1e-6)  # COMM's statistics
     bank.add(torch.cat([data, data + 10]), torch.tensor([7] * 4000 + [9] * 4000))
     sample_cov = torch.cov(data.T)
-    assert torch.allclose(bank.means[7], data.mean(0), atol=1e-5)
-    assert torch.allclose(bank.covariances[7], sample_cov, atol=1e-5)
+    assert torch.allclose(bank.mean(7), data.mean(0), atol=1e-5)
+    assert torch.allclose(bank.covariance(7), sample_cov, atol=1e-5)
     samples = bank.sample(torch.tensor([7] * 20000), generator)
-    assert torch.allclose(samples.mean(0), bank.means[7], atol=0.03)
-    assert torch.allclose(torch.cov(samples.T), bank.covariances[7], atol=0.03)
+    assert torch.allclose(samples.mean(0), bank.mean(7), atol=0.03)
+    assert torch.allclose(torch.cov(samples.T), bank.covariance(7), atol=0.03)
     assert torch.allclose(bank.sample(torch.tensor([9] * 2000), generator).mean(0), data.mean(0) + 10, atol=0.1)
-    shrunk = GaussianBank(shrinkage=0.5)
+    shrunk = ClassStatistics(1, 3, shrinkage=0.5, accumulate=False, jitter=1e-6)
     shrunk.add(data, torch.zeros(4000, dtype=torch.long))
     target = sample_cov.diagonal().mean() * torch.eye(3)
-    assert torch.allclose(shrunk.covariances[0], 0.5 * sample_cov + 0.5 * target, atol=1e-5)
+    assert torch.allclose(shrunk.covariance(0), 0.5 * sample_cov + 0.5 * target, atol=1e-5)
 
 
 def test_self_regularisation_is_zero_when_nothing_moved_and_adaptive_otherwise():
@@ -95,7 +96,7 @@ def test_first_occurrence_teacher_is_the_frozen_model(comm_two_tasks):
     _, parts = method.training_loss(batch, task)
     modality, inputs = task.modality, batch.inputs[task.modality]
     embeddings, query, _ = method.embed(modality, inputs, known=modality)
-    frozen = pool_frames(modality, query, len(inputs))
+    frozen = mean_over_frames(query, frames_of(modality, inputs))
     expected = self_regularisation(embeddings, frozen, method.hparams.self_reg_kappa)
     assert parts["self"] == pytest.approx(expected.item(), rel=1e-5) and parts["self"] > 0
     assert "relevance" in parts and "match" in parts
@@ -317,7 +318,8 @@ def test_each_tower_of_a_two_modality_sample_is_prompted_from_its_own_pool(smoke
     for modality in ("video", "audio"):
         images = as_images(modality, batch.inputs[modality])
         prompts, _, _ = method.pools[modality](queries[modality])
-        expected = pool_frames(modality, encode_prompted(method.encoder, images, prompts), len(batch))
+        expected = mean_over_frames(encode_prompted(method.encoder, images, prompts),
+                                    frames_of(modality, batch.inputs[modality]))
         assert torch.allclose(embeddings[modality], expected, atol=1e-6)
         assert list(similarities[modality]) == [modality]  # rho = 0: no other pool is looked up
     fused = method.combine(embeddings)
@@ -335,7 +337,7 @@ def test_second_class_incremental_task_revisits_every_pool(smoke_config):
     method.begin_task(first)
     assert method.revisited == [] and method.teachers == {}
     method.end_task(first)
-    assert len(method.queries) == 0 and method.features.classes == sorted(first.classes)  # fused features only
+    assert len(method.queries) == 0 and method.features.classes() == sorted(first.classes)  # fused features only
     method.context.seen_classes = sorted(first.classes + second.classes)
     method.begin_task(second)
     assert method.revisited == ["video", "audio"] and sorted(method.teachers) == ["audio", "video"]

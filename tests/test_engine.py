@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from mmcl import engine, records, reproduce
+from mmcl import engine, hparams, records, reproduce, runs, training
 from mmcl.config import ConfigError, load_config
 from mmcl.data.benchmarks import load_benchmark
 from mmcl.data.dataset import Batch, MultiModalDataset
@@ -51,7 +51,7 @@ def test_resume_after_interruption_equals_uninterrupted(smoke_config, tmp_path, 
     monkeypatch.setattr(engine, "evaluate_stream", killed_during_second_task)
     with pytest.raises(Interrupted):
         engine.run(config, "class_incremental", method, seed=1, output_dir=tmp_path / "b")
-    run_dir = engine.locate_run(config, "class_incremental", method, seed=1, output_dir=tmp_path / "b").run_dir
+    run_dir = runs.locate_run(config, "class_incremental", method, seed=1, output_dir=tmp_path / "b").run_dir
     assert not records.is_complete(run_dir)
     assert len(records.read_jsonl(run_dir / "tasks.jsonl")) == 1
     monkeypatch.setattr(engine, "evaluate_stream", real_evaluate_stream)
@@ -118,7 +118,7 @@ def test_a_changed_profile_file_never_reuses_or_resumes_the_old_run(tmp_path, mo
     profile.write_text(yaml.safe_dump(original))
     config = load_config(profile, [f"runtime.output_dir={tmp_path / 'runs'}"])
     folder = tmp_path / "runs" / "smoke" / "class_incremental" / "av-events" / "finetune" / "seed0"
-    assert engine.locate_run(config, "class_incremental", "finetune", 0).run_dir == folder
+    assert runs.locate_run(config, "class_incremental", "finetune", 0).run_dir == folder
     monkeypatch.setattr(engine, "train_task", lambda *a, **k: (_ for _ in ()).throw(Interrupted()))
     with pytest.raises(Interrupted):
         engine.run(config, "class_incremental", "finetune", seed=0)
@@ -173,7 +173,7 @@ def test_other_hyper_parameters_make_a_new_run_in_its_own_folder(smoke_config):
     for key in ("identity", "difference"):
         del legacy["run"][key]
     manifest_path.write_text(json.dumps(legacy))
-    assert engine.stored_identity(default.run_dir)[0] == default.metrics["run"]["identity"]
+    assert runs.stored_identity(default.run_dir)[0] == default.metrics["run"]["identity"]
     assert engine.run(smoke_config, "class_incremental", "replay", seed=0).skipped
 
 
@@ -313,8 +313,8 @@ def test_frozen_old_rows_get_no_gradient_and_no_update_from_weight_decay_or_mome
                   torch.zeros(3, dtype=torch.long))
     apply_head_rules(method.head, method.rules, first)
     assert method.head.frozen.tolist() == [False, False, True]  # the rows of later classes wait too
-    opt = engine.make_optimizer(method, config)
-    engine.train_step(method, batch, first, opt, config, torch.device("cpu"))
+    opt = training.make_optimizer(method, config)
+    training.train_step(method, batch, first, opt, config, torch.device("cpu"))
     assert torch.equal(method.head.weight[2], torch.tensor([1.0, 1.0]))
     assert not torch.equal(method.head.weight[0], torch.tensor([1.0, 0.0]))
     # Task 1 with the momentum of task 0's optimizer kept (the engine makes a new one; the rule
@@ -322,13 +322,13 @@ def test_frozen_old_rows_get_no_gradient_and_no_update_from_weight_decay_or_mome
     apply_head_rules(method.head, method.rules, second)
     old = method.head.weight[:2].detach().clone()
     for _ in range(3):
-        engine.train_step(method, batch, second, opt, config, torch.device("cpu"))
+        training.train_step(method, batch, second, opt, config, torch.device("cpu"))
         assert torch.count_nonzero(method.head.weight.grad[:2]) == 0
     assert torch.equal(method.head.weight[:2], old)
     assert not torch.equal(method.head.weight[2], torch.tensor([1.0, 1.0]))
     # Without the rule every row trains (today's default of the baselines).
     apply_head_rules(method.head, HeadConfig(), second)
-    engine.train_step(method, batch, second, opt, config, torch.device("cpu"))
+    training.train_step(method, batch, second, opt, config, torch.device("cpu"))
     assert not torch.equal(method.head.weight[:2], old)
 
 
@@ -339,7 +339,7 @@ def test_first_adamw_step_of_a_trainable_row_by_hand():
     task = Task(0, [2], ["image"], None, None)
     batch = Batch({"image": torch.tensor([[0.8, 0.9]])}, torch.tensor([2]), torch.zeros(1, dtype=torch.long))
     apply_head_rules(method.head, method.rules, task)
-    engine.train_step(method, batch, task, engine.make_optimizer(method, config), config, torch.device("cpu"))
+    training.train_step(method, batch, task, training.make_optimizer(method, config), config, torch.device("cpu"))
     gradient = method.head.weight.grad[2]
     # AdamW, first step: p <- p (1 - lr wd) - lr g / (|g| + eps) = [1, 1] * 0.95 - 0.1 * sign(g)
     expected = torch.tensor([1.0, 1.0]) * 0.95 - 0.1 * torch.sign(gradient)
@@ -385,11 +385,11 @@ def test_comparison_variants_run_in_the_main_class_incremental_sweep_only():
 
 
 def test_a_comparison_run_records_its_role_and_merges_nested_overrides(smoke_config):
-    merged = engine.with_method_overrides(
+    merged = hparams.with_method_overrides(
         smoke_config.model_copy(update={"methods": {"lwf": {"head": {"train": False}, "temperature": 3.0}}}),
         "lwf", {"head": {"freeze_old_rows": True}})
     assert merged.methods["lwf"] == {"head": {"train": False, "freeze_old_rows": True}, "temperature": 3.0}
-    overrides = engine.variant_overrides("lwf", "frozen-head")
+    overrides = hparams.variant_overrides("lwf", "frozen-head")
     result = engine.run(smoke_config.model_copy(update={"train": smoke_config.train.model_copy(update={"epochs": 1})}),
                         "class_incremental", "lwf", seed=0, variant="frozen-head", hparams=overrides)
     run = result.metrics["run"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmcl import engine, records
+from mmcl import engine, records, runs
 from mmcl.config import load_config
 from mmcl.results import load_runs
 
@@ -70,7 +70,7 @@ def assert_no_half_written_record(run_dir: Path) -> None:
             json.loads((run_dir / name).read_text())
     rows = records.read_jsonl(run_dir / "tasks.jsonl")
     assert [row["task"] for row in rows] == list(range(len(rows)))
-    for index, path in engine.checkpoints(run_dir):
+    for index, path in runs.checkpoints(run_dir):
         state = records.load_tensors(path)  # tensors and plain data only
         assert len(state["rows"]) == index + 1 and state["method_state"]
 
@@ -259,9 +259,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(finished_in_pr
         return real_train_task(method_obj, task, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_task", stop_in_task_1)
-    with caplog.at_level(logging.WARNING, logger="mmcl.engine"), pytest.raises(KeyboardInterrupt):
+    with caplog.at_level(logging.WARNING, logger="mmcl.runs"), pytest.raises(KeyboardInterrupt):
         engine.run(config, "class_incremental", "finetune", seed=0)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "mmcl.engine" and r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mmcl.runs" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and str(run_dir / "checkpoints" / "task_1.pt") in warnings[0], warnings
     assert "falling back to task_0.pt" in warnings[0] and "\n" not in warnings[0]
     # A file holding other objects is refused as such, and nothing in it ran.
@@ -285,13 +285,13 @@ def test_no_usable_checkpoint_restarts_from_task_0(finished_in_process, tmp_path
     run_dir = output_dir / reference_dir.relative_to(config.runtime.output_dir)
     shutil.copytree(reference_dir, run_dir)
     (run_dir / "metrics.json").unlink()
-    for _, path in engine.checkpoints(run_dir):
+    for _, path in runs.checkpoints(run_dir):
         garbage(path) if case == "all-garbage" else path.unlink()
     config = config.model_copy(update={"runtime": config.runtime.model_copy(update={"output_dir": str(output_dir)})})
 
-    with caplog.at_level(logging.WARNING, logger="mmcl.engine"):
+    with caplog.at_level(logging.WARNING, logger="mmcl.runs"):
         resumed = engine.run(config, "class_incremental", "finetune", seed=0)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "mmcl.engine" and r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mmcl.runs" and r.levelno >= logging.WARNING]
     if case == "all-garbage":
         assert len(warnings) == 2 and "task_1.pt" in warnings[0] and "falling back to task_0.pt" in warnings[0]
         assert "task_0.pt" in warnings[1] and "starting again from task 0" in warnings[1]
@@ -306,12 +306,12 @@ def test_stale_later_checkpoints_are_deleted_when_an_earlier_task_is_saved(tmp_p
     for index in (0, 1, 2, 3):
         (tmp_path / "checkpoints").mkdir(exist_ok=True)
         torch.save({"index": index}, tmp_path / "checkpoints" / f"task_{index}.pt")
-    engine.save_checkpoint(tmp_path, 1, {"index": "new 1"}, keep="last")
-    assert [i for i, _ in engine.checkpoints(tmp_path)] == [0, 1]  # 2 and 3 belonged to a discarded history
-    engine.save_checkpoint(tmp_path, 2, {"index": "new 2"}, keep="last")
-    assert [i for i, _ in engine.checkpoints(tmp_path)] == [1, 2]  # the two newest
-    engine.save_checkpoint(tmp_path, 3, {"index": "new 3"}, keep="all")
-    assert [i for i, _ in engine.checkpoints(tmp_path)] == [1, 2, 3]
+    runs.save_checkpoint(tmp_path, 1, {"index": "new 1"}, keep="last")
+    assert [i for i, _ in runs.checkpoints(tmp_path)] == [0, 1]  # 2 and 3 belonged to a discarded history
+    runs.save_checkpoint(tmp_path, 2, {"index": "new 2"}, keep="last")
+    assert [i for i, _ in runs.checkpoints(tmp_path)] == [1, 2]  # the two newest
+    runs.save_checkpoint(tmp_path, 3, {"index": "new 3"}, keep="all")
+    assert [i for i, _ in runs.checkpoints(tmp_path)] == [1, 2, 3]
 
 
 # ------------------------------------------------------------------------------ the run-folder lock

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from test_results import write_run  # noqa: E402
 
-from mmcl import engine, forgetting, plots, records, results  # noqa: E402
+from mmcl import engine, forgetting, plots, records, results, runs  # noqa: E402
 from mmcl.metrics import forgetting_decomposition_summary  # noqa: E402
 from mmcl.methods import REGISTRY  # noqa: E402
 from mmcl.methods.base import method_class  # noqa: E402
@@ -138,8 +138,8 @@ def test_the_probe_changes_no_other_number_of_a_run(smoke_config, tmp_path, meth
     rows = [records.read_jsonl(r.run_dir / "tasks.jsonl") for r in (with_probe, without)]
     assert [{k: v for k, v in row.items() if k not in TIMES} for row in rows[0]] == \
         [{k: v for k, v in row.items() if k not in TIMES} for row in rows[1]]
-    for (index, path), (other_index, other_path) in zip(engine.checkpoints(with_probe.run_dir),
-                                                        engine.checkpoints(without.run_dir), strict=True):
+    for (index, path), (other_index, other_path) in zip(runs.checkpoints(with_probe.run_dir),
+                                                        runs.checkpoints(without.run_dir), strict=True):
         states = [records.load_tensors(p, map_location="cpu")["method_state"] for p in (path, other_path)]
         assert index == other_index and _tensors_bytes(states[0]) == _tensors_bytes(states[1]), path.name
 
@@ -235,9 +235,9 @@ def test_a_run_resumed_with_the_probe_switched_on_says_which_tasks_lack_it():
             {"task": 1, "evaluation": {"standard": {"accuracy": [40.0, 60.0]}},
              "forgetting_decomposition": {"standard": {"ncm_accuracy": [70.0, 65.0], "own_old": 40.0,
                                                        "ncm_old": 70.0}}}]
-    record = engine.forgetting_decomposition_record(rows, ["standard"], True)
+    record = runs.forgetting_decomposition_record(rows, ["standard"], True)
     assert record == {"enabled": True, "per_class": None, "modes": None, "note": "tasks [0] were run without the probe"}
-    assert engine.forgetting_decomposition_record(rows, ["standard"], False) == {"enabled": False}
+    assert runs.forgetting_decomposition_record(rows, ["standard"], False) == {"enabled": False}
 
 
 # -------------------------------------------------------------------------------- table and figure

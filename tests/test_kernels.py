@@ -100,15 +100,15 @@ def test_numpy_loaded_before_mmcl_is_refused_in_one_line():
 
 
 def test_opting_out_is_recorded_and_kept_apart(tmp_path):
-    from mmcl import engine
+    from mmcl import runs
 
     native = load_config("smoke", ["runtime.portable_kernels=false", f"data.cache_dir={tmp_path}"])
     portable = load_config("smoke", [f"data.cache_dir={tmp_path}"])
     assert portable.runtime.portable_kernels and portable.cache_dir() == tmp_path
     assert native.cache_dir() == tmp_path / kernels.machine_tag()  # its backbones and benchmarks apart
-    identity = engine.run_identity(native, "finetune", "av-events", scenario="class_incremental")
+    identity = runs.run_identity(native, "finetune", "av-events", scenario="class_incremental")
     assert identity["kernels"] == kernels.machine_tag()
-    assert "kernels" not in engine.run_identity(portable, "finetune", "av-events", scenario="class_incremental")
+    assert "kernels" not in runs.run_identity(portable, "finetune", "av-events", scenario="class_incremental")
     # This process pinned its kernels when it imported mmcl: a native run cannot be computed in it.
     with pytest.raises(ConfigError, match="MMCL_PORTABLE_KERNELS=0"):
         kernels.require(False)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mmcl import engine
+from mmcl import engine, training
 from mmcl.config import load_config
 from mmcl.methods.base import CosineClassifier
 from mmcl.methods.moe_adapters import (
@@ -110,8 +110,8 @@ def two_tasks(mmcl_cache):
     with torch.no_grad():
         _, fused, teacher = method.forward_features(batch)
         relation_at_start = relation_loss(fused, fuse_embeddings(teacher.embeddings, "mean")).item()
-    optimizer = engine.make_optimizer(method, config)
-    engine.train_step(method, batch, tasks[1], optimizer, config, device)
+    optimizer = training.make_optimizer(method, config)
+    training.train_step(method, batch, tasks[1], optimizer, config, device)
     first_grads = {n: None if p.grad is None else p.grad.clone() for n, p in method.named_parameters()}
     engine.train_task(method, tasks[1], [tasks[1].train], config, 0, device, False)
     method.end_task(tasks[1])

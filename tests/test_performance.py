@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcl import engine
+from mmcl import engine, runtime
 from mmcl.bench import bench_method, count_flops, format_bench
 from mmcl.config import load_config
 from mmcl.reproduce import time_report
@@ -68,11 +68,11 @@ def test_reproduce_ends_with_the_time_per_notebook_and_the_slowest_runs(tmp_path
 
 def test_every_cpu_run_is_single_threaded_unless_num_threads_is_set():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert engine.run_threads(load_config("smoke", []), cpu) == 1
-    assert engine.run_threads(load_config("smoke", ["runtime.num_threads=3"]), cpu) == 3
-    assert engine.run_threads(load_config("smoke", []), cuda) == torch.get_num_threads()
-    assert engine.pins_memory(load_config("paper", []), cuda) and not engine.pins_memory(load_config("paper", []), cpu)
-    assert not engine.pins_memory(load_config("smoke", ["runtime.pin_memory=false"]), cuda)
+    assert runtime.run_threads(load_config("smoke", []), cpu) == 1
+    assert runtime.run_threads(load_config("smoke", ["runtime.num_threads=3"]), cpu) == 3
+    assert runtime.run_threads(load_config("smoke", []), cuda) == torch.get_num_threads()
+    assert runtime.pins_memory(load_config("paper", []), cuda) and not runtime.pins_memory(load_config("paper", []), cpu)
+    assert not runtime.pins_memory(load_config("smoke", ["runtime.pin_memory=false"]), cuda)
 
 
 def test_bench_splits_a_training_step_into_its_parts():

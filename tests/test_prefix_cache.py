@@ -6,7 +6,7 @@ import uuid
 import pytest
 import torch
 
-from mmcl import engine, records
+from mmcl import engine, records, runtime
 from mmcl.config import load_config
 from mmcl.data.benchmarks import load_benchmark
 from mmcl.methods.base import REGISTRY, Snapshot, method_class
@@ -211,9 +211,9 @@ def test_evaluation_batch_size_is_a_runtime_key(smoke_config, encoder_and_data):
     config, encoder, data = encoder_and_data
     method = type("M", (), {"encoder": encoder})()
     cpu = torch.device("cpu")
-    assert engine.eval_batch_size(config, method, cpu, data.test) == config.train.eval_batch_size  # auto on CPU
+    assert runtime.eval_batch_size(config, method, cpu, data.test) == config.train.eval_batch_size  # auto on CPU
     seven = load_config("smoke", ["runtime.eval_batch_size=7"])
-    assert engine.eval_batch_size(seven, method, cpu, data.test) == 7
+    assert runtime.eval_batch_size(seven, method, cpu, data.test) == 7
     with pytest.raises(ConfigError, match="runtime.eval_batch_size"):
         load_config("smoke", ["runtime.eval_batch_size=0"])
 

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from mmcl.data.dataset import Batch
-from mmcl.engine import build_run, make_optimizer
+from mmcl.engine import build_run
 from mmcl.methods.coda_prompt import component_weights, gram_schmidt
 from mmcl.methods.dualprompt import select_expert
 from mmcl.models.class_statistics import ClassStatistics
 from mmcl.models.prompts import frozen_query
+from mmcl.training import make_optimizer
 
 from learning_check import assert_learning_verdict, learning_cases
 

@@ -5,6 +5,7 @@ import pytest
 
 from mmcl import engine
 from mmcl.config import load_config
+from mmcl.hparams import variant_overrides
 
 from learning_check import UNTRAINED_OVERRIDES, learns, record_margins
 
@@ -111,7 +112,7 @@ def test_prompt_methods_learn_what_zero_shot_cannot_read(tmp_path, method, varia
     overrides = [f"runtime.output_dir={tmp_path / 'runs'}", "runtime.progress=false"]
     if not trained:
         overrides += ["train.epochs=0", *UNTRAINED_OVERRIDES.get(method, [])]
-    hparams = engine.variant_overrides(method, variant) if variant else None
+    hparams = variant_overrides(method, variant) if variant else None
     metrics = engine.run(load_config("tiny", overrides), "modality_incremental", method, seed=0,
                          variant=variant, hparams=hparams).metrics
     verdict, checks = learns(metrics)

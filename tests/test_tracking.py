@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from mmcl.config import ConfigError, load_config
-from mmcl.engine import locate_run, run
+from mmcl.engine import run
+from mmcl.runs import locate_run
 
 
 def test_tensorboard_logs_what_the_records_hold(tmp_path):

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from mmcl import engine, tuning
+from mmcl import hparams, tuning
 from mmcl.cli import main
 from mmcl.config import ConfigError, load_config
 from mmcl.executors import locate_job
@@ -158,7 +158,7 @@ def test_rounds_run_out_at_an_edge_and_the_cli_and_the_defaults_say_so(tmp_path,
         {"scenario": "class_incremental", "method": "finetune", "key": "lr_scale", "value": 30.0, "side": "high",
          "grid": [3.0, 10.0, 30.0], "reason": entry["edges"][0]["reason"]}]
     config = load_config("smoke")
-    assert engine.resolved_method_values(config, "class_incremental", "finetune") == entry["values"]
+    assert hparams.resolved_method_values(config, "class_incremental", "finetune") == entry["values"]
     # one seed or several, not both; distinct seeds
     assert main(["tune", "--method", "finetune", "--scenario", "class_incremental", "--profile", "smoke",
                  "--seed", "0", "--seeds", "1"]) == 2
@@ -194,7 +194,7 @@ def test_the_packaged_tuned_defaults_still_resolve_and_every_edge_is_explained()
     config = load_config("tiny")
     for scenario, methods in packaged.items():
         for method, entry in methods.items():
-            assert engine.resolved_method_values(config, scenario, method) == \
+            assert hparams.resolved_method_values(config, scenario, method) == \
                 {**entry["values"], **config.methods.get(method, {})}
             REGISTRY[method].make_config(entry["values"])
     for edge in tuning.tuned_edges("tiny"):

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from mmcl import engine, tuning
+from mmcl import engine, hparams, runs, training, tuning
 from mmcl.cli import main
 from mmcl.config import ConfigError, available_profiles, load_config
 from mmcl.data.benchmarks import carve_validation, load_benchmark
@@ -101,8 +101,8 @@ def test_methods_never_hold_test_or_validation_data(smoke_config, monkeypatch, m
 
 def test_eval_split_is_part_of_the_run_identity_and_validation_runs_live_apart(smoke_config):
     val = load_config("smoke", [f"runtime.output_dir={smoke_config.runtime.output_dir}", "train.eval_split=val"])
-    test_run = engine.locate_run(smoke_config, "class_incremental", "finetune", 0)
-    val_run = engine.locate_run(val, "class_incremental", "finetune", 0)
+    test_run = runs.locate_run(smoke_config, "class_incremental", "finetune", 0)
+    val_run = runs.locate_run(val, "class_incremental", "finetune", 0)
     assert test_run.identity != val_run.identity and val_run.difference == {"train.eval_split": "val"}
     assert val_run.run_dir.parts[-6:-3] == ("smoke", "tuning", "class_incremental")
     assert test_run.run_dir.parts[-5:-3] == ("smoke", "class_incremental")
@@ -136,9 +136,9 @@ def test_every_method_gets_the_same_budget_and_small_grids_are_refused():
 
 def test_lr_scale_multiplies_every_rate(smoke_config):
     def rates(scale):
-        config = engine.with_method_overrides(smoke_config, "comm", {"lr_scale": scale})
+        config = hparams.with_method_overrides(smoke_config, "comm", {"lr_scale": scale})
         method, _ = engine.build_run(config, "modality_incremental", "comm", seed=0, device=torch.device("cpu"))
-        return [group["lr"] for group in engine.make_optimizer(method, config).param_groups]
+        return [group["lr"] for group in training.make_optimizer(method, config).param_groups]
 
     lr = smoke_config.train.lr
     assert rates(1.0) == pytest.approx([10 * lr, 100 * lr])  # COMM's own scales: prompts x10, relevance x100
@@ -148,7 +148,7 @@ def test_lr_scale_multiplies_every_rate(smoke_config):
 def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "TUNED_DIR", tmp_path / "tuned")
     config = load_config("smoke", [f"runtime.output_dir={tmp_path / 'runs'}", "train.epochs=0"])
-    assert engine.resolved_method_values(config, "class_incremental", "finetune") == {}
+    assert hparams.resolved_method_values(config, "class_incremental", "finetune") == {}
     before = engine.run(config, "class_incremental", "finetune", seed=0)
     assert before.metrics["run"]["tuned"] is False  # the tables say so (results.run_note)
     record = {"profile": "smoke", "scenario": "class_incremental", "benchmark": "av-events", "method": "finetune",
@@ -166,14 +166,14 @@ def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monk
     assert stored["class_incremental"]["finetune"]["scores"] == [
         {"values": {"lr_scale": 0.3, "trainable_blocks": 0}, "val_score": 61.23},
         {"values": {"lr_scale": 1.0, "trainable_blocks": 0}, "val_score": 55.0}]
-    assert engine.resolved_method_values(config, "class_incremental", "finetune") == \
+    assert hparams.resolved_method_values(config, "class_incremental", "finetune") == \
         {"lr_scale": 0.3, "trainable_blocks": 0}
-    assert engine.resolved_method_values(config, "domain_incremental", "finetune") == {}  # per scenario
+    assert hparams.resolved_method_values(config, "domain_incremental", "finetune") == {}  # per scenario
     explicit = load_config("smoke", ["methods.finetune.lr_scale=2.0"])
-    assert engine.resolved_method_values(explicit, "class_incremental", "finetune") == \
+    assert hparams.resolved_method_values(explicit, "class_incremental", "finetune") == \
         {"lr_scale": 2.0, "trainable_blocks": 0}  # an explicit override beats the tuned value
     # The tuned values are the defaults now: same folder, another identity; the old run is not reused.
-    after = engine.locate_run(config, "class_incremental", "finetune", 0)
+    after = runs.locate_run(config, "class_incremental", "finetune", 0)
     assert after.run_dir == before.run_dir and after.difference == {"train.epochs": 0}
     with pytest.raises(ConfigError, match="methods.finetune.lr_scale"):
         engine.run(config, "class_incremental", "finetune", seed=0)
@@ -183,7 +183,7 @@ def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monk
     assert "tuned" not in zero_shot.metrics["run"]  # trains nothing: nothing to tune
     path.write_text("class_incremental: {finetune: [1, 2]}\n")
     with pytest.raises(ConfigError, match=r"smoke.yaml: class_incremental.finetune.values"):
-        engine.resolved_method_values(config, "class_incremental", "finetune")
+        hparams.resolved_method_values(config, "class_incremental", "finetune")
 
 
 def test_tune_on_smoke_records_every_trial_and_writes_defaults(tmp_path, monkeypatch, capsys):

@@ -327,13 +327,6 @@ def _rotation(degrees: np.ndarray) -> np.ndarray:
     return (np.cos(theta) * np.eye(3) + np.sin(theta) * cross + (1 - np.cos(theta)) * np.outer(axis, axis)).astype(np.float32)
 
 
-def rotate_hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate colours ``[..., 3]`` about the grey axis of RGB space."""
-    if degrees == 0:
-        return rgb
-    return np.clip(rgb @ _rotation(np.array([degrees]))[0].T, 0, 1)
-
-
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     axis = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     y, x = np.meshgrid(-axis, axis, indexing="ij")

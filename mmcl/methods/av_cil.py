@@ -32,6 +32,7 @@ from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
 from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, fuse, register, targets_in
 from mmcl.models.exemplars import ExemplarBuffer, buffer_record
+from mmcl.seeding import derived_seed, seeded_generator
 
 VISUAL_MODALITIES = ("video", "image")  # the visual modality of a sample, in this order of preference
 
@@ -139,7 +140,7 @@ class AVCIL(TextAnchoredMethod):
 
     def begin_task(self, task):
         super().begin_task(task)
-        self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
+        self.generator.manual_seed(derived_seed(self.context.config.seed, "task", task.index))
         buffer, self.buffer = self.buffer, None  # the teacher needs the model only, not a copy of the exemplars
         uses_teacher = self.hparams.avsc_weight > 0 or self.hparams.vad_weight > 0
         self.teacher = Snapshot(self) if task.index > 0 and uses_teacher else None
@@ -191,7 +192,7 @@ class AVCIL(TextAnchoredMethod):
 
     def end_task(self, task):
         # Its own generator, so that the exemplars depend on the seed and the task only (as replay).
-        generator = torch.Generator().manual_seed(self.context.config.seed * 1000 + 500 + task.index)
+        generator = seeded_generator(self.context.config.seed, "exemplars", task.index)
         self.buffer.add_task(task.train, task.index, generator)
 
     def run_record(self) -> dict:

@@ -55,6 +55,7 @@ from mmcl.methods.base import (
     register,
     targets_in,
 )
+from mmcl.models.class_statistics import ClassStatistics
 from mmcl.models.prompts import (
     PromptPool,
     as_images,
@@ -62,10 +63,11 @@ from mmcl.models.prompts import (
     encode_prompted,
     frozen_query,
     key_query_matching_loss,
-    pool_frames,
     prefix_tokens_even,
     prompt_parameter_groups,
 )
+from mmcl.models.towers import frames_of, mean_over_frames
+from mmcl.seeding import derived_seed
 
 DEFAULT_MODALITY_WORDS = {"image": "photo", "video": "video", "audio": "sound", "depth": "depth map",
                           "text": "text", "acc": "motion", "gyro": "rotation"}
@@ -73,69 +75,6 @@ SHARED = "shared"
 
 
 # ---------------------------------------------------------------------------------------- pieces
-class GaussianBank:
-    """Per-class Gaussians ``N(mu_c, Sigma_c)`` of features, with shrinkage, and a sampler.
-
-    ``Sigma_c = (1 - gamma) S_c + gamma * (trace(S_c) / D) * I`` where ``S_c`` is the sample
-    covariance (``gamma = shrinkage``; Ledoit-Wolf-style target, *design choice*): with fewer
-    samples than dimensions ``S_c`` is singular and could not be sampled from.
-    """
-
-    def __init__(self, shrinkage: float = 0.1):
-        self.shrinkage = shrinkage
-        self.means: dict[int, torch.Tensor] = {}
-        self.covariances: dict[int, torch.Tensor] = {}
-        self._factors: dict[int, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self.means)
-
-    @property
-    def classes(self) -> list[int]:
-        return sorted(self.means)
-
-    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Store the statistics of ``features [N, D]`` for every class in ``labels [N]``."""
-        features = features.detach().double()
-        for label in labels.unique().tolist():
-            rows = features[labels == label]
-            mean = rows.mean(dim=0)
-            centred = rows - mean
-            sample = centred.T @ centred / max(len(rows) - 1, 1)
-            target = sample.diagonal().mean() * torch.eye(len(mean), dtype=sample.dtype, device=sample.device)
-            covariance = (1 - self.shrinkage) * sample + self.shrinkage * target
-            self.means[label], self.covariances[label] = mean.float(), covariance.float()
-            self._factors.pop(label, None)
-
-    def _factor(self, label: int) -> torch.Tensor:
-        if label not in self._factors:
-            covariance = self.covariances[label].double()
-            jitter = 1e-6 * covariance.diagonal().mean().clamp(min=1e-12)
-            eye = torch.eye(len(covariance), dtype=covariance.dtype, device=covariance.device)
-            self._factors[label] = torch.linalg.cholesky(covariance + jitter * eye).float()
-        return self._factors[label]
-
-    def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One pseudo-feature per entry of ``labels [N]``: ``[N, D]``."""
-        means = torch.stack([self.means[int(c)] for c in labels])
-        factors = torch.stack([self._factor(int(c)) for c in labels])
-        noise = torch.randn(means.shape, generator=generator).to(means.device)
-        return means + (factors @ noise.unsqueeze(-1)).squeeze(-1)
-
-    def state(self) -> dict:
-        return {"shrinkage": self.shrinkage, "means": self.means, "covariances": self.covariances}
-
-    def load(self, state: dict) -> None:
-        self.shrinkage, self.means, self.covariances = state["shrinkage"], state["means"], state["covariances"]
-        self._factors = {}
-
-    def to(self, device: torch.device) -> GaussianBank:
-        self.means = {k: v.to(device) for k, v in self.means.items()}
-        self.covariances = {k: v.to(device) for k, v in self.covariances.items()}
-        self._factors = {k: v.to(device) for k, v in self._factors.items()}
-        return self
-
-
 def blend_weights(relevance_logits: torch.Tensor, seen: torch.Tensor, known: int | None, blending: str,
                   temperature: float, aware_share: float) -> torch.Tensor:
     """Weights ``[N, M]`` of the ``M`` modality pools for each image; rows sum to one.
@@ -337,8 +276,12 @@ class COMM(Method):
         nn.init.eye_(self.align.weight)
         self.align.requires_grad_(False)  # trained only by the re-alignment step
         self.register_buffer("seen_mask", torch.zeros(len(self.modalities), dtype=torch.bool))
-        self.queries = GaussianBank(h.covariance_shrinkage)  # frozen queries, for R_t's pseudo-queries
-        self.features = GaussianBank(h.covariance_shrinkage)  # final embeddings, for re-alignment
+        # Per-class Gaussians of the frozen queries (R_t's pseudo-queries) and of the final embeddings
+        # (re-alignment): a class's statistics are those of its latest task (accumulate=False).
+        self.queries = ClassStatistics(context.num_classes, encoder.embed_dim, h.covariance_shrinkage,
+                                       accumulate=False, jitter=1e-6)
+        self.features = ClassStatistics(context.num_classes, encoder.embed_dim, h.covariance_shrinkage,
+                                        accumulate=False, jitter=1e-6)
         # The modality a class is taught in, for classes of single-modality tasks (R_t's pseudo-queries);
         # a class of a multi-modal task has every modality of its samples and no such entry.
         self.class_modality: dict[int, int] = {c: self.modalities.index(t.modalities[0])
@@ -414,7 +357,7 @@ class COMM(Method):
         query = frozen_query(self.encoder, images) if query is None else query
         prompts, similarities = self.prompts(query, known, replace)
         embeddings = encode_prompted(self.encoder, images, prompts, self.hparams.prompt_style)
-        return pool_frames(modality, embeddings, len(inputs)), query, similarities
+        return mean_over_frames(embeddings, frames_of(modality, inputs)), query, similarities
 
     def classify(self, embeddings: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
         return self.head(self.align(F.normalize(embeddings.float(), dim=-1)), label_space)
@@ -449,7 +392,7 @@ class COMM(Method):
 
     def begin_task(self, task):
         apply_head_rules(self.head, self.hparams.head, task)
-        self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
+        self.generator.manual_seed(derived_seed(self.context.config.seed, "task", task.index))
         current = self.current_pools(task)
         seen_before = {self.pool_name(m) for m in task.modalities if bool(self.seen_mask[self.modalities.index(m)])}
         self.revisited = [name for name in current
@@ -471,7 +414,7 @@ class COMM(Method):
         pools before this task, or (the modality's first task) the frozen model's normalised
         embedding, which is the query (video: the mean of its frames' queries)."""
         if self.pool_name(modality) not in self.teachers:
-            return pool_frames(modality, query, len(inputs))
+            return mean_over_frames(query, frames_of(modality, inputs))
         with torch.no_grad():
             embeddings, _, _ = self.embed(modality, inputs, known=modality, query=query,
                                           replace={name: t.module for name, t in self.teachers.items()})
@@ -504,7 +447,7 @@ class COMM(Method):
         device = next(iter(queries.values())).device
         inputs = list(queries.values())
         targets = [torch.full((len(q),), index, device=device) for q, index in zip(inputs, present)]
-        old = [c for c in self.queries.classes if self.class_modality.get(c) not in present]
+        old = [c for c in self.queries.classes() if self.class_modality.get(c) not in present]
         if old and self.hparams.relevance_pseudo_batch > 0:
             picks = torch.randint(len(old), (self.hparams.relevance_pseudo_batch,), generator=self.generator)
             labels = torch.tensor(old)[picks]
@@ -534,7 +477,7 @@ class COMM(Method):
         elif h.self_reg == "promptsrc":
             terms = []
             for m in regularised:  # each modality against the frozen model's (normalised) embedding of it
-                frozen = pool_frames(m, queries[m], len(batch))
+                frozen = mean_over_frames(queries[m], frames_of(m, batch.inputs[m]))
                 frozen_logits = self.head.scale * F.normalize(frozen.float(), dim=-1) @ self.zero_shot_weight[space].T
                 own = logits if len(embeddings) == 1 else self.classify(embeddings[m], space)
                 terms.append(promptsrc_regularisation(embeddings[m], frozen, own, frozen_logits, h.src_feature_loss,
@@ -579,7 +522,7 @@ class COMM(Method):
         if single:
             self.queries.add(torch.cat(queries), torch.cat(query_labels))
         embeddings, labels = torch.cat(embeddings), torch.cat(labels)
-        old = [c for c in self.features.classes if c not in task.classes]
+        old = [c for c in self.features.classes() if c not in task.classes]
         self.features.add(embeddings, labels)
         if h.realign and old:
             with torch.enable_grad():

@@ -18,6 +18,7 @@ from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import MethodConfig, TextAnchoredMethod, register, targets_in
 from mmcl.models.exemplars import ReservoirBuffer, buffer_record
+from mmcl.seeding import derived_seed
 
 
 def derpp_loss(logits: torch.Tensor, targets: torch.Tensor, replay_logits: torch.Tensor | None,
@@ -55,7 +56,7 @@ class DERpp(TextAnchoredMethod):
 
     def begin_task(self, task):
         super().begin_task(task)
-        self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
+        self.generator.manual_seed(derived_seed(self.context.config.seed, "task", task.index))
 
     def buffer_batch(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(current logits over all classes, stored logits, labels) of one random buffer batch."""

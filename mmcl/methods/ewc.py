@@ -17,7 +17,7 @@ from torch.func import grad, vmap
 from torch.nn.utils.stateless import _reparametrize_module
 
 from mmcl.methods.base import MethodConfig, TextAnchoredMethod, fuse, iterate_task_batches, register, targets_in
-from mmcl.models.prefix_cache import tower_of
+from mmcl.models.towers import tower_of
 
 
 @register

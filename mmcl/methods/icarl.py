@@ -22,6 +22,7 @@ from pydantic.dataclasses import dataclass
 from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, distillation_loss, register
 from mmcl.models.exemplars import ExemplarBuffer, buffer_record, stack_items
 from mmcl.models.prototypes import PrototypeBank
+from mmcl.seeding import derived_seed, seeded_generator
 
 
 def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
@@ -69,7 +70,7 @@ class ICaRL(TextAnchoredMethod):
 
     def begin_task(self, task):
         super().begin_task(task)
-        self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
+        self.generator.manual_seed(derived_seed(self.context.config.seed, "task", task.index))
         self.old_classes = sorted({c for earlier in self.context.tasks[: task.index] for c in earlier.classes})
         buffer, self.buffer = self.buffer, None  # the teacher needs the model only, not a copy of the exemplars
         self.teacher = Snapshot(self) if self.old_classes and self.hparams.distillation_weight > 0 else None
@@ -104,7 +105,7 @@ class ICaRL(TextAnchoredMethod):
         self.eval()
         features = torch.cat([self.normalised_features(b) for b in task.train.batches(
             self.context.config.train.eval_batch_size)]).cpu()
-        generator = torch.Generator().manual_seed(self.context.config.seed * 1000 + 500 + task.index)
+        generator = seeded_generator(self.context.config.seed, "exemplars", task.index)
         self.buffer.add_task(task.train, task.index, generator,
                              rank=lambda candidates, quota: candidates[herding_order(features[candidates], quota)])
         self.means.reset()  # class means of the exemplars, with the current model

@@ -45,6 +45,7 @@ from mmcl.models.moe_adapter import (
     AdapterSettings,
     CrossModalMoEAdapters,
 )
+from mmcl.models.towers import tower_of
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -249,9 +250,9 @@ class MoEAdapters(Method):
             return []
         (modality,) = batch.inputs
         seen = set(self.context.seen_classes)
-        tower = "text" if modality == "text" else "vision"
+        tower = tower_of(modality)
         trained = [m for task in self.context.tasks if set(task.classes) <= seen for m in task.modalities]
-        return [m for m in dict.fromkeys(trained) if ("text" if m == "text" else "vision") == tower]
+        return [m for m in dict.fromkeys(trained) if tower_of(m) == tower]
 
     # --------------------------------------------------------------------------- hooks
     def begin_task(self, task):

@@ -24,6 +24,7 @@ from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_batches, register
 from mmcl.models.prototypes import choose_ridge, ridge_solution
+from mmcl.seeding import seeded_generator
 
 RIDGE_CANDIDATES = [10.0**k for k in range(-8, 14)]
 
@@ -46,7 +47,7 @@ class RanPAC(TextAnchoredMethod):
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
         dim, width = encoder.embed_dim, hparams.projection_dim or encoder.embed_dim
-        generator = torch.Generator().manual_seed(context.config.seed * 1000 + 17)
+        generator = seeded_generator(context.config.seed, "projection")
         projection = torch.randn(dim, hparams.projection_dim, generator=generator) if hparams.projection_dim else None
         self.register_buffer("projection", projection, persistent=False)  # rebuilt from the seed
         self.register_buffer("gram", torch.zeros(width, width, dtype=torch.float64))
@@ -70,7 +71,7 @@ class RanPAC(TextAnchoredMethod):
         h, y = torch.cat(rows), torch.cat(targets)
         self.gram += h.double().T @ h.double()
         self.class_sums += h.double().T @ y.double()
-        generator = torch.Generator().manual_seed(self.context.config.seed * 1000 + 700 + task.index)
+        generator = seeded_generator(self.context.config.seed, "ridge-split", task.index)
         ridge, _ = choose_ridge(h, y, RIDGE_CANDIDATES, generator)
         self.ridges.append(ridge)
         self.readout.copy_(ridge_solution(self.gram, self.class_sums, ridge).float())

@@ -17,6 +17,7 @@ from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import MethodConfig, TextAnchoredMethod, register
 from mmcl.models.exemplars import ExemplarBuffer, buffer_record
+from mmcl.seeding import derived_seed, seeded_generator
 
 
 @register
@@ -41,7 +42,7 @@ class Replay(TextAnchoredMethod):
     def begin_task(self, task):
         super().begin_task(task)
         # Seeded per task, so a resumed run draws the same replay batches as an uninterrupted one.
-        self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
+        self.generator.manual_seed(derived_seed(self.context.config.seed, "task", task.index))
 
     def training_loss(self, batch, task):
         loss, _, _ = self.classification_loss(batch)
@@ -54,7 +55,7 @@ class Replay(TextAnchoredMethod):
 
     def end_task(self, task):
         # Its own generator, so that the exemplars depend on the seed and the task only.
-        generator = torch.Generator().manual_seed(self.context.config.seed * 1000 + 500 + task.index)
+        generator = seeded_generator(self.context.config.seed, "exemplars", task.index)
         self.buffer.add_task(task.train, task.index, generator)
 
     def run_record(self) -> dict:

@@ -25,6 +25,7 @@ from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_batches, register, targets_in
 from mmcl.models.class_statistics import ClassStatistics
+from mmcl.seeding import derived_seed
 
 
 @register
@@ -65,7 +66,7 @@ class SLCA(TextAnchoredMethod):
                 self.statistics.add(self.features(batch), batch.labels)
         self.train(was_training)
         if self.hparams.align and self.hparams.head.train:
-            self.generator.manual_seed(self.context.config.seed * 1000 + task.index)
+            self.generator.manual_seed(derived_seed(self.context.config.seed, "task", task.index))
             self.align_classifier()
 
     def align_classifier(self) -> list[float]:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from mmcl import kernels
 from mmcl.config import Config, ConfigError
+from mmcl.models.towers import flatten_frames, frames_of, mean_over_frames
 from mmcl.progress import bar as progress_bar
 from mmcl.records import RefusedFile, atomic_torch_save, build_lock, load_tensors
 
@@ -108,6 +109,14 @@ class MultiModalEncoder(nn.Module):
     def text_blocks(self) -> nn.ModuleList:
         return self.clip.transformer.resblocks
 
+    def eval_bytes_per_image(self) -> int:
+        """Bytes of a no-grad vision block's live activations per image (residual, qkv, MLP hidden,
+        attention scores), float32; prompts add tokens: counted twice over. What
+        :func:`mmcl.runtime.eval_batch_size` sizes evaluation batches by on a GPU."""
+        tokens, width = int(self.clip.visual.positional_embedding.shape[0]), self.vision_width
+        heads = int(getattr(self.vision_blocks[0].attn, "num_heads", 1))
+        return 4 * 2 * tokens * (12 * width + heads * tokens)
+
     @property
     def logit_scale(self) -> float:
         return float(self.clip.logit_scale.detach().exp().clamp(max=100))
@@ -141,10 +150,10 @@ class MultiModalEncoder(nn.Module):
             cast = clip.transformer.get_cast_dtype()
             tokens = clip.token_embedding(x).to(cast) + clip.positional_embedding[: x.shape[1]].to(cast)
             return TowerState(tokens, "text", text_ids=x)
-        frames = x.shape[1] if modality == "video" else 1
-        images = x.flatten(0, 1) if modality == "video" else x
         visual = self.clip.visual
-        return TowerState(visual._embeds(self.pixels(images).to(visual.conv1.weight.dtype)), "vision", frames=frames)
+        images = flatten_frames(modality, x)
+        return TowerState(visual._embeds(self.pixels(images).to(visual.conv1.weight.dtype)), "vision",
+                          frames=frames_of(modality, x))
 
     def run_blocks(self, state: TowerState, stop: int | None = None, hooks: TowerHooks | None = None,
                    pooled_only: bool = False) -> TowerState:
@@ -184,7 +193,7 @@ class MultiModalEncoder(nn.Module):
             raise ValueError(f"tower_output needs all {len(self.blocks(state.tower))} blocks run, got {state.depth}")
         if state.tower == "vision":
             pooled = self.pool_visual(state.tokens)
-            return pooled.view(-1, state.frames, pooled.shape[-1]).mean(dim=1) if state.frames > 1 else pooled
+            return mean_over_frames(pooled, state.frames)
         clip = self.clip
         x = clip.ln_final(state.tokens)
         pooled = open_clip.transformer.text_global_pool(x, state.text_ids, clip.text_pool_type,
@@ -615,13 +624,14 @@ class CaptionVocabulary(nn.Module):
     """The rows of a token embedding that a fixed set of captions uses, as one parameter, for pre-training.
 
     The tiny text tower has open_clip's 49 408-token vocabulary, of which the synthetic captions use a
-    few hundred tokens. Trained as a whole, the table's dense gradient and AdamW's update of all its
-    rows cost about a quarter of a pre-training step; the rows no caption uses have a zero gradient
-    and zero moments at every step, so AdamW leaves them exactly as they were initialised. Here only
-    the used rows are a parameter (``weight`` ``[used, width]``, looked up through ``index``); every
-    elementwise update is the same on them, so the weights written back (:meth:`write_back`) are
-    bitwise those of training the whole table (``tests/test_benchmark.py`` trains a text tower both
-    ways and compares every tensor; the tiny and micro pre-trained files kept their sha256).
+    few hundred tokens. Trained as a whole, the table's dense gradient and AdamW's update touch every
+    row for the few that learn (their cost: docs/performance.md); the rows no caption uses have a
+    zero gradient and zero moments at every step, so AdamW leaves them exactly as they were
+    initialised. Here only the used rows are a parameter (``weight`` ``[used, width]``, looked up
+    through ``index``); every elementwise update is the same on them, so the weights written back
+    (:meth:`write_back`) are bitwise those of training the whole table (``tests/test_benchmark.py``
+    trains a text tower both ways and compares every tensor; the tiny and micro pre-trained files
+    kept their sha256).
     """
 
     def __init__(self, embedding: nn.Embedding, tokens: torch.Tensor):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
+from mmcl.models.towers import flatten_frames, frames_of, mean_over_frames, tower_of
 from mmcl.records import RefusedFile, atomic_torch_save, build_lock, load_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,16 +45,6 @@ log = logging.getLogger(__name__)
 VERSION = 1
 FLOAT16_ABOVE_BYTES = 2 << 30
 BUILD_BATCH = 512  # rows per no-grad batch while a table is computed
-
-
-def tower_of(modality: str) -> str:
-    return "text" if modality == "text" else "vision"
-
-
-def units(modality: str, x: torch.Tensor) -> torch.Tensor:
-    """A modality's batch as its tower's input units: images ``[N, 3, S, S]`` (video frames
-    flattened) or token rows ``[N, L]``."""
-    return x.flatten(0, 1) if modality == "video" else x
 
 
 def row_keys(rows: torch.Tensor) -> list[bytes]:
@@ -108,25 +99,25 @@ class PrefixCache:
             return None  # the embedding may train; text: a token lookup, cheaper than a table's
         if depth >= len(encoder.blocks(tower)) and self.frozen_weights.get(tower, False):
             return None  # a whole frozen tower: its final embeddings are cached instead (``final``)
-        found = self._lookup(encoder, tower, str(depth), units(modality, x))
+        found = self._lookup(encoder, tower, str(depth), flatten_frames(modality, x))
         if found is None:
             return None
         dtype = encoder.clip.transformer.get_cast_dtype() if tower == "text" else encoder.clip.visual.conv1.weight.dtype
         tokens = found.to(x.device, dtype)
         if tower == "text":
             return TowerState(tokens, "text", text_ids=x, depth=depth)
-        return TowerState(tokens, "vision", frames=x.shape[1] if modality == "video" else 1, depth=depth)
+        return TowerState(tokens, "vision", frames=frames_of(modality, x), depth=depth)
 
     def final(self, encoder: "MultiModalEncoder", modality: str, x: torch.Tensor) -> torch.Tensor | None:
         """The frozen tower's embeddings ``[B, D]`` of a hook-free pass, or None."""
         tower = tower_of(modality)
         if not self.frozen_weights.get(tower, False) or self._building:
             return None
-        found = self._lookup(encoder, tower, "final", units(modality, x))
+        found = self._lookup(encoder, tower, "final", flatten_frames(modality, x))
         if found is None:
             return None
         found = found.to(x.device).float()
-        return found.view(len(x), x.shape[1], -1).mean(dim=1) if modality == "video" else found
+        return mean_over_frames(found, frames_of(modality, x))
 
     def declare(self, method) -> None:
         """Cache what ``method`` declares frozen (:meth:`~mmcl.methods.base.Method.frozen_blocks`,
@@ -252,7 +243,7 @@ def benchmark_inputs(datasets: Iterable) -> dict[str, list[torch.Tensor]]:
     per_tower: dict[str, list[torch.Tensor]] = {}
     for dataset in datasets:
         for modality, tensor in dataset.inputs.items():
-            per_tower.setdefault(tower_of(modality), []).append(units(modality, tensor))
+            per_tower.setdefault(tower_of(modality), []).append(flatten_frames(modality, tensor))
     return per_tower
 
 

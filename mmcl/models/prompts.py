@@ -32,6 +32,7 @@ from torch import nn
 from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
 from mmcl.models.backbone import multihead_attention
+from mmcl.models.towers import flatten_frames, frames_of, mean_over_frames
 
 PROMPT_STYLES = ("prompt", "prefix")
 
@@ -174,12 +175,7 @@ def as_images(modality: str, inputs: torch.Tensor) -> torch.Tensor:
     """A visual modality's batch as images ``[N, 3, S, S]`` (video: its frames, ``N = B * T``)."""
     if modality == "text":
         raise NotImplementedError("prompt pools are inserted into the vision tower only")
-    return inputs.flatten(0, 1) if modality == "video" else inputs
-
-
-def pool_frames(modality: str, embeddings: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Per-image embeddings ``[N, D]`` back to per-sample ``[B, D]`` (video: mean over frames)."""
-    return embeddings.view(batch_size, -1, embeddings.shape[-1]).mean(dim=1) if modality == "video" else embeddings
+    return flatten_frames(modality, inputs)
 
 
 def encode_prompted(encoder, images: torch.Tensor, prompts, style: str = "prompt") -> torch.Tensor:
@@ -218,8 +214,8 @@ def encode_each_modality(encoder, batch: Batch, prompted) -> dict[str, torch.Ten
             embeddings[modality] = encoder.encode("text", inputs)
             continue
         images = as_images(modality, inputs)
-        embeddings[modality] = pool_frames(modality, prompted(modality, images, frozen_query(encoder, images)),
-                                           len(batch))
+        embeddings[modality] = mean_over_frames(prompted(modality, images, frozen_query(encoder, images)),
+                                                frames_of(modality, inputs))
     return embeddings
 
 
