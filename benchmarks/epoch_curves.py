@@ -63,7 +63,7 @@ def main() -> None:
     from mmcl import reproduce, results
     from mmcl.config import load_config
     from mmcl.executors import make_executor
-    from mmcl.methods.base import method_class
+    from mmcl.methods import method_class
 
     rows = []
     for epochs in sorted(set(args.epochs)):

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mmcl.methods.base import method_class
+from mmcl.methods import method_class
 
 SETTINGS = {"pinned": "true", "native": "false"}
 

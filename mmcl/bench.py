@@ -37,12 +37,12 @@ def _sync(device: torch.device) -> None:
 
 
 def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
+    from torch.utils.flop_counter import sdpa_flop_count  # only when FLOPs are counted
     return sdpa_flop_count(query, key, value)
 
 
 def _attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_backward_flop_count
+    from torch.utils.flop_counter import sdpa_backward_flop_count  # only when FLOPs are counted
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
@@ -50,7 +50,7 @@ def count_flops(fn) -> int:
     """Matrix FLOPs (a multiply-add is two) of calling ``fn()``: ``torch.utils.flop_counter``'s
     matrix products, convolutions and attention kernels, plus the CPU flash-attention kernel, which
     it does not know (the same formula as the GPU's)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode  # only when FLOPs are counted
     aten = torch.ops.aten
     custom = {}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):

@@ -30,8 +30,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mmcl import records
-from mmcl.config import Config, ConfigError
+from mmcl import literature, method_index, records
+from mmcl.config import SCENARIOS, Config, ConfigError
+from mmcl.results import code_version_text, inputs_text, load_runs, write_table
 
 # (scenario, benchmark) pairs whose targets the calibration checks, when the profile has them.
 MAIN_BENCHMARKS = (
@@ -81,8 +82,7 @@ def _zero_shot_tasks(metrics: dict, mode: str) -> list[float]:
 def calibration_runs(config: Config, seeds: Sequence[int], output_dir: str | Path,
                      pairs: Sequence[tuple[str, str]] | None = None, progress: bool = False) -> pd.DataFrame:
     """Run (or reuse) the calibration runs; one row per (benchmark, seed, run) with the numbers."""
-    from mmcl.engine import run
-    from mmcl.results import code_version_text, inputs_text
+    from mmcl.engine import run  # open_clip and the methods: `mmcl calibrate --literature` trains nothing
 
     rows = []
     for scenario, benchmark in pairs or main_pairs(config):
@@ -217,8 +217,6 @@ def paste_into(document: str | Path, markdown: str) -> None:
 def calibrate(config: Config, seeds: Sequence[int], output_dir: str | Path, table_dir: str | Path,
               document: str | Path | None = None, command: str = "", progress: bool = False) -> pd.DataFrame:
     """Run the calibration, write its tables under ``table_dir`` (and into ``document``); returns the targets table."""
-    from mmcl.results import write_table
-
     runs = calibration_runs(config, seeds, output_dir, progress=progress)
     targets, zero = calibration_table(runs), zero_shot_table(runs)
     seeds_text = ", ".join(str(s) for s in seeds)
@@ -274,18 +272,13 @@ def calibrate_literature(config: Config, runs_dir: str | Path, table_dir: str | 
     benchmark's final accuracy, mean over the seeds present. Writes
     ``calibration_literature{,_summary}.{md,csv,tex}`` under ``table_dir`` (when given). Returns
     (the checks, the text to print)."""
-    from mmcl import literature
-    from mmcl.config import SCENARIOS
-    from mmcl.method_index import methods
-    from mmcl.results import load_runs, write_table
-
     found = literature.load_literature(literature_file)
     root = Path(runs_dir)
     if (root / config.profile).is_dir():
         root = root / config.profile
     runs = load_runs(root)
     runs = runs[runs["profile"] == config.profile]
-    index = methods()
+    index = method_index.methods()
     checks = []
     for scenario in [s for s in SCENARIOS if s in config.scenarios]:
         benchmark = config.scenarios[scenario].benchmark

@@ -187,7 +187,7 @@ def method_info(method: str) -> tuple[str, dict]:
     reference); ``comparisons`` its named comparison variants (a ``comparisons`` ClassVar, if the
     method declares one), which are rivals like any baseline.
     """
-    from mmcl.methods import REGISTRY
+    from mmcl.methods import REGISTRY  # torch: the comparisons' overrides live in the classes, not the index
 
     cls = REGISTRY.get(method)
     if cls is None:
@@ -369,7 +369,7 @@ def detectable_difference(std: float, n: int, power: float = POWER, confidence: 
     high = std
     while shortfall(high) < 0:
         high *= 2
-    from scipy.optimize import brentq
+    from scipy.optimize import brentq  # only for a power calculation (scipy.stats is imported above)
 
     return float(brentq(shortfall, 0.0, high, xtol=1e-6))
 

@@ -25,11 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
+from mmcl import __version__, kernels, method_index
 from mmcl.atomic import DiskWriteError
 from mmcl.config import SCENARIOS, ConfigError, PreparedDataError, available_profiles, list_parameter, load_config
+from mmcl.progress import RunTime, enabled, format_seconds, sweep_eta
+from mmcl.tuned import write_defaults
 
 # The errors that are bad input (a profile, a key, a missing file or prepared data, a full disk): main()
 # prints them as one line, "mmcl: error: ...", and exits 2.
@@ -57,8 +61,6 @@ def package_version() -> str:
         with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as stream:
             return tomllib.load(stream)["project"]["version"]
     except (ImportError, OSError, ValueError, KeyError):
-        from mmcl import __version__
-
         return __version__
 
 
@@ -229,18 +231,17 @@ def _add_claims(commands) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The commands: ``_cmd_<command>(args) -> exit code``. Every one imports what it needs (mmcl.engine, torch,
-# pandas, ...) inside itself, on purpose: so that ``mmcl list``, ``--help`` and ``--version`` stay instant
-# and import no heavy library (tests/test_cli.py). Keep these imports local.
+# The commands: ``_cmd_<command>(args) -> exit code``. Every one imports the heavy modules it needs
+# (mmcl.engine, torch, pandas, ...) inside itself, on purpose: so that ``mmcl list``, ``--help`` and
+# ``--version`` stay instant and import no heavy library (tests/test_cli.py). Keep those imports local;
+# the light ones (configuration, progress, the method index, the tuned defaults) are at the top.
 
 def _list(what: str, profile: str, methods: dict[str, dict] | None = None) -> str:
     """The listing; ``methods``: :func:`mmcl.method_index.methods` (the index, no torch) unless given."""
     lines = []
     if what in ("all", "methods"):
         if methods is None:
-            from mmcl.method_index import methods as read_index
-
-            methods = read_index()
+            methods = method_index.methods()
         lines.append("methods:")
         for name, method in sorted(methods.items()):
             lines.append(f"  {name:14s} {method['description']}  [{', '.join(method['compatible_scenarios'])}]")
@@ -269,9 +270,9 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    # torch and open_clip: kept off `mmcl list` (see the module's docstring)
     from mmcl.engine import run
     from mmcl.hparams import variant_overrides
-    from mmcl.progress import RunTime, format_seconds, sweep_eta
     from mmcl.records import RunFolderInUse, source_fingerprint
 
     config = load_config(args.profile, args.overrides)
@@ -308,7 +309,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from mmcl.bench import bench_method, format_bench
+    from mmcl.bench import bench_method, format_bench  # torch: kept off `mmcl list` (docstring)
 
     config = load_config(args.profile, args.overrides)
     result = bench_method(config, args.method, args.scenario, steps=args.steps, variant=args.variant,
@@ -319,7 +320,7 @@ def _cmd_bench(args) -> int:
 
 def _tune_jobs(args, config) -> tuple[list[tuple[str, str]], list[int] | None]:
     """The checked arguments of ``mmcl tune``: its (method, scenario) jobs and its seeds."""
-    from mmcl.methods import REGISTRY
+    from mmcl.methods import REGISTRY  # torch: kept off `mmcl list` (docstring)
 
     if args.all == bool(args.method):
         raise ConfigError("mmcl tune: give --method M --scenario S, or --all")
@@ -343,9 +344,9 @@ def _tune_jobs(args, config) -> tuple[list[tuple[str, str]], list[int] | None]:
 
 
 def _cmd_tune(args) -> int:
-    from mmcl.methods import REGISTRY  # noqa: F401 (imported before the profile is read, as always)
-    from mmcl.methods.base import method_class
-    from mmcl.tuning import tune_many, write_defaults
+    # torch and open_clip: kept off `mmcl list`; the methods register before the profile is read
+    from mmcl.methods import method_class
+    from mmcl.tuning import tune_many
 
     config = load_config(args.profile, args.overrides)
     jobs, seeds = _tune_jobs(args, config)
@@ -373,17 +374,15 @@ def _cmd_tune(args) -> int:
 def _cmd_calibrate(args) -> int:
     if args.literature:
         return _calibrate_literature(args)
-    from mmcl.calibrate import calibrate
+    from mmcl.calibrate import calibrate  # torch: kept off `mmcl list` (docstring)
 
     config = load_config(args.profile, args.overrides)
     args.output_dir = args.output_dir or "runs/calibration"
     command = " ".join(["mmcl calibrate", f"--profile {args.profile}", "--seeds", *map(str, args.seeds),
                         *[f"--set {o}" for o in args.overrides]])
-    from mmcl.progress import enabled
-
     targets = calibrate(config, args.seeds, args.output_dir, args.table_dir, args.document, command,
                         progress=enabled(config.runtime.progress))
-    from mmcl.results import display_table, to_markdown
+    from mmcl.results import display_table, to_markdown  # pandas: kept off `mmcl list` (docstring)
 
     print(to_markdown(display_table(targets)))
     failed = (targets["pass"] != "pass").sum()
@@ -393,7 +392,7 @@ def _cmd_calibrate(args) -> int:
 
 def _calibrate_literature(args) -> int:
     """``mmcl calibrate --literature``: trains nothing; exit 1 when a published ordering fails."""
-    from mmcl.calibrate import calibrate_literature
+    from mmcl.calibrate import calibrate_literature  # torch: kept off `mmcl list` (docstring)
 
     config = load_config(args.profile, args.overrides)
     checks, text = calibrate_literature(config, args.output_dir or config.runtime.output_dir, args.table_dir,
@@ -403,7 +402,7 @@ def _calibrate_literature(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce
+    from mmcl.reproduce import NOTEBOOKS, NotebookFailed, reproduce  # torch: kept off `mmcl list` (docstring)
 
     executor_keys = {k: v for k, v in vars(args).items() if k.startswith("executor_") and v is not None}
     args.overrides += [f"runtime.executor.{k[len('executor_'):]}={v}" for k, v in executor_keys.items()]
@@ -422,7 +421,7 @@ def _cmd_reproduce(args) -> int:
 def _cmd_verify(args) -> int:
     from pathlib import Path
 
-    from mmcl import results, verify
+    from mmcl import results, verify  # torch: kept off `mmcl list` (docstring)
 
     config = load_config(args.profile, args.overrides)
     runs_root = Path(args.runs or config.runtime.output_dir)
@@ -455,11 +454,9 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_inputs(args) -> int:
-    from mmcl.verify import format_input_digests, input_digests
+    from mmcl.verify import format_input_digests, input_digests  # torch: kept off `mmcl list` (docstring)
 
     config = load_config(args.profile, args.overrides)
-    from mmcl.progress import enabled
-
     found = input_digests(config, args.benchmark, progress=enabled(config.runtime.progress),
                           seeds=args.seeds or config.runtime.seeds)
     print(json.dumps(found, indent=2) if args.json else format_input_digests(found))
@@ -469,6 +466,7 @@ def _cmd_inputs(args) -> int:
 def _cmd_claims(args) -> int:
     from pathlib import Path
 
+    # pandas, scipy and torch: kept off `mmcl list` (see the module's docstring)
     from mmcl import claims, results
     from mmcl.reproduce import DOCS_DIR
 
@@ -497,10 +495,6 @@ def _restart_for_kernels(args: argparse.Namespace) -> None:
     """Start this command again in a process whose CPU kernels are what the profile's
     ``runtime.portable_kernels`` asks (mmcl.kernels): the switch is read when mmcl is imported, so a
     command with ``--set runtime.portable_kernels=false`` cannot change it in this process."""
-    import os
-
-    from mmcl import kernels
-
     if not hasattr(args, "profile") or not hasattr(args, "overrides"):
         return
     try:

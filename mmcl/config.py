@@ -12,6 +12,7 @@ import copy
 import functools
 import hashlib
 import json
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -21,18 +22,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mmcl import kernels
+from mmcl.errors import ConfigError, PreparedDataError  # noqa: F401  (their public name: mmcl.config.<Error>)
 
 MODALITIES = ("image", "video", "audio", "depth", "acc", "gyro", "text")
 VISUAL_MODALITIES = ("image", "video", "audio", "depth", "acc", "gyro")
 SCENARIOS = ("class_incremental", "domain_incremental", "modality_incremental")
-
-
-class ConfigError(ValueError):
-    """A profile, override or method hyper-parameter is invalid; the message names the key."""
-
-
-class PreparedDataError(ValueError):
-    """A prepared (real) dataset's file is unreadable; the message names the file and what to do."""
 
 
 class _Strict(BaseModel):
@@ -303,8 +297,6 @@ class Config(_Strict):
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
 
     def cache_dir(self) -> Path:
-        import os
-
         root = Path(self.data.cache_dir or os.environ.get("MMCL_CACHE") or Path.home() / ".cache" / "mmcl").expanduser()
         # Backbones, benchmarks and prefix tables computed with native kernels stay apart from the portable ones.
         return root if self.runtime.portable_kernels else root / kernels.machine_tag()

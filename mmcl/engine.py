@@ -23,11 +23,13 @@ from mmcl import kernels, records, runs, tracking
 from mmcl.config import Config, ConfigError
 from mmcl.data.benchmarks import load_benchmark, require_data
 from mmcl.data.dataset import MultiModalDataset
-from mmcl.data.scenarios import Stream, build_stream
+from mmcl.data.scenarios import build_stream
+from mmcl.data.stream import Stream, Task
 from mmcl.hparams import resolved_method_values, scenario_benchmark
-from mmcl.methods.base import Method, RunContext, Task, method_class
+from mmcl.methods import method_class
+from mmcl.methods.base import Method, RunContext
 from mmcl.models import prefix_cache
-from mmcl.models.backbone import build_encoder
+from mmcl.models.factory import build_encoder
 from mmcl.progress import bar as progress_bar, enabled as progress_enabled, sweep_active
 from mmcl.runs import RunLocation, RunResult
 from mmcl.runtime import (Untouched, autocast_for, compile_method, pins_memory, resolve_device, run_threads,

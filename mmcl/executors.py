@@ -29,19 +29,26 @@ from __future__ import annotations
 
 import atexit
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmcl import results
+import torch
+
+from mmcl import engine, results
 from mmcl.atomic import atomic_write_text
 from mmcl.config import Config, ConfigError
 from mmcl.progress import SWITCH as PROGRESS_SWITCH, SweepProgress
+from mmcl.runs import is_reusable, locate_run
+from mmcl.runtime import resolve_device
 
 
 class SweepFailed(RuntimeError):
@@ -79,18 +86,14 @@ def split_job(config: Config, job: dict) -> tuple[Config, dict]:
 
 def locate_job(config: Config, job: dict, output_dir: str | Path | None):
     """:func:`mmcl.runs.locate_run` of one job."""
-    from mmcl.runs import locate_run
-
     job_config, arguments = split_job(config, job)
     return locate_run(job_config, output_dir=output_dir, **arguments)
 
 
 def run_job(config: Config, job: dict, output_dir: str | Path | None) -> tuple[str, bool]:
     """The body of one job (in this process or a submitit subprocess): (run folder, reused)."""
-    from mmcl.engine import run
-
     job_config, arguments = split_job(config, job)
-    result = run(job_config, output_dir=output_dir, **arguments)
+    result = engine.run(job_config, output_dir=output_dir, **arguments)
     return str(result.run_dir), bool(result.skipped)
 
 
@@ -169,8 +172,6 @@ def _report_reused(sweep: SweepProgress, outcomes: Sequence[Outcome | None]) -> 
 
 def _locate_all(config: Config, jobs: list[dict], output_dir) -> tuple[list, list[Outcome | None]]:
     """Each job's run location, and a ``reused`` outcome for each job whose run is complete (None for the others)."""
-    from mmcl.runs import is_reusable
-
     locations = [locate_job(config, job, output_dir) for job in jobs]
     return locations, [Outcome(job, loc.run_dir, "reused") if is_reusable(loc) else None
                        for job, loc in zip(jobs, locations)]
@@ -230,7 +231,7 @@ class SubmititExecutor(Executor):
                               f"script it would submit for each run is in {preview}")
 
     def submitit_executor(self, folder: Path):
-        import submitit
+        import submitit  # optional: installed only where submitit or SLURM runs the sweeps
 
         s = self.settings
         executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
@@ -315,10 +316,6 @@ def _init_worker() -> None:
     a KeyboardInterrupt traceback; the pool that owns them stops them at exit (:func:`shutdown_pools`).
     A worker draws no progress bar: it shares the terminal with the sweep's bar in the process that
     owns the pool, which reports each run as it finishes (:mod:`mmcl.progress`)."""
-    import signal
-
-    import torch
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ[PROGRESS_SWITCH] = "lines"
 
@@ -344,9 +341,6 @@ def worker_pool(workers: int):
     notebook runs several): torch is imported and the backbone cache read once per worker. The
     workers inherit the environment they were spawned with (``MMCL_CACHE``, ...): a sweep under
     another environment or another number of workers gets a fresh pool, the old one is stopped."""
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
     key = (workers, tuple(sorted(os.environ.items())))
     pool = _POOLS.get(key)
     if pool is None or getattr(pool, "_broken", False):
@@ -379,8 +373,6 @@ class PoolExecutor(Executor):
         return outcomes
 
     def _run_in_pool(self, config, jobs, output_dir, outcomes, locations, missing, workers, sweep):
-        from concurrent.futures import FIRST_COMPLETED, wait
-
         saved = {key: os.environ.get(key) for key in _SINGLE_THREAD_ENV}
         os.environ.update(_SINGLE_THREAD_ENV)  # workers are spawned (on demand) with this environment
         try:
@@ -414,7 +406,7 @@ def _last_error_line(lines: Sequence[str]) -> str:
 def slurm_script(settings, folder: str | Path, runs: int) -> str:
     """The sbatch script submitit submits for ``runs`` runs (one array task per run) with the
     ``runtime.executor`` ``settings``: rendered by submitit itself, without a cluster."""
-    from submitit.slurm.slurm import _make_sbatch_string
+    from submitit.slurm.slurm import _make_sbatch_string  # optional: installed only where submitit runs the sweeps
 
     parameters = {"job_name": "mmcl", "time": settings.timeout_min, "cpus_per_task": settings.cpus_per_task,
                   "gpus_per_node": settings.gpus_per_node, "array_parallelism": _array_parallelism(settings),
@@ -429,8 +421,6 @@ def slurm_script(settings, folder: str | Path, runs: int) -> str:
 def auto_executor_name(config: Config, missing: int, cores: int | None = None) -> str:
     """What ``runtime.executor.name=auto`` runs ``missing`` runs on: ``pool`` on CPU when more
     than one run is missing and there is more than one core (and parallelism), else ``local``."""
-    from mmcl.runtime import resolve_device
-
     cores = cores or cpu_cores()
     if resolve_device(config.runtime.device).type != "cpu" or missing < 2:
         return "local"

@@ -1,6 +1,6 @@
 """A run's hyper-parameters and benchmark: what a method's values resolve to, and its named variants.
 
-A method's values are its defaults < the tuned values of the profile (:func:`mmcl.tuning.tuned_values`,
+A method's values are its defaults < the tuned values of the profile (:func:`mmcl.tuned.tuned_values`,
 per scenario) < the profile's and ``--set`` overrides (:func:`resolved_method_values`). A *variant* of a
 method is a named set of overrides: an ablation (``Method.ablations``) or a fair comparison
 (``Method.comparisons``), see :func:`variant_overrides`.
@@ -8,8 +8,8 @@ method is a named set of overrides: an ablation (``Method.ablations``) or a fair
 from __future__ import annotations
 
 from mmcl.config import Config, ConfigError
-from mmcl.methods.base import method_class
-from mmcl.tuning import tuned_values
+from mmcl.methods import method_class
+from mmcl.tuned import tuned_values
 
 
 def scenario_benchmark(config: Config, scenario: str, benchmark: str | None) -> str:
@@ -49,5 +49,5 @@ def with_method_overrides(config: Config, method: str, hparams: dict | None) -> 
 
 def resolved_method_values(config: Config, scenario: str, method: str) -> dict:
     """A method's hyper-parameter values: its defaults < the tuned values of the profile
-    (:func:`mmcl.tuning.tuned_values`, per scenario) < the profile's and ``--set`` overrides."""
+    (:func:`mmcl.tuned.tuned_values`, per scenario) < the profile's and ``--set`` overrides."""
     return {**tuned_values(config.profile, scenario, method), **config.methods.get(method, {})}

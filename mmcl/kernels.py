@@ -49,9 +49,12 @@ tables) go under ``<cache>/native-<level>/``, apart from the portable ones.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
+
+from mmcl.errors import ConfigError
 
 SWITCH = "MMCL_PORTABLE_KERNELS"  # "0": leave the kernels native (set by the runtime.portable_kernels plumbing)
 LEVEL = "AVX2"
@@ -164,7 +167,7 @@ def native_environment() -> dict[str, str]:
 
 
 def _switch_onednn() -> None:
-    import torch
+    import torch  # here, not above: mmcl imports this module before numpy and torch (pin)
 
     # Pinned, oneDNN is off on the CPU: its blocking follows the cache sizes (see the module's docstring).
     torch.backends.mkldnn.enabled = not requested()
@@ -174,6 +177,7 @@ def state() -> dict:
     """What this process's kernels are: ``portable`` (whether they are pinned to :data:`LEVEL`, as
     the libraries report them), ``requested``, the ``cpu`` (model, native level) and each library's
     ``kernels``. Imports torch and numpy."""
+    # here, not above: mmcl imports this module before numpy and torch (pin)
     import numpy
     import torch
 
@@ -224,8 +228,6 @@ def machine_tag() -> str:
 def require(portable: bool) -> None:
     """Raise :class:`mmcl.config.ConfigError` (one line, with the remedy) unless this process
     computes as ``runtime.portable_kernels`` (``portable``) asks: pinned kernels, or native ones."""
-    from mmcl.config import ConfigError
-
     if portable and not requested():
         raise ConfigError(f"runtime.portable_kernels is true but this process was started with {SWITCH}=0: "
                                f"start it without, or set runtime.portable_kernels=false")
@@ -238,3 +240,16 @@ def require(portable: bool) -> None:
             raise ConfigError("the CPU kernels could not be pinned to AVX2 (" + "; ".join(current["why_not"])
                                    + "): import mmcl before numpy and torch (restart the kernel), or set "
                                      "runtime.portable_kernels=false for numbers bound to this machine")
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` intra-op threads, restoring the previous count afterwards."""
+    import torch  # here, not above: mmcl imports this module before numpy and torch (pin)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

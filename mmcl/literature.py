@@ -39,7 +39,9 @@ from pathlib import Path
 
 import yaml
 
+from mmcl import method_index
 from mmcl.config import SCENARIOS, ConfigError
+from mmcl.results import summarize_over_seeds
 
 LITERATURE_FILE = Path(__file__).resolve().parent / "literature.yaml"
 ENTRY_FIELDS = ("source", "table", "dataset", "protocol", "backbone", "metric", "scenario", "method", "value")
@@ -107,9 +109,7 @@ def load_literature(path: str | Path | None = None, methods: Iterable[str] | Non
     Raises :class:`LiteratureError` (one line: the file, the key, what is wrong)."""
     path = Path(path) if path is not None else LITERATURE_FILE
     if methods is None:
-        from mmcl.method_index import methods as method_index
-
-        methods = method_index()
+        methods = method_index.methods()
     known = set(methods)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -342,8 +342,6 @@ def testbed_accuracy(runs, scenario: str, benchmark: str):
     frame): the table has one row per method run with its own defaults (no variant, no changed
     configuration), ``final_accuracy_mean`` over the seeds present, ``seeds``, ``run_versions``
     and ``run_inputs`` (:func:`mmcl.results.summarize_over_seeds`)."""
-    from mmcl.results import summarize_over_seeds
-
     selected = runs[(runs["scenario"] == scenario) & (runs["benchmark"] == benchmark)
                     & runs["variant"].isna() & (runs["label"] == runs["method"])]
     mode = main_mode(selected["mode"])

@@ -13,22 +13,26 @@ that lacks it) the listing reads the registry itself: slower, never different.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+
+from mmcl.atomic import atomic_write_text
 
 INDEX_FILE = Path(__file__).resolve().parent / "methods" / "index.json"
 
 
 def describe(cls) -> dict:
-    """The listed facts of one method class: its description, scenarios, variant and comparison names."""
+    """The listed facts of one method class: its description, scenarios, variant and comparison names,
+    and its ``family`` and whether it ``trains`` (where tables place it, :func:`mmcl.results.family_rank`)."""
     return {"description": cls.description, "compatible_scenarios": list(cls.compatible_scenarios),
             "ablations": list(cls.ablations), "comparisons": list(cls.comparisons),
-            "comparison_scenarios": list(cls.comparison_scenarios)}
+            "comparison_scenarios": list(cls.comparison_scenarios), "family": cls.family, "trains": cls.trains}
 
 
 def from_registry() -> dict[str, dict]:
     """:func:`describe` of every registered method, by name (imports the methods, and torch)."""
-    from mmcl.methods import REGISTRY
+    from mmcl.methods import REGISTRY  # torch and open_clip: only without the index (or to write it)
 
     return {name: describe(cls) for name, cls in sorted(REGISTRY.items())}
 
@@ -41,6 +45,17 @@ def methods() -> dict[str, dict]:
         return from_registry()
 
 
+@functools.lru_cache(maxsize=1)
+def _families() -> dict[str, tuple[str, bool]]:
+    return {name: (entry["family"], entry["trains"]) for name, entry in methods().items()}
+
+
+def family(method: str) -> tuple[str, bool] | None:
+    """(``family``, ``trains``) of a built-in method, from the index (read once per process); None
+    for a method the index does not list."""
+    return _families().get(method)
+
+
 def render() -> str:
     """The text of :data:`INDEX_FILE` as the registry makes it."""
     return json.dumps(from_registry(), indent=2, ensure_ascii=False) + "\n"
@@ -51,8 +66,6 @@ def write(path: Path = INDEX_FILE) -> bool:
     text = render()
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return False
-    from mmcl.atomic import atomic_write_text
-
     atomic_write_text(path, text)
     return True
 

@@ -42,7 +42,7 @@ PAPER_COLORS = {"comm": "#D55E00", "moe-adapters": "#0072B2"}
 # The best method of each family, in its family's colour (Tol's "wine" for fine-tuning: Okabe-Ito's
 # yellow is unreadable on white).
 FAMILY_COLORS = {"rehearsal": "#009E73", "prompt": "#CC79A7", "prototype": "#E69F00", "classic": "#56B4E9",
-                 "fine-tuning": "#882255", "adapter": "#999933"}
+                 "fine-tuning": "#882255"}
 # Paul Tol's "muted" scheme: a family or paper method not named above takes the first one unused.
 RESERVE_COLORS = ("#332288", "#44AA99", "#AA4499", "#661100", "#6699CC", "#DDCC77", "#117733")
 OTHER_COLOR = "#BBBBBB"  # every method that is neither highlighted nor a reference
@@ -74,7 +74,7 @@ class MethodStyle:
 
 def scenario_papers(scenario: str) -> set[str]:
     """The paper methods whose claims are about ``scenario`` (:data:`mmcl.claims.CLAIMS`)."""
-    from mmcl import claims
+    from mmcl import claims  # scipy: only the figures that mark a paper's rivals need it
 
     return {claim.paper for claim in claims.CLAIMS
             if isinstance(claim, claims.RivalClaim) and scenario in claim.scenarios}

@@ -44,7 +44,7 @@ def _front_end_attached() -> bool | None:
     if "IPython" not in sys.modules:
         return None
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # already imported: the check above
 
         kernel = getattr(get_ipython(), "kernel", None)
     except Exception:  # noqa: BLE001 - a broken IPython is no kernel to draw widgets in

@@ -79,7 +79,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from mmcl import kernels
+from mmcl import __version__, kernels
 # Atomic writes, DiskWriteError and fault injection live in mmcl.atomic (no torch: the tables and
 # figures write through them too); the run records use them as records.<name>.
 from mmcl.atomic import (FAULT_VARIABLE, RUN_INCOMPLETE, DiskWriteError, Fault, atomic_write,  # noqa: F401
@@ -454,8 +454,6 @@ def manifest(device: torch.device) -> dict[str, Any]:
 
 
 def _own_version() -> str:
-    from mmcl import __version__
-
     return __version__
 
 

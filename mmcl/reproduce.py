@@ -13,18 +13,23 @@ strings that parse to lists, as papermill's ``-p seeds "[0]"`` passes them
 """
 from __future__ import annotations
 
+import ast
 import json
 import logging
+import multiprocessing
 import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
-from mmcl import records, results
+from mmcl import environment, records, results, tuned
 from mmcl.config import Config, ConfigError, list_parameter, load_config
+from mmcl.data.benchmarks import generate_cached, load_benchmark, synthetic_cache_path
+from mmcl.progress import enabled
 
 NOTEBOOKS = ("00_data_prep", "10_class_incremental", "11_domain_incremental", "12_modality_incremental",
              "20_ablations", "30_figures_and_tables")
@@ -40,7 +45,7 @@ NOTEBOOK_DIR = next((d for d in (_PACKAGE_DIR / "notebooks", _PACKAGE_DIR.parent
 def compatible_methods(scenario: str, methods: Sequence[str] | None = None) -> list[str]:
     """Registered methods compatible with ``scenario`` (all of them when ``methods`` is None), in
     the reading order of the tables. A named method that is not compatible is left out."""
-    from mmcl.methods import REGISTRY, method_class
+    from mmcl.methods import REGISTRY, method_class  # open_clip and the methods (seconds)
 
     names = list(REGISTRY) if methods is None else [method_class(m).name for m in methods]
     return results.sort_methods(m for m in names if scenario in REGISTRY[m].compatible_scenarios)
@@ -51,7 +56,7 @@ def _run_all(config: Config, jobs: list[dict], output_dir: str | Path | None, wh
     ``config.runtime.executor`` (:mod:`mmcl.executors`), each reported as it finishes with the
     sweep's ETA (:mod:`mmcl.progress`: a line per run in a log or an executed notebook, a sweep bar
     in a terminal or a live notebook)."""
-    from mmcl.executors import make_executor
+    from mmcl.executors import make_executor  # the engine: open_clip and the methods (seconds)
 
     return results.load_runs(*make_executor(config).run_jobs(config, jobs, output_dir, what))
 
@@ -65,7 +70,7 @@ def method_jobs(config: Config, scenario: str, method: str, benchmarks: Sequence
     method and then each of ``variants`` (name, overrides), each on every seed in turn. A full-method
     job names ``variant`` and ``hparams`` as None when ``name_full_run`` (the ablation jobs), else
     leaves them out (the sweep jobs); a variant's job always names them."""
-    from mmcl.methods import REGISTRY
+    from mmcl.methods import REGISTRY  # open_clip and the methods (seconds)
 
     cls = REGISTRY[method]
     jobs = []
@@ -89,6 +94,7 @@ def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = No
     ``comparison_scenarios``, with each of its fair-comparison variants (``Method.comparisons``).
     ``methods``, ``seeds`` and ``benchmarks`` may be strings that parse to lists (papermill's
     ``-p seeds "[0]"``, ``"0 1 2"``; :func:`mmcl.config.list_parameter`)."""
+    # open_clip and the methods (seconds): `mmcl claims` imports this module for DOCS_DIR alone
     from mmcl.hparams import scenario_benchmark
     from mmcl.methods import REGISTRY
 
@@ -125,6 +131,7 @@ def ablation_jobs(config: Config, methods: Sequence[str] | None = None, seeds: S
     declares compatible), on the profile's benchmark for the scenario and the benchmarks of its
     ``scenarios.<name>.ablations_also_on``. ``methods``, ``seeds`` and ``scenarios`` may be strings
     that parse to lists (:func:`mmcl.config.list_parameter`)."""
+    # open_clip and the methods (seconds): `mmcl claims` imports this module for DOCS_DIR alone
     from mmcl.hparams import scenario_benchmark
     from mmcl.methods import REGISTRY
 
@@ -145,7 +152,7 @@ def ablation_jobs(config: Config, methods: Sequence[str] | None = None, seeds: S
 
 def registered_methods(methods: Sequence[str] | None = None) -> list[str]:
     """Registered methods (all when ``methods`` is None), validated, in reading order."""
-    from mmcl.methods import REGISTRY, method_class
+    from mmcl.methods import REGISTRY, method_class  # open_clip and the methods (seconds)
 
     return results.sort_methods(REGISTRY if methods is None else [method_class(m).name for m in methods])
 
@@ -168,13 +175,10 @@ def prepare_data(config: Config, benchmarks: Sequence[str] | None = None, raw_ro
     the ``paper`` profile) benchmarks are prepared by ``data_prep`` from ``<raw_root>/<dataset>``
     into the folder the profile names, unless already complete.
     """
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
-    from mmcl.data.benchmarks import generate_cached, load_benchmark, synthetic_cache_path
+    # the backbone and the engine: open_clip and the methods (seconds)
     from mmcl.executors import cpu_cores
-    from mmcl.models.backbone import build_encoder, pretrain_tiny_clip, pretrained_backbone_missing, tiny_cache_path
-    from mmcl.progress import enabled
+    from mmcl.models.factory import build_encoder
+    from mmcl.models.pretraining import pretrain_tiny_clip, pretrained_backbone_missing, tiny_cache_path
 
     progress = enabled(progress)  # bars only in a terminal or a live notebook (mmcl.progress)
     names = list(list_parameter(benchmarks, "benchmarks") or config.benchmarks)
@@ -210,7 +214,7 @@ def prepare_real_datasets(config: Config, benchmarks: Sequence[str], raw_root: s
     """Prepare the real datasets behind ``benchmarks`` with ``data_prep.prepare`` (resumable; a
     complete preparation with the same settings is reused). Returns data_prep's summaries."""
     try:
-        import data_prep
+        import data_prep  # the repository's data preparation package: absent from an installed wheel
     except ImportError as error:
         raise ConfigError("benchmarks " + ", ".join(benchmarks) + " are real datasets, prepared by the data_prep "
                           "package at the repository root: run from the repository root") from error
@@ -266,6 +270,7 @@ def _kernel_manager() -> tuple[type, dict]:
     in kernel." in the log (a race, lost by a kernel descheduled for a millisecond). With no cell
     running the shutdown request alone stops the kernel; a cell still running (a reproduction
     interrupted with Ctrl-C, a timeout) is interrupted as before, so that it unwinds."""
+    # papermill's kernel machinery: only when notebooks run
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
@@ -288,6 +293,7 @@ def _kernel_manager() -> tuple[type, dict]:
 def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR,
                      kernel: str = "python3", log_output: bool = True) -> float:
     """Execute one notebook with papermill; return its seconds. Raises :class:`NotebookFailed`."""
+    # papermill (and nbclient, jupyter): only when notebooks run
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -317,9 +323,7 @@ SCENARIO_OF_NOTEBOOK = {"10_class_incremental": "class_incremental", "11_domain_
 
 def _effective_parameters(source: Path, parameters: dict) -> dict:
     """The notebook's parameters-cell defaults with ``parameters`` applied."""
-    import ast
-
-    import papermill
+    import papermill  # only when notebooks run
 
     values = {}
     for name, spec in papermill.inspect_notebook(str(source)).items():
@@ -333,7 +337,7 @@ def _effective_parameters(source: Path, parameters: dict) -> dict:
 def _runs_complete(name: str, source: Path, parameters: dict) -> bool:
     """Whether every run that notebook ``name`` would make with ``parameters`` is already complete
     (with the identity the notebook asks for)."""
-    from mmcl.runs import is_reusable, locate_run
+    from mmcl.runs import is_reusable, locate_run  # open_clip and the methods (seconds)
 
     values = _effective_parameters(source, parameters)
     config = load_config(values["profile"], values.get("overrides") or [])
@@ -352,7 +356,7 @@ def up_to_date(name: str, executed: Path, parameters: dict, notebook_dir: Path =
     """A notebook need not run again when its executed copy finished without error, with the same
     parameters, after the last change of the notebook, and every run it makes is complete (the
     figures notebook: newer than every run record)."""
-    import nbformat
+    import nbformat  # only when notebooks run
 
     source = notebook_dir / f"{name}.ipynb"
     if not executed.is_file() or executed.stat().st_mtime < source.stat().st_mtime:
@@ -390,9 +394,7 @@ def stale_runs(root: str | Path, fingerprint: str | None = None) -> list[tuple[P
     """Complete runs at or below ``root`` made by other code: (run folder, its recorded source
     fingerprint, None when unrecorded), sorted by folder. ``fingerprint``: the current code's
     (default: :func:`mmcl.records.source_fingerprint`)."""
-    from mmcl.records import source_fingerprint
-
-    current = fingerprint or source_fingerprint()
+    current = fingerprint or records.source_fingerprint()
     stale = []
     for run_dir in results.find_run_dirs(root):
         try:
@@ -408,14 +410,12 @@ def report_stale_runs(root: Path, remove: bool = False, shown: int = 10) -> list
     """Print how many complete runs under ``root`` were made by other code, and the first
     ``shown`` of them (folder and source fingerprint); with ``remove``, delete those run folders
     so the notebooks make them again. Returns the stale run folders."""
-    from mmcl.records import source_fingerprint
-
     stale = stale_runs(root)
     if not stale:
         return []
     total = len(results.find_run_dirs(root))
     print(f"{len(stale)} of {total} complete runs under {root} were made by other code (their source "
-          f"fingerprint differs from this code's {source_fingerprint()}):", flush=True)
+          f"fingerprint differs from this code's {records.source_fingerprint()}):", flush=True)
     for run_dir, fingerprint in stale[:shown]:
         print(f"  {run_dir.relative_to(root)}  source {fingerprint or 'unknown'}", flush=True)
     if len(stale) > shown:
@@ -433,9 +433,7 @@ def report_stale_runs(root: Path, remove: bool = False, shown: int = 10) -> list
 def _copy_tuned_defaults(profile: str, tuning_dir: Path) -> None:
     """Put the profile's tuned defaults (the packaged tuning records: grid, trials, scores and
     choice per scenario and method) beside the runs they configure, as ``tuned-defaults.yaml``."""
-    from mmcl.tuning import tuned_file
-
-    source = tuned_file(profile)
+    source = tuned.tuned_file(profile)
     if source.is_file():
         records.atomic_write_text(tuning_dir / "tuned-defaults.yaml", source.read_text())
 
@@ -466,10 +464,8 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     if unknown:
         raise ConfigError(f"unknown notebooks {unknown}; the sequence is {list(NOTEBOOKS)}")
     _papermill_logging()
-    from mmcl.environment import warn_lock_differences
-
-    warn_lock_differences()
-    from mmcl.executors import make_executor
+    environment.warn_lock_differences()
+    from mmcl.executors import make_executor  # the engine: open_clip and the methods (seconds)
 
     make_executor(config).check(config, output_dir)  # e.g. slurm without a cluster: fail before the notebooks
     stale = report_stale_runs(output_dir / config.profile, remove=rerun_stale)

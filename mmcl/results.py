@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmcl import method_index
 from mmcl.atomic import RUN_INCOMPLETE, atomic_write_text, read_json_record
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ MODE_TITLES = {"standard": "standard", "modality_aware": "modality-aware", "moda
 # floor first and the joint-training upper bound last (references: one that trains nothing opens the
 # table, one that trains closes it), the reproduced papers' methods just before the bound. Within a
 # family, METHOD_ORDER, then methods not listed there by name; unregistered methods come after all.
-FAMILY_ORDER = ("reference-floor", "classic", "rehearsal", "fine-tuning", "prompt", "prototype", "adapter",
-                "paper", "reference-bound")
+FAMILY_ORDER = ("reference-floor", "classic", "rehearsal", "fine-tuning", "prompt", "prototype", "paper",
+                "reference-bound")
 METHOD_ORDER = ("zero-shot", "finetune", "ewc", "lwf", "replay", "l2p", "moe-adapters", "comm", "joint")
 
 COLUMNS = ["profile", "scenario", "benchmark", "method", "variant", "label", "seed", "mode", "num_tasks",
@@ -112,15 +113,14 @@ def split_label(label: str) -> tuple[str, str | None]:
 
 
 def family_rank(method: str) -> int:
-    """Position of ``method``'s family in :data:`FAMILY_ORDER` (unregistered or unknown: after all)."""
-    from mmcl.methods import REGISTRY
-
-    cls = REGISTRY.get(method)
-    if cls is None:
+    """Position of ``method``'s family in :data:`FAMILY_ORDER` (not a built-in method, or an unknown
+    family: after all)."""
+    known = method_index.family(method)
+    if known is None:
         return len(FAMILY_ORDER)
-    family = cls.family
+    family, trains = known
     if family == "reference":
-        family = "reference-bound" if cls.trains else "reference-floor"
+        family = "reference-bound" if trains else "reference-floor"
     return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
 
 
@@ -459,12 +459,10 @@ def is_paper_method(method: str) -> bool:
 
 
 def method_family(method: str) -> str | None:
-    """The ``family`` a registered method declares (rehearsal, prompt, ..., paper, reference); None
-    for a method nobody registered."""
-    from mmcl.methods import REGISTRY
-
-    cls = REGISTRY.get(method)
-    return cls.family if cls is not None else None
+    """The ``family`` a built-in method declares (rehearsal, prompt, ..., paper, reference), read from
+    the method index (:mod:`mmcl.method_index`); None for a method the index does not list."""
+    known = method_index.family(method)
+    return known[0] if known is not None else None
 
 
 def decomposition_runs(runs: pd.DataFrame, warn: bool = True) -> pd.DataFrame:

@@ -33,11 +33,12 @@ import yaml
 
 from mmcl import kernels, records
 from mmcl.config import Config, ConfigError, config_to_yaml, parse_yaml, profile_defaults
-from mmcl.data.scenarios import Stream
+from mmcl.data.stream import Stream, Task
 from mmcl.hparams import resolved_method_values, scenario_benchmark, with_method_overrides
-from mmcl.methods.base import Method, Task, method_class
+from mmcl.methods import method_class
+from mmcl.methods.base import Method
 from mmcl.metrics import forgetting_decomposition_summary, summarize
-from mmcl.tuning import tuned_values
+from mmcl.tuned import tuned_values
 
 log = logging.getLogger(__name__)
 

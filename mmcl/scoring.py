@@ -9,7 +9,8 @@ import torch
 
 from mmcl import forgetting
 from mmcl.config import Config
-from mmcl.methods.base import Method, Task
+from mmcl.data.stream import Task
+from mmcl.methods.base import Method
 from mmcl.runtime import autocast_for, eval_batch_size, pins_memory
 
 

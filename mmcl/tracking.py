@@ -54,7 +54,7 @@ def _final_scalars(metrics: dict) -> dict[str, float]:
 
 class TensorBoardTracker(Tracker):
     def __init__(self, run_dir: Path, run_record: dict):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         self.writer.add_text("run", ", ".join(f"{k}: {v}" for k, v in run_record.items()))
@@ -77,7 +77,7 @@ class TensorBoardTracker(Tracker):
 
 class MLflowTracker(Tracker):
     def __init__(self, run_dir: Path, run_record: dict):
-        import mlflow
+        import mlflow  # optional: installed only where MLflow tracking is used
 
         self.mlflow = mlflow
         try:

@@ -10,7 +10,8 @@ import torch
 
 from mmcl.config import Config
 from mmcl.data.dataset import MultiModalDataset, concatenate
-from mmcl.methods.base import Method, Task
+from mmcl.data.stream import Task
+from mmcl.methods.base import Method
 from mmcl.runtime import autocast_for
 
 

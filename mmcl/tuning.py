@@ -33,8 +33,8 @@ choice, extension; every point run; seeds, budget, max_extensions; the choice, i
 edges; the code version) is written beside the runs as ``<method>.json``.
 
 ``--write-defaults`` copies the chosen values into ``mmcl/profiles/tuned/<profile>.yaml``
-(per scenario and method, with where they came from, the grid they were chosen from, each
-round's grid and choice, and every point's scores). :func:`tuned_edges` lists every tuned value at
+(:func:`mmcl.tuned.write_defaults`: per scenario and method, with where they came from, the grid they
+were chosen from, each round's grid and choice, and every point's scores). :func:`tuned_edges` lists every tuned value at
 an edge of a >= 3-value grid in such a file, with its reason. The engine resolves a method's
 hyper-parameters as: the method's defaults < the tuned values < the profile's ``methods`` and
 ``--set`` overrides (:func:`mmcl.hparams.resolved_method_values`); the resolved values are part of
@@ -45,15 +45,15 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import fields
 from pathlib import Path
 
-import yaml
-
 from mmcl import records
-from mmcl.config import Config, ConfigError, parse_yaml
-
-TUNED_DIR = Path(__file__).resolve().parent / "profiles" / "tuned"
+from mmcl.config import Config, ConfigError
+from mmcl.engine import evaluation_modes
+from mmcl.executors import make_executor
+from mmcl.hparams import scenario_benchmark, with_method_overrides
+from mmcl.methods import method_class
+from mmcl.tuned import plain_grid, read_tuned
 
 
 def grid_points(grid: dict[str, list]) -> list[dict]:
@@ -91,31 +91,6 @@ def spread_points(points: list[dict], count: int) -> list[int]:
         chosen.append(best)
         covered |= set(points[best].items())
     return sorted(chosen)
-
-
-def check_grid(method_cls, minimum: int) -> None:
-    """:class:`TypeError` unless a trainable method's grid names its hyper-parameters, holds valid
-    values and has at least ``minimum`` points (called at registration with the default budget)."""
-    grid = method_cls.tuning_grid
-    if not method_cls.trains:
-        if grid:
-            raise TypeError(f"{method_cls.__name__} trains nothing but declares a tuning grid")
-        return
-    names = {f.name for f in fields(method_cls.Config)}
-    unknown = [key for key in grid if key not in names]
-    empty = [key for key, values in grid.items() if not isinstance(values, (list, tuple)) or not values]
-    if unknown or empty:
-        raise TypeError(f"{method_cls.__name__}.tuning_grid: unknown hyper-parameters {unknown} or empty value "
-                        f"lists {empty}")
-    points = grid_points(grid)
-    if len(points) < minimum:
-        raise TypeError(f"{method_cls.__name__}.tuning_grid has {len(points)} points, fewer than the default "
-                        f"budget of {minimum} trials")
-    for point in points:
-        try:
-            method_cls.Config(**point)
-        except Exception as error:  # noqa: BLE001 - pydantic's ValidationError, reported as the grid's fault
-            raise TypeError(f"{method_cls.__name__}.tuning_grid point {point} is invalid: {error}") from None
 
 
 # ------------------------------------------------------------------------------ edge extension
@@ -197,37 +172,6 @@ def bound_problem(method_cls, grid: dict[str, list], key: str, value) -> str | N
 
 
 # ------------------------------------------------------------------------------ tuned defaults
-def tuned_file(profile: str) -> Path:
-    return TUNED_DIR / f"{profile}.yaml"
-
-
-def read_tuned(profile: str | None = None, path: str | Path | None = None) -> dict:
-    """The tuned defaults of ``profile`` (or the file at ``path``): scenario -> method -> {"values",
-    "source", "grid", ...} ({} when there is no file)."""
-    path = Path(path) if path is not None else tuned_file(profile)
-    if not path.is_file():
-        return {}
-    try:
-        data = parse_yaml(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping scenario -> method -> values")
-    for scenario, methods in data.items():
-        for method, entry in (methods or {}).items() if isinstance(methods, dict) else [(None, None)]:
-            if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict):
-                raise ConfigError(f"{path}: {scenario}.{method}.values: expected a mapping of hyper-parameters")
-    return data
-
-
-def tuned_values(profile: str, scenario: str | None, method: str) -> dict:
-    """The tuned hyper-parameter values of ``method`` in ``scenario`` for ``profile`` ({} when none)."""
-    if scenario is None:
-        return {}
-    entry = (read_tuned(profile).get(scenario) or {}).get(method)
-    return dict(entry["values"]) if entry else {}
-
-
 BEFORE_EXTENSION = "not searched beyond: tuned before edge extension (one round, one seed)"
 
 
@@ -252,41 +196,6 @@ def tuned_edges(profile: str | None = None, path: str | Path | None = None) -> l
     return found
 
 
-def write_defaults(record: dict, path: Path | None = None) -> Path:
-    """Write the chosen values of a tuning ``record`` into the tuned defaults of its profile: the
-    values, where they came from, and the tuning itself (the grid they were chosen from, each
-    round's grid and choice, every point's mean and per-seed validation scores, the edges)."""
-    path = Path(path) if path else tuned_file(record["profile"])
-    data = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    seeds = record.get("seeds", [record.get("seed", 0)])
-    entry = {
-        "values": dict(record["chosen"]),  # a copy: no YAML alias to a trial's values
-        "source": {"benchmark": record["benchmark"], "seeds": list(seeds), "trials": record["budget"],
-                   "max_extensions": record.get("max_extensions", 0), "record": record["record"],
-                   "date": record["date"], "code_version": record["code_version"]},
-        # the tuning itself, so that a clone without the run tree still shows what was compared
-        "grid": _plain(record["grid"]), "selection": record["selection"],
-        "scores": [{"values": dict(row["values"]), "val_score": round(float(row["val_score"]), 2),
-                    **({"seed_scores": [round(float(x), 2) for x in row["seed_scores"]]}
-                       if "seed_scores" in row else {})}
-                   for row in record["trials"]]}
-    if "rounds" in record:
-        entry["rounds"] = [{"grid": _plain(r["grid"]), "chosen": dict(r["chosen"]),
-                            "val_score": round(float(r["chosen_score"]), 2)} for r in record["rounds"]]
-        if record.get("edges"):
-            entry["edges"] = [dict(edge) for edge in record["edges"]]
-    data.setdefault(record["scenario"], {})[record["method"]] = entry
-    header = ("# Tuned hyper-parameters (written by `mmcl tune --write-defaults`; do not edit by hand).\n"
-              "# Resolution: method defaults < these values < the profile's `methods` and --set overrides.\n")
-    records.atomic_write_text(path, header + yaml.safe_dump(data, sort_keys=True))
-    return path
-
-
-def _plain(grid: dict) -> dict:
-    """A copy of ``grid`` (lists, no YAML aliases between entries)."""
-    return {key: list(values) for key, values in grid.items()}
-
-
 # ------------------------------------------------------------------------------------- tuning
 def tuning_root(config: Config, output_dir: str | Path | None = None) -> Path:
     """``<runs>/<profile>/tuning``: where validation runs and tuning records live."""
@@ -303,10 +212,6 @@ def plan(config: Config, scenario: str, method: str, seeds: list[int] | int = (0
     """The validation runs of one round of a tuning (method on scenario) over ``grid`` (default: the
     method's ``tuning_grid``): its trial points and, for each point and seed, an executor job
     (:mod:`mmcl.executors`) carrying the configuration with that point's values."""
-    from mmcl.engine import evaluation_modes
-    from mmcl.hparams import scenario_benchmark, with_method_overrides  # here: mmcl.hparams imports mmcl.tuning
-    from mmcl.methods.base import method_class
-
     method_cls = method_class(method)
     if not method_cls.trains:
         raise ConfigError(f"method {method!r} trains nothing: there is nothing to tune")
@@ -314,7 +219,7 @@ def plan(config: Config, scenario: str, method: str, seeds: list[int] | int = (0
         raise ConfigError(f"method {method!r} is not compatible with scenario {scenario!r}")
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     budget = trials or config.tuning.trials
-    grid = _plain(method_cls.tuning_grid if grid is None else grid)
+    grid = plain_grid(method_cls.tuning_grid if grid is None else grid)
     points = trial_points(method_cls, budget, grid)
     benchmark = scenario_benchmark(config, scenario, benchmark)
     validation = config.model_copy(update={"train": config.train.model_copy(update={"eval_split": "val"})})
@@ -358,7 +263,6 @@ def tune_many(config: Config, pairs: list[tuple[str, str]], seed: int | None = N
     max_extensions = config.tuning.max_extensions if max_extensions is None else max_extensions
     if max_extensions < 0:
         raise ConfigError(f"tuning max_extensions: must be at least 0, got {max_extensions}")
-    from mmcl.methods.base import method_class
 
     searches = []
     for scenario, method in pairs:
@@ -382,8 +286,6 @@ def tune_many(config: Config, pairs: list[tuple[str, str]], seed: int | None = N
                         search["scores"][key] = None  # requested: a point twice in a round runs once
         if requests:
             if executor is None:
-                from mmcl.executors import make_executor
-
                 executor = make_executor(config)
             results = run_trials(config, requests, output_dir, executor, "tuning" if number == 0 else
                                  f"tuning (extension {number})")

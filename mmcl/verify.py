@@ -21,10 +21,12 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
-from mmcl import records, results
+from mmcl import kernels, records, results
 from mmcl.config import SCENARIOS, ConfigError
+from mmcl.data.benchmarks import load_benchmark
 
 EXPECTED_DIR = Path(__file__).resolve().parent / "profiles" / "expected"
 METRICS = ("final_accuracy", "forgetting")
@@ -225,11 +227,7 @@ def input_digests(config, benchmarks: list[str] | None = None, progress: bool = 
     benchmark's data, with the CPU and its kernels (:func:`mmcl.kernels.state`). Two machines that
     print the same digests compute the same numbers; ``mmcl inputs`` prints them, docs/benchmark.md
     lists those of our machines."""
-    import torch
-
-    from mmcl import kernels
-    from mmcl.data.benchmarks import load_benchmark
-    from mmcl.models.backbone import build_encoder
+    from mmcl.models.factory import build_encoder  # open_clip: only `mmcl inputs` builds a backbone
 
     kernels.require(config.runtime.portable_kernels)
     names = benchmarks or [name for name, spec in config.benchmarks.items() if spec.source == "synthetic"]

@@ -16,7 +16,7 @@ import pytest
 
 from mmcl import engine
 from mmcl.config import load_config
-from mmcl.methods.base import method_class
+from mmcl.methods import method_class
 
 # $MMCL_LEARNING_MARGINS: a file to which every check appends its numbers (one JSON line per
 # evaluation mode, with the test's name), to compare the margins under two kernel settings

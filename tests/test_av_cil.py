@@ -15,7 +15,8 @@ from mmcl.methods.av_cil import (
     class_similarity_loss,
     instance_similarity_loss,
 )
-from mmcl.methods.base import iterate_task_batches, method_class
+from mmcl.methods import method_class
+from mmcl.methods.text_anchored import iterate_task_batches
 
 from learning_check import assert_learning_verdict, learning_cases
 

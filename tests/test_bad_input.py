@@ -7,7 +7,7 @@ import torch
 
 from mmcl.cli import main
 from mmcl.config import ConfigError, load_config
-from mmcl.methods.base import method_class
+from mmcl.methods import method_class
 
 from crafted_files import plant_crafted_pickle
 

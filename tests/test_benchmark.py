@@ -267,7 +267,7 @@ def test_profiles_have_the_stress_benchmark_with_conflicting_domains():
 
 
 def test_generator_and_pretraining_versions_key_the_caches(tmp_path, small_config, monkeypatch):
-    from mmcl.models.backbone import tiny_cache_path
+    from mmcl.models.pretraining import tiny_cache_path
 
     config = small_config.model_copy(update={"data": small_config.data.model_copy(update={"cache_dir": str(tmp_path)})})
     spec = config.benchmarks["ego-activities"].model_copy(update={"modalities": ["acc"]})
@@ -285,7 +285,8 @@ def test_generator_and_pretraining_versions_key_the_caches(tmp_path, small_confi
 def test_pretrained_weights_do_not_depend_on_the_thread_count(tmp_path):
     """A CPU matrix product sums in an order set by the thread count, and over many steps those
     last bits grow into different weights: pre-training runs on one thread whatever the runtime says."""
-    from mmcl.models.backbone import file_digest, pretrain_tiny_clip
+    from mmcl.models.factory import file_digest
+    from mmcl.models.pretraining import pretrain_tiny_clip
 
     digests = []
     for threads in (2, 1):
@@ -302,15 +303,15 @@ def test_pretrained_weights_do_not_depend_on_the_thread_count(tmp_path):
 
 
 def test_a_backbone_being_pre_trained_elsewhere_is_waited_for(tmp_path, monkeypatch):
-    from mmcl.models import backbone
+    from mmcl.models import pretraining
 
     config = load_config("smoke", [f"data.cache_dir={tmp_path}"])
-    path = backbone.tiny_cache_path(config)
+    path = pretraining.tiny_cache_path(config)
     trained = []
-    monkeypatch.setattr(backbone, "_pretrain_tiny_clip", lambda *a: trained.append(1))
+    monkeypatch.setattr(pretraining, "_pretrain_tiny_clip", lambda *a: trained.append(1))
     returned = []
     with records.build_lock(path):  # another process is pre-training
-        waiter = threading.Thread(target=lambda: returned.append(backbone.pretrain_tiny_clip(config)))
+        waiter = threading.Thread(target=lambda: returned.append(pretraining.pretrain_tiny_clip(config)))
         waiter.start()
         waiter.join(timeout=1.0)
         assert waiter.is_alive()  # it waits, and trains nothing
@@ -328,7 +329,8 @@ def test_pretraining_reads_open_clips_own_forward_bit_for_bit():
     import open_clip
     import torch.nn.functional as F
 
-    from mmcl.models.backbone import MultiModalEncoder, pretraining_features
+    from mmcl.models.backbone import MultiModalEncoder
+    from mmcl.models.pretraining import pretraining_features
 
     torch.manual_seed(0)
     clip = open_clip.create_model("mmcl-micro", pretrained=None, force_image_size=32)
@@ -348,7 +350,7 @@ def test_caption_vocabulary_trains_bitwise_as_the_whole_table():
     some used rows out, and the rows no caption uses keep their initial values."""
     import open_clip
 
-    from mmcl.models.backbone import CaptionVocabulary
+    from mmcl.models.pretraining import CaptionVocabulary
 
     tokenizer = open_clip.get_tokenizer("mmcl-micro")
     tokens = tokenizer([f"a {c} {s} on the {p}." for c in ("red", "blue", "green") for s in ("disk", "star")

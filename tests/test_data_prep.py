@@ -446,7 +446,7 @@ def test_open_clip_weights_from_a_local_file(tmp_path):
     """model.pretrained=<file> goes through open_clip.create_model exactly like a tag."""
     import open_clip
 
-    from mmcl.models.backbone import build_encoder
+    from mmcl.models.factory import build_encoder
 
     torch.manual_seed(3)
     reference = open_clip.create_model("mmcl-micro", pretrained=None, force_image_size=32)
@@ -601,7 +601,7 @@ def test_hmdb51_split_lists_and_videos(tmp_path):
 def test_prepare_data_generates_the_benchmarks_in_a_worker_while_pre_training(tmp_path, monkeypatch):
     from mmcl import executors, reproduce
     from mmcl.data import benchmarks as benchmark_module
-    from mmcl.models.backbone import build_encoder
+    from mmcl.models.factory import build_encoder
 
     def config_in(folder):  # a backbone of 5 steps: not in any cache, so prepare_data pre-trains it
         return load_config("smoke", [f"data.cache_dir={folder}", "model.pretrain.steps=5"])
@@ -620,7 +620,8 @@ def test_prepare_data_generates_the_benchmarks_in_a_worker_while_pre_training(tm
     assert {name: b.digest() for name, b in prepared.items()} == expected
     # a backbone per seed of the profile (runtime.seeds), pre-trained in the workers; seed 0's bitwise
     # the one this process pre-trained
-    from mmcl.models.backbone import file_digest, tiny_cache_path
+    from mmcl.models.factory import file_digest
+    from mmcl.models.pretraining import tiny_cache_path
 
     worker = config_in(tmp_path / "worker")
     paths = [tiny_cache_path(worker.model_copy(update={"seed": s})) for s in worker.runtime.seeds]

@@ -25,7 +25,7 @@ from test_results import write_run
 from data_prep.__main__ import main as data_prep_main
 from mmcl import atomic, cli, engine, plots, records, reproduce, results
 from mmcl.config import load_config
-from mmcl.models.backbone import build_encoder
+from mmcl.models.factory import build_encoder
 
 KINDS = list(atomic.DISK_FAULTS.items())  # (MMCL_FAULT kind, errno): enospc, edquot, erofs, eacces
 

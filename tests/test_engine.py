@@ -14,10 +14,13 @@ from mmcl import engine, hparams, records, reproduce, runs, training
 from mmcl.config import ConfigError, load_config
 from mmcl.data.benchmarks import load_benchmark
 from mmcl.data.dataset import Batch, MultiModalDataset
-from mmcl.methods.base import CosineClassifier, HeadConfig, Method, Task, apply_head_rules, method_class
+from mmcl.data.stream import Task
+from mmcl.methods import method_class
+from mmcl.methods.base import Method
+from mmcl.methods.heads import CosineClassifier, HeadConfig, apply_head_rules
 from mmcl.methods.replay import ExemplarBuffer
 from mmcl.metrics import forward_transfer
-from mmcl.models.backbone import build_encoder
+from mmcl.models.factory import build_encoder
 
 from crafted_files import crafted_object, plant_crafted_pickle
 from learning_check import assert_learning_verdict, learning_cases
@@ -290,8 +293,6 @@ def test_files_of_tensors_hold_only_plain_data_and_load_without_running_code(tmp
 # --------------------------------------------------------------------- equal footing: head rules
 class _HeadOnly(Method):
     """A method that is only a cosine head over 3 classes of 2-d features (for hand-computed steps)."""
-
-    name = "head-only"
 
     def __init__(self, rules):
         super().__init__(None, None, None)

@@ -141,7 +141,8 @@ def test_verify_accepts_the_profile_folder_itself_and_names_another_profiles(run
 
 # ------------------------------------------------------------------------------ the backbone cache
 def test_damaged_backbone_weights_are_pre_trained_again_with_one_warning(tmp_path, monkeypatch, caplog):
-    from mmcl.models.backbone import tiny_cache_path, build_encoder
+    from mmcl.models.factory import build_encoder
+    from mmcl.models.pretraining import tiny_cache_path
 
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "cache"))  # not the session's shared cache
     config = load_config("smoke", SMALL_PRETRAIN)
@@ -166,7 +167,7 @@ def test_damaged_backbone_weights_are_pre_trained_again_with_one_warning(tmp_pat
 def test_pre_training_logs_no_untrue_random_initialisation_warning(tmp_path, monkeypatch, caplog):
     import open_clip
 
-    from mmcl.models.backbone import build_encoder
+    from mmcl.models.factory import build_encoder
 
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "cache"))  # pre-trains here, whatever the session cached
     caplog.set_level(logging.WARNING)
@@ -299,12 +300,12 @@ def test_openai_weights_are_built_with_the_quick_gelu_they_were_trained_with(mon
 
     import open_clip
 
-    from mmcl.models import backbone
+    from mmcl.models import factory
 
-    assert backbone.tag_uses_quick_gelu("ViT-B-16", "openai")
-    assert not backbone.tag_uses_quick_gelu("ViT-B-16", "laion2b_s34b_b88k")
-    assert not backbone.tag_uses_quick_gelu("ViT-B-16", "/weights/open_clip_model.safetensors")
-    assert not backbone.tag_uses_quick_gelu("mmcl-tiny", "self") and not backbone.tag_uses_quick_gelu("ViT-B-16", None)
+    assert factory.tag_uses_quick_gelu("ViT-B-16", "openai")
+    assert not factory.tag_uses_quick_gelu("ViT-B-16", "laion2b_s34b_b88k")
+    assert not factory.tag_uses_quick_gelu("ViT-B-16", "/weights/open_clip_model.safetensors")
+    assert not factory.tag_uses_quick_gelu("mmcl-tiny", "self") and not factory.tag_uses_quick_gelu("ViT-B-16", None)
     seen = {}
 
     class Built(Exception):
@@ -315,7 +316,7 @@ def test_openai_weights_are_built_with_the_quick_gelu_they_were_trained_with(mon
         raise Built
 
     monkeypatch.setattr(open_clip, "create_model", create_model)
-    monkeypatch.setattr(backbone, "hub_weights_source", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(factory, "hub_weights_source", lambda *a: contextlib.nullcontext())
     with pytest.raises(Built):
-        backbone.build_encoder(load_config("paper"), "cpu")
+        factory.build_encoder(load_config("paper"), "cpu")
     assert seen["name"] == "ViT-B-16" and seen["pretrained"] == "openai" and seen["force_quick_gelu"] is True

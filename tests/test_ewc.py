@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from mmcl import engine
-from mmcl.methods.base import iterate_task_batches, targets_in
+from mmcl.methods.losses import targets_in
+from mmcl.methods.text_anchored import iterate_task_batches
 
 
 def one_sample_at_a_time(method, data, space):

@@ -21,7 +21,7 @@ from test_results import write_run  # noqa: E402
 from mmcl import engine, forgetting, plots, records, results, runs  # noqa: E402
 from mmcl.metrics import forgetting_decomposition_summary  # noqa: E402
 from mmcl.methods import REGISTRY  # noqa: E402
-from mmcl.methods.base import method_class  # noqa: E402
+from mmcl.methods import method_class  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ the probe

@@ -8,7 +8,7 @@ import torch
 
 from mmcl import engine, training
 from mmcl.config import load_config
-from mmcl.methods.base import CosineClassifier
+from mmcl.methods.heads import CosineClassifier
 from mmcl.methods.moe_adapters import (
     fuse_embeddings,
     head_rows,

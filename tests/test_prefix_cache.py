@@ -9,9 +9,11 @@ import torch
 from mmcl import engine, records, runtime
 from mmcl.config import load_config
 from mmcl.data.benchmarks import load_benchmark
-from mmcl.methods.base import REGISTRY, Snapshot, method_class
+from mmcl.methods import method_class
+from mmcl.methods.base import REGISTRY
+from mmcl.methods.snapshot import Snapshot
 from mmcl.models import prefix_cache
-from mmcl.models.backbone import build_encoder
+from mmcl.models.factory import build_encoder
 
 method_class("finetune")  # registers the built-in methods
 # One method per kind of declaration runs in the quick suite (fine-tuning: a prefix up to the trainable

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcl.models.backbone import build_encoder
+from mmcl.models.factory import build_encoder
 from mmcl.models.prompts import (
     PromptHooks,
     PromptPool,

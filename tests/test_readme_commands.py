@@ -141,7 +141,7 @@ def check_mmcl_arguments(command: Command, argv: list[str]) -> str:
         config = load_config(args.profile, overrides) if hasattr(args, "profile") else None
         for name in {key.split(".")[1] for key in overrides if key.startswith("methods.")}:
             # A method's hyper-parameters are checked when its run is built (keys and values).
-            from mmcl.methods.base import method_class
+            from mmcl.methods import method_class
 
             method_class(name).make_config(config.methods.get(name, {}))
     except ConfigError as error:

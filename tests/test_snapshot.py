@@ -8,7 +8,9 @@ import torch
 
 from mmcl import engine
 from mmcl.data.dataset import MultiModalDataset
-from mmcl.methods.base import RunContext, Snapshot, Task
+from mmcl.data.stream import Task
+from mmcl.methods.base import RunContext
+from mmcl.methods.snapshot import Snapshot
 
 # Walking into these would reach every loaded module (a function's globals, a class's dict).
 _NOT_WALKED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType)

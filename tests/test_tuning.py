@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from mmcl import hparams, tuning
+from mmcl import hparams, tuned, tuning
 from mmcl.cli import main
 from mmcl.config import ConfigError, load_config
 from mmcl.executors import locate_job
@@ -136,7 +136,7 @@ def test_a_bound_of_the_method_stops_the_extension(config, monkeypatch):
 
 
 def test_rounds_run_out_at_an_edge_and_the_cli_and_the_defaults_say_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tuning, "TUNED_DIR", tmp_path / "tuned")
+    monkeypatch.setattr(tuned, "TUNED_DIR", tmp_path / "tuned")
     calls = []
     monkeypatch.setattr(tuning, "run_trials", _fake_runner(lambda values, seed: values["lr_scale"], calls))
     assert main(["tune", "--method", "finetune", "--scenario", "class_incremental", "--profile", "smoke",
@@ -189,7 +189,7 @@ def test_tuned_edges_lists_the_values_at_an_edge_of_a_3_value_grid(tmp_path):
 def test_the_packaged_tuned_defaults_still_resolve_and_every_edge_is_explained():
     """mmcl/profiles/tuned/tiny.yaml: its values resolve in the engine, and every value at an edge
     of a >= 3-value grid was either tuned before edge extension or carries the reason it stayed."""
-    packaged = tuning.read_tuned("tiny")
+    packaged = tuned.read_tuned("tiny")
     assert packaged  # shipped
     config = load_config("tiny")
     for scenario, methods in packaged.items():

@@ -9,14 +9,17 @@ import torch
 import torch.nn as nn
 import yaml
 
-from mmcl import engine, hparams, runs, training, tuning
+from mmcl import engine, hparams, runs, training, tuned, tuning
 from mmcl.cli import main
 from mmcl.config import ConfigError, available_profiles, load_config
 from mmcl.data.benchmarks import carve_validation, load_benchmark
 from mmcl.data.dataset import MultiModalDataset
 from mmcl.data.scenarios import build_stream
+from mmcl.data.stream import Task
 from mmcl.methods import REGISTRY
-from mmcl.methods.base import Task, TextAnchoredMethod, register
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.text_anchored import TextAnchoredMethod
 
 
 def _indexed(groups: list[tuple[int, int, int]]) -> MultiModalDataset:
@@ -127,10 +130,11 @@ def test_every_method_gets_the_same_budget_and_small_grids_are_refused():
     assert tuning.spread_points([{"a": 1, "b": 1}, {"a": 1, "b": 2}, {"a": 2, "b": 1}, {"a": 2, "b": 2}], 2) == [0, 3]
     with pytest.raises(ConfigError, match="declares 6 grid points.*budget of 7"):
         tuning.trial_points(REGISTRY["finetune"], 7)
-    with pytest.raises(TypeError, match="2 points, fewer than the default budget of 6"):
-        register(type("TwoPoints", (TextAnchoredMethod,), {"name": "two-points", "tuning_grid": {"lr_scale": [1, 2]}}))
-    with pytest.raises(TypeError, match="unknown hyper-parameters"):
-        register(type("Unknown", (TextAnchoredMethod,), {"name": "unknown-grid", "tuning_grid": {"nope": [1, 2, 3, 4]}}))
+    with pytest.raises(TypeError, match="2 points, fewer than the default budget of 6"):  # the card refuses it
+        Card(name="two-points", family="classic", description="d", tuning_grid={"lr_scale": [1, 2]})
+    with pytest.raises(TypeError, match="unknown hyper-parameters"):  # registration: the grid against the Config
+        card = Card(name="unknown-grid", family="classic", description="d", tuning_grid={"nope": [1, 2, 3, 4, 5, 6]})
+        register(type("Unknown", (TextAnchoredMethod,), {"card": card}))
     assert "two-points" not in REGISTRY and "unknown-grid" not in REGISTRY
 
 
@@ -146,7 +150,7 @@ def test_lr_scale_multiplies_every_rate(smoke_config):
 
 
 def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monkeypatch):
-    monkeypatch.setattr(tuning, "TUNED_DIR", tmp_path / "tuned")
+    monkeypatch.setattr(tuned, "TUNED_DIR", tmp_path / "tuned")
     config = load_config("smoke", [f"runtime.output_dir={tmp_path / 'runs'}", "train.epochs=0"])
     assert hparams.resolved_method_values(config, "class_incremental", "finetune") == {}
     before = engine.run(config, "class_incremental", "finetune", seed=0)
@@ -157,7 +161,7 @@ def test_tuned_defaults_sit_between_method_defaults_and_overrides(tmp_path, monk
               "selection": "final average validation accuracy (standard)",
               "trials": [{"values": {"lr_scale": 0.3, "trainable_blocks": 0}, "val_score": 61.2345, "run_dir": "x"},
                          {"values": {"lr_scale": 1.0, "trainable_blocks": 0}, "val_score": 55.0, "run_dir": "y"}]}
-    path = tuning.write_defaults(record)
+    path = tuned.write_defaults(record)
     assert path == tmp_path / "tuned" / "smoke.yaml"
     stored = yaml.safe_load(path.read_text())
     assert stored["class_incremental"]["finetune"]["source"]["code_version"] == {"git_commit": "c"}
@@ -191,7 +195,7 @@ def test_tune_on_smoke_records_every_trial_and_writes_defaults(tmp_path, monkeyp
     no training step every point ties, so the first point is chosen: lr_scale 0.3, the low edge of
     0.3/1/3, moves the window to 0.1/0.3/1 for one more round, whose choice 0.1 is an edge again
     when the rounds have run out."""
-    monkeypatch.setattr(tuning, "TUNED_DIR", tmp_path / "tuned")
+    monkeypatch.setattr(tuned, "TUNED_DIR", tmp_path / "tuned")
     runs = tmp_path / "runs"
     command = ["tune", "--method", "finetune", "--scenario", "class_incremental", "--profile", "smoke",
                "--trials", "2", "--seeds", "0", "1", "--max-extensions", "1", "--write-defaults",
@@ -233,11 +237,11 @@ def test_tune_on_smoke_records_every_trial_and_writes_defaults(tmp_path, monkeyp
     assert record["chosen"] == last["trials"][scores.index(max(scores))]["values"] == last["chosen"]
     assert record["at_edge"] == bool(record["edges"])
     assert set(record["code_version"]) >= {"git_commit", "source_fingerprint"}
-    tuned = yaml.safe_load((tmp_path / "tuned" / "smoke.yaml").read_text())
-    assert tuned["class_incremental"]["finetune"]["values"] == record["chosen"]
-    assert tuned["class_incremental"]["finetune"]["source"]["trials"] == 2
-    assert tuned["class_incremental"]["finetune"]["source"]["seeds"] == [0, 1]
-    assert tuning.tuned_values("smoke", "class_incremental", "finetune") == record["chosen"]
+    written = yaml.safe_load((tmp_path / "tuned" / "smoke.yaml").read_text())
+    assert written["class_incremental"]["finetune"]["values"] == record["chosen"]
+    assert written["class_incremental"]["finetune"]["source"]["trials"] == 2
+    assert written["class_incremental"]["finetune"]["source"]["seeds"] == [0, 1]
+    assert tuned.tuned_values("smoke", "class_incremental", "finetune") == record["chosen"]
     out = capsys.readouterr().out
     assert "chose" in out and "defaults written to" in out
     assert "  at edge: lr_scale=0.1 (low end of [0.1, 0.3, 1.0]): rounds ran out" in out
@@ -246,7 +250,7 @@ def test_tune_on_smoke_records_every_trial_and_writes_defaults(tmp_path, monkeyp
     # The same command again, with the tuned defaults as they were: every run is reused (a run's
     # identity is its resolved values), the same choice. (Written defaults would move the folders:
     # a run's folder is named by its difference from the profile's defaults, tuned values included.)
-    monkeypatch.setattr(tuning, "TUNED_DIR", tmp_path / "tuned-before")
+    monkeypatch.setattr(tuned, "TUNED_DIR", tmp_path / "tuned-before")
     assert main(command[:-5] + command[-4:]) == 0  # without --write-defaults
     progress = re.findall(r"^\[tuning[^\]]*\] .*: (reused|[0-9.]+ s)(?:, ETA .*)?$", capsys.readouterr().out, re.M)
     assert progress == ["reused"] * record["runs"]

@@ -40,7 +40,7 @@ def test_each_seed_of_a_cell_runs_on_its_own_backbone(smoke_runs):
 
 def test_every_seed_shares_one_backbone_when_asked(tmp_path):
     from mmcl import engine
-    from mmcl.models.backbone import pretraining_seed, tiny_cache_path
+    from mmcl.models.pretraining import pretraining_seed, tiny_cache_path
 
     per_seed = load_config("smoke")
     shared = load_config("smoke", ["model.pretrain.per_run_seed=false"])

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from mmcl import engine
 from mmcl.data.dataset import Batch
-from mmcl.methods.base import iterate_task_batches, method_class
+from mmcl.methods import method_class
+from mmcl.methods.text_anchored import iterate_task_batches
 from mmcl.methods.derpp import derpp_loss
 from mmcl.methods.icarl import herding_order
 from mmcl.models.exemplars import ReservoirBuffer, reservoir_slot

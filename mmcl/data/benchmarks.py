@@ -6,6 +6,8 @@ tokenised at load time with the model's tokenizer, so one cache serves every bac
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from mmcl.config import BenchmarkConfig, Config, ConfigError
 from mmcl.data import modalities as pipeline
 from mmcl.data import synthetic
 from mmcl.data.dataset import MultiModalDataset
+from mmcl.data.processed import load_processed, load_processed_val, require_prepared
+from mmcl.data.storage import from_stored, processed_root, read_meta, to_stored
 from mmcl.records import RefusedFile, atomic_torch_save, build_lock, load_tensors
 
 log = logging.getLogger(__name__)
@@ -64,9 +68,6 @@ class Benchmark:
 
 def dataset_digest(*parts) -> str:
     """sha256 (hex) of datasets (and plain JSON-able values), in order; None parts count as such."""
-    import hashlib
-    import json
-
     digest = hashlib.sha256()
     for part in parts:
         if isinstance(part, MultiModalDataset):
@@ -94,8 +95,6 @@ def require_data(config: Config, name: str) -> None:
     downloads, the backbone (which needs no data). Embedded benchmarks are generated when missing."""
     spec = benchmark_spec(config, name)
     if spec.source != "synthetic":
-        from mmcl.data.processed import require_prepared
-
         require_prepared(spec, name)
 
 
@@ -106,11 +105,9 @@ def load_benchmark(config: Config, name: str, tokenizer: Tokenizer | None = None
     if spec.source == "synthetic":
         train, test = _cached_synthetic(config, name, spec, progress)
     else:
-        from mmcl.data.processed import _read_meta, load_processed, load_processed_val
-
         train, test = load_processed(spec, name, config.data)
         val = load_processed_val(spec, name)
-        meta = _read_meta(processed_root(spec, name) / "meta.json", name)
+        meta = read_meta(processed_root(spec, name) / "meta.json", name)
         class_modalities, class_sources = meta.get("class_modalities"), meta.get("class_sources")
     if val is None:  # no publisher's validation list: a share of the training data
         train, val = carve_validation(train, config.data.val_fraction, config.data.benchmark_seed)
@@ -165,7 +162,7 @@ def _cached_synthetic(config: Config, name: str, spec: BenchmarkConfig, progress
         if found is not None:
             return found
         train, test = generate_synthetic(config, spec, progress=progress, label=name)
-        atomic_torch_save({"train": _to_stored(train), "test": _to_stored(test)}, path)
+        atomic_torch_save({"train": to_stored(train), "test": to_stored(test)}, path)
     return train, test
 
 
@@ -179,7 +176,7 @@ def _read_synthetic(path: Path, rebuild_note: bool):
         return None
     try:
         stored = load_tensors(path, rebuild="generating it again")
-        return _from_stored(stored["train"]), _from_stored(stored["test"])
+        return from_stored(stored["train"]), from_stored(stored["test"])
     except RefusedFile as error:
         if rebuild_note:
             log.warning("benchmark cache %s", error)
@@ -192,26 +189,8 @@ def _read_synthetic(path: Path, rebuild_note: bool):
 
 
 def _spec_hash(spec: BenchmarkConfig) -> str:
-    import hashlib
-    import json
-
     fields = spec.model_dump(mode="json", exclude={"description"})
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def _to_stored(data: MultiModalDataset) -> dict:
-    return {"inputs": {k: v for k, v in data.inputs.items() if k != "text"}, "labels": data.labels,
-            "domains": data.domains, "class_names": data.class_names, "domain_names": data.domain_names,
-            "texts": data.texts}
-
-
-def _from_stored(stored: dict) -> MultiModalDataset:
-    n = len(stored["labels"])
-    inputs = dict(stored["inputs"])
-    if "text" in stored["texts"]:
-        inputs["text"] = torch.zeros(n, 1, dtype=torch.long)  # placeholder until tokenised
-    return MultiModalDataset(inputs, stored["labels"], stored["domains"], stored["class_names"],
-                             stored["domain_names"], stored["texts"])
 
 
 def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = False,
@@ -223,10 +202,8 @@ def generate_synthetic(config: Config, spec: BenchmarkConfig, progress: bool = F
     would depend on the machine and on ``OPENBLAS_NUM_THREADS``."""
     from threadpoolctl import threadpool_limits
 
-    from mmcl.models.backbone import torch_threads
-
     kernels.require(config.runtime.portable_kernels)  # numpy's and torch's kernels: the same bytes on every CPU
-    with threadpool_limits(limits=1), torch_threads(1):
+    with threadpool_limits(limits=1), kernels.torch_threads(1):
         return _generate_synthetic(config, spec, progress, label)
 
 
@@ -292,9 +269,3 @@ def _generate_modality(modality: str, concept: synthetic.Concept, n: int, style:
     if modality == "text":
         return synthetic.write_captions(concept, n, synthetic.language_of(domain), rng)
     raise ConfigError(f"unknown modality {modality!r}")
-
-
-def processed_root(spec: BenchmarkConfig, name: str) -> Path:
-    if not spec.path:
-        raise ConfigError(f"benchmarks.{name}.path: a processed benchmark needs the folder written by data_prep")
-    return Path(spec.path).expanduser()

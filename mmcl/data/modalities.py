@@ -32,7 +32,7 @@ def _render(maps: np.ndarray, size: int, render: str) -> torch.Tensor:
     """Render ``[N, H, W]`` maps in [0, 1] as ``[N, 3, size, size]`` uint8 images."""
     values = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
     if render == "viridis":
-        from matplotlib import colormaps
+        from matplotlib import colormaps  # only for the viridis rendering (seconds to import)
 
         rgb = colormaps["viridis"](values.numpy())[..., :3]  # [N, H, W, 3]
         images = torch.from_numpy(rgb.astype(np.float32)).permute(0, 3, 1, 2)

@@ -19,7 +19,6 @@ with zero images for the others, so the engine sees the same dense tensors as be
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -27,20 +26,10 @@ import torch
 
 from mmcl.config import BenchmarkConfig, ConfigError, DataConfig, PreparedDataError
 from mmcl.data.dataset import MultiModalDataset
+from mmcl.data.storage import from_stored, processed_root, read_meta
 from mmcl.records import RefusedFile, load_tensors
 
 FORMAT_VERSION = 2
-
-
-def _read_meta(meta_path, name: str) -> dict:
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as error:
-        raise PreparedDataError(f"benchmark {name!r}: {meta_path} is unreadable ({error}); re-run the preparation") \
-            from None
-    if not isinstance(meta, dict):
-        raise PreparedDataError(f"benchmark {name!r}: {meta_path} is not a JSON object; re-run the preparation")
-    return meta
 log = logging.getLogger(__name__)
 
 
@@ -107,8 +96,6 @@ def require_prepared(spec: BenchmarkConfig, name: str) -> Path:
     """The ``meta.json`` of a prepared benchmark; a FileNotFoundError, one line saying where the data
     goes and how to prepare it, when there is none. Cheap (no data is read): a run checks it before
     it loads, or downloads, the backbone."""
-    from mmcl.data.benchmarks import processed_root
-
     meta_path = processed_root(spec, name) / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(
@@ -124,7 +111,7 @@ def load_processed(spec: BenchmarkConfig, name: str, data: DataConfig | None = N
     """Train and test data of a prepared benchmark; ``data``: the profile's sizes, checked against the preparation's."""
     meta_path = require_prepared(spec, name)
     root = meta_path.parent
-    meta = _read_meta(meta_path, name)
+    meta = read_meta(meta_path, name)
     if not meta.get("complete"):
         raise ConfigError(f"benchmark {name!r}: {meta_path} says the preparation is incomplete")
     missing = [m for m in spec.modalities if m not in meta["modalities"]]
@@ -141,17 +128,13 @@ def load_processed(spec: BenchmarkConfig, name: str, data: DataConfig | None = N
 def load_processed_val(spec: BenchmarkConfig, name: str) -> MultiModalDataset | None:
     """The publisher's validation split (``val.pt``, written by data_prep where the dataset has a
     validation list), or None when the preparation wrote none (it is then carved from train)."""
-    from mmcl.data.benchmarks import processed_root
-
     root = processed_root(spec, name)
     if not (root / "val.pt").is_file():
         return None
-    return _load_split(spec, name, _read_meta(root / "meta.json", name), "val")
+    return _load_split(spec, name, read_meta(root / "meta.json", name), "val")
 
 
 def _load_split(spec: BenchmarkConfig, name: str, meta: dict, split: str) -> MultiModalDataset:
-    from mmcl.data.benchmarks import _from_stored, processed_root
-
     mapping = _domain_mapping(spec, meta["domain_names"], name)
     domain_names = list(spec.domains) if mapping is not None else meta["domain_names"]
     root = processed_root(spec, name)
@@ -180,4 +163,4 @@ def _load_split(spec: BenchmarkConfig, name: str, meta: dict, split: str) -> Mul
         stored["labels"], stored["domains"] = stored["labels"][keep], domains[keep]
         stored["texts"] = {m: [v[i] for i in keep.tolist()] for m, v in stored["texts"].items()}
     stored["class_names"], stored["domain_names"] = meta["class_names"], domain_names
-    return _from_stored(stored)
+    return from_stored(stored)

@@ -18,34 +18,12 @@ task t of a class-incremental stream owns a contiguous block of labels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from mmcl.config import SCENARIOS, ConfigError
 from mmcl.data.benchmarks import Benchmark
-from mmcl.methods.base import Task
-
-
-@dataclass
-class Stream:
-    scenario: str
-    benchmark: str
-    tasks: list[Task]
-    class_names: list[str]  # in run order: class_names[label]
-    class_order: list[int]  # benchmark class index of each run label
-    modality_order: list[str] | None = None
-    domain_order: list[str] | None = None
-    data_sha256: str | None = None  # the benchmark's content digest (Benchmark.digest), for the manifest
-
-    def order_record(self) -> dict:
-        return {"scenario": self.scenario, "benchmark": self.benchmark, "class_order": self.class_order,
-                "class_names": self.class_names, "modality_order": self.modality_order,
-                "domain_order": self.domain_order,
-                "tasks": [{"index": t.index, "name": t.name, "classes": t.classes, "modalities": t.modalities,
-                           "domain": t.domain, "train_size": len(t.train), "val_size": len(t.val), "test_size": len(t.test)}
-                          for t in self.tasks]}
+from mmcl.data.stream import Stream, Task
 
 
 def class_order(num_classes: int, seed: int) -> list[int]:

@@ -20,22 +20,23 @@ import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.methods.base import MethodConfig, TextAnchoredMethod, fuse, iterate_task_batches, register
+from mmcl.methods.base import Frozen, register
+from mmcl.methods.card import Card
+from mmcl.methods.text_anchored import TextAnchoredMethod, fuse, iterate_task_batches
 from mmcl.models.adapters import BlockAdapters
 from mmcl.models.prototypes import PrototypeBank
 
 
 @register
 class APER(TextAnchoredMethod):
-    name = "aper"
-    hooked_from = {"vision": 0}  # an adapter after every vision block (the frozen prefix cache)
-    family = "prototype"
-    description = "first-task adapter tuning, then prototypes of [frozen, adapted] features"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "adapter_scale": [0.1, 1.0]}
-    ablations = {"frozen-only": {"adapted_features": False}}
+    card = Card(name="aper", family="prototype",
+                description="first-task adapter tuning, then prototypes of [frozen, adapted] features",
+                tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "adapter_scale": [0.1, 1.0]},
+                ablations={"frozen-only": {"adapted_features": False}})
+    frozen = Frozen(hooked_from={"vision": 0})  # an adapter after every vision block; no backbone weight trains
 
     @dataclass(config={"extra": "forbid"})
-    class Config(MethodConfig):
+    class Config(TextAnchoredMethod.Config):
         trainable_blocks: int = Field(0, ge=0, le=0)  # the backbone stays frozen; the adapter trains
         bottleneck: int = Field(16, ge=1)  # the adapters' hidden width
         # the adapter branch's weight in the residual sum (AdaptFormer, as APER uses it: 0.1; with the
@@ -67,8 +68,7 @@ class APER(TextAnchoredMethod):
         return torch.cat([frozen, self.adapted(batch)], dim=1) if self.hparams.adapted_features else frozen
 
     def training_loss(self, batch, task):
-        loss, _, _ = self.classification_loss(batch)
-        return loss
+        return self.classification_loss(batch, task)
 
     @torch.no_grad()
     def end_task(self, task):

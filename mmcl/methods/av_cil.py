@@ -6,9 +6,9 @@ The model: the audio and the visual modality through their towers (the vision to
 ``trainable_blocks`` train, as in every trained baseline), an audio-guided visual attention
 (:class:`AudioGuidedVisualAttention`: the audio embedding weighs the visual patch tokens of every
 frame; the attended feature is added to the frame's pooled embedding through a gate that starts at
-zero, so the untrained model is the zero-shot model), the shared fusion (:func:`~mmcl.methods.base.fuse`,
+zero, so the untrained model is the zero-shot model), the shared fusion (:func:`~mmcl.methods.text_anchored.fuse`,
 every modality of the sample) and the text-initialised cosine head. Against forgetting, with the
-previous task's model as teacher (a :class:`~mmcl.methods.base.Snapshot`), on the task's batch and
+previous task's model as teacher (a :class:`~mmcl.methods.snapshot.Snapshot`), on the task's batch and
 a replay batch of the exemplar memory (the shared :class:`~mmcl.models.exemplars.ExemplarBuffer`,
 ``per_class`` random exemplars per class as replay and iCaRL)::
 
@@ -30,7 +30,11 @@ from pydantic.dataclasses import dataclass
 
 from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
-from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, fuse, register, targets_in
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.losses import targets_in
+from mmcl.methods.snapshot import Snapshot
+from mmcl.methods.text_anchored import TextAnchoredMethod, fuse
 from mmcl.models.exemplars import ExemplarBuffer, buffer_record
 from mmcl.seeding import derived_seed, seeded_generator
 
@@ -106,17 +110,16 @@ class AudioGuidedVisualAttention(nn.Module):
 # ------------------------------------------------------------------------------------ method
 @register
 class AVCIL(TextAnchoredMethod):
-    name = "av-cil"
-    family = "rehearsal"
-    compatible_scenarios = ("class_incremental", "domain_incremental")
-    required_modalities = (("audio",), VISUAL_MODALITIES)
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "avsc_weight": [0.5, 2.0]}
-    description = "audio-visual CIL: audio-guided visual attention, D-AVSC, VAD, exemplars (5 per class)"
-    ablations = {"no-avsc": {"avsc_weight": 0.0}, "instance-only": {"class_weight": 0.0},
-                 "no-vad": {"vad_weight": 0.0}}
+    card = Card(name="av-cil", family="rehearsal",
+                description="audio-visual CIL: audio-guided visual attention, D-AVSC, VAD, exemplars (5 per class)",
+                compatible_scenarios=("class_incremental", "domain_incremental"),
+                required_modalities=(("audio",), VISUAL_MODALITIES),
+                tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "avsc_weight": [0.5, 2.0]},
+                ablations={"no-avsc": {"avsc_weight": 0.0}, "instance-only": {"class_weight": 0.0},
+                           "no-vad": {"vad_weight": 0.0}})
 
     @dataclass(config={"extra": "forbid"})
-    class Config(MethodConfig):
+    class Config(TextAnchoredMethod.Config):
         per_class: int = Field(5, ge=0)  # exemplars kept per class (per class and task where classes recur)
         buffer_size: int | None = Field(None, ge=0)  # optional cap on the total (None: per_class decides)
         replay_batch_size: int | None = Field(None, ge=1)  # default: the training batch size

@@ -1,100 +1,122 @@
-"""The method contract and registry.
+"""The method contract: what a method declares, and the hooks the engine calls.
 
-A method is one small class in one file (as in mammoth): a registry ``name``, the scenarios it is
-compatible with, its hyper-parameters as a (pydantic) dataclass, and a few hooks. The engine owns
-the loop, the optimizer, evaluation, checkpoints and records; a method owns what makes it
-different::
+A method is one class in one file of ``mmcl/methods/`` (the package imports every file in it), added
+to the registry by :func:`register`. The engine owns the loop, the optimizer, evaluation,
+checkpoints and records; a method owns what makes it different::
 
     @register
-    class MyMethod(Method):
-        name = "my-method"
-        compatible_scenarios = ("class_incremental",)
+    class Finetune(TextAnchoredMethod):
+        card = Card(name="finetune", family="classic", description="sequential fine-tuning",
+                    tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]})
 
-        @dataclass
-        class Config(MethodConfig):
-            strength: float = 1.0
+        def training_loss(self, batch, task):
+            return self.classification_loss(batch, task)
 
-        ablations = {"weak": {"strength": 0.1}}
+The whole contract. Declarations (class attributes):
 
-        def training_loss(self, batch, task): ...
+- ``card``: :class:`~mmcl.methods.card.Card`, what the method is (name, family, description,
+  compatible scenarios, required modalities, tuning grid, ablations, comparisons, head defaults);
+  required. Each card field also reads as a class attribute (``Finetune.tuning_grid``), never set.
+- ``Config``: its hyper-parameters, a pydantic dataclass extending :class:`MethodConfig` (``lr_scale``,
+  ``head``) or its base class's ``Config``; ``methods.<name>.*`` keys validate into it.
+- ``frozen``: :class:`Frozen`, the backbone blocks and weights it never changes (the engine computes
+  them once); default None, nothing (safe). Set ``self.frozen`` in ``__init__`` where it depends on
+  what the method built.
+- ``trains``: False for a method that never takes an optimizer step (zero-shot, prototypes); default True.
+- ``trains_on_all_seen_data``: True to train each task on the union of all data seen so far (joint).
+- ``uses_modality_id``: True to be evaluated with and without the modality ID (modality streams).
 
-Hooks, in the order the engine calls them for each task: :meth:`begin_task`, then for every batch
-:meth:`training_loss` (the engine does backward and the optimizer step) and
-:meth:`after_optimizer_step`, then :meth:`end_task`. :meth:`predict` scores a batch over any
-label space. State that :meth:`begin_task` rebuilds (teacher copies) should be kept out of the
-module tree with :class:`Snapshot`, so checkpoints stay small.
+Hooks (methods), in the order the engine calls them; only ``predict`` and, for a method that trains,
+``training_loss`` are required:
+
+- ``__init__(encoder, context, hparams)``: build the model (the encoder arrives frozen), call ``super``.
+- ``begin_task(task)``: before ``task`` trains (``context.seen_classes`` has its classes); call ``super()``.
+- ``trains_on(task)``: whether optimizer steps run on ``task``; default ``trains``.
+- ``optimizer_parameter_groups()``: the optimizer's groups; default every trainable parameter.
+- ``training_loss(batch, task)``: the loss of a batch, or (loss, {name: float}) to record its parts.
+- ``after_optimizer_step(task)``: after every optimizer step (gradient masks, momentum updates).
+- ``end_task(task)``: after ``task`` trained, before it is evaluated (exemplars, statistics, merges).
+- ``predict(batch, label_space, modality_known)``: logits ``[B, len(label_space)]``.
+- ``representation(batch, modality_known)``: the features the classifier reads (a diagnostic); default None.
+- ``run_record()``: extra entries of the run's ``metrics.json``; default none.
+- ``get_extra_state()`` / ``set_extra_state(state)``: state outside parameters and buffers (checkpoints).
+- ``load_checkpoint_state(state)``: load a checkpoint; override to re-derive what a state dict lacks.
+
+What the contract gives a method: ``self.encoder``, ``self.context`` (:class:`RunContext`: config,
+scenario, class names, device, tasks as training views, seen classes) and ``self.hparams`` (its
+``Config``); the engine reads ``make_config``, ``hparams_dict``, ``inapplicable``, ``frozen_blocks``,
+``frozen_weights``, ``class_heads`` and ``checkpoint_state``, which a method does not override.
+
+Building blocks beside the contract: :class:`~mmcl.methods.text_anchored.TextAnchoredMethod` (the
+baselines' model: its ``Config`` adds ``trainable_blocks``; ``features(batch)``, the fused embeddings;
+``classification_loss(batch, task)``; ``self.head``, a :class:`~mmcl.methods.heads.TextHead` with
+``label_space(task)`` and ``cross_entropy(features, labels, task, **options)``, whose head rules
+its ``begin_task`` applies), :mod:`mmcl.methods.losses`, :mod:`mmcl.methods.snapshot` (teachers kept
+out of the checkpoint), :mod:`mmcl.methods.prompting` (the prompt family's hyper-parameters).
+``docs/writing_a_method.md`` writes a method from this docstring.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Iterator
+import itertools
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar, Mapping
 
 import pydantic
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from mmcl.config import SCENARIOS, Config, ConfigError
-from mmcl.data.dataset import Batch, MultiModalDataset
+from mmcl.config import Config, ConfigError
+from mmcl.data.dataset import Batch
+from mmcl.data.stream import Task
+from mmcl.methods.card import Card
+from mmcl.methods.heads import CosineClassifier, HeadConfig
 from mmcl.models.backbone import MultiModalEncoder
 
 REGISTRY: dict[str, type["Method"]] = {}
 
 
 def register(cls: type["Method"]) -> type["Method"]:
-    """Class decorator adding a method to the registry under ``cls.name``."""
-    if not getattr(cls, "name", None):
-        raise TypeError(f"{cls.__name__} needs a registry name")
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise TypeError(f"method name {cls.name!r} is already registered by {REGISTRY[cls.name].__name__}")
-    unknown = set(cls.compatible_scenarios) - set(SCENARIOS)
-    if unknown:
-        raise TypeError(f"{cls.__name__}.compatible_scenarios names unknown scenarios {unknown}")
-    from mmcl.config import TuningConfig
-    from mmcl.tuning import check_grid
+    """Class decorator adding a method to the registry under its card's name.
 
-    check_grid(cls, TuningConfig().trials)
-    REGISTRY[cls.name] = cls
+    The card checked itself when it was made (:class:`~mmcl.methods.card.Card`); here, what needs the
+    method's ``Config``: the tuning grid names its hyper-parameters and each point, ablation and
+    comparison is a valid set of them, and a method that trains is tuned (one that does not is not).
+    """
+    card = cls.__dict__.get("card")
+    if not isinstance(card, Card):
+        raise TypeError(f"{cls.__name__} needs a card of its own: card = Card(name=..., family=..., description=...)")
+    if card.name in REGISTRY and REGISTRY[card.name] is not cls:
+        raise TypeError(f"method name {card.name!r} is already registered by {REGISTRY[card.name].__name__}")
+    problems = config_problems(cls)
+    if problems:
+        raise TypeError(f"{cls.__name__}: " + "; ".join(problems))
+    REGISTRY[card.name] = cls
     return cls
 
 
-def method_class(name: str) -> type["Method"]:
-    import mmcl.methods  # noqa: F401  (registers the built-in methods)
-
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}")
-    return REGISTRY[name]
-
-
-@dataclass
-class Task:
-    """One step of a scenario's stream. ``classes`` are run label ids (positions in the class order).
-
-    The engine keeps the whole task (``val`` and ``test`` are evaluation data); a method sees
-    :meth:`training_view` only: its ``test`` and ``val`` are None.
-    """
-
-    index: int
-    classes: list[int]
-    modalities: list[str]
-    train: MultiModalDataset
-    test: MultiModalDataset | None
-    domain: str | None = None
-    name: str = ""
-    val: MultiModalDataset | None = None  # validation data (carved from training data): tuning only
-
-    def training_view(self) -> "Task":
-        """This task without its evaluation data: what the method contract exposes."""
-        return dataclasses.replace(self, test=None, val=None)
-
-    @property
-    def modality(self) -> str:
-        """The task's single modality (modality-incremental streams)."""
-        if len(self.modalities) != 1:
-            raise ValueError(f"task {self.index} has modalities {self.modalities}, not one")
-        return self.modalities[0]
+def config_problems(cls: type["Method"]) -> list[str]:
+    """What :func:`register` refuses in a method's card given its ``Config`` (empty: nothing)."""
+    grid = cls.card.tuning_grid
+    if not cls.trains:
+        return ["trains nothing but declares a tuning grid"] if grid else []
+    if not grid:
+        return ["a method that trains needs a tuning grid (card.tuning_grid; every method gets the same budget)"]
+    names = {f.name for f in fields(cls.Config)}
+    unknown = [key for key in grid if key not in names]
+    if unknown:
+        return [f"tuning_grid: unknown hyper-parameters {unknown}"]
+    found = []
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    variants = {**{f"tuning_grid point {p}": p for p in points},
+                **{f"ablation {n!r}": v for n, v in cls.card.ablations.items()},
+                **{f"comparison {n!r}": v for n, v in cls.card.comparisons.items()}}
+    for what, values in variants.items():
+        try:
+            cls.make_config(values)
+        except ConfigError as error:
+            found.append(f"{what} is invalid: {error}")
+    return found
 
 
 @dataclass
@@ -119,23 +141,11 @@ class RunContext:
 
 
 @pydantic.dataclasses.dataclass(config=pydantic.ConfigDict(extra="forbid"))
-class HeadConfig:
-    """Rules of the cosine class head (``methods.<method>.head.*``), the same options for every method.
-
-    A method's own defaults for these keys are its ``head_defaults`` (the MoE adapters freeze old rows).
-    """
-
-    train: bool = True  # the rows (initialised at the class text embeddings) train
-    freeze_old_rows: bool = False  # rows of classes absent from the current task get no update at all
-
-
-@pydantic.dataclasses.dataclass(config=pydantic.ConfigDict(extra="forbid"))
 class MethodConfig:
-    """Hyper-parameters shared by methods that train a text-anchored classifier."""
+    """The hyper-parameters every method has; a method's ``Config`` extends it."""
 
-    trainable_blocks: int = pydantic.Field(1, ge=0)  # last vision-tower blocks unfrozen (0: head only)
-    head: HeadConfig = pydantic.Field(default_factory=HeadConfig)  # the cosine head's rules
     lr_scale: float = pydantic.Field(1.0, gt=0)  # multiplies train.lr and every rate of the method's groups
+    head: HeadConfig = pydantic.Field(default_factory=HeadConfig)  # the cosine head's rules
 
 
 def at_most(field: str, limit: str):
@@ -152,94 +162,67 @@ def at_most(field: str, limit: str):
     return pydantic.field_validator(field)(check)
 
 
-class Snapshot:
-    """A frozen copy of a module held outside the module tree: not in ``state_dict``, not moved.
+@dataclass(frozen=True)
+class Frozen:
+    """What of the backbone a method never changes, per tower (``"vision"``, ``"text"``). The engine
+    runs that part once per benchmark (:mod:`mmcl.models.prefix_cache`) through
+    :meth:`Method.frozen_blocks` and :meth:`Method.frozen_weights`.
 
-    Only model state is copied. A teacher is taken once per task, so anything else it copied
-    would pile up task after task: the copy never holds a method's :class:`RunContext` (with every
-    task's data), a dataset, a task, or an earlier :class:`Snapshot` (each teacher would nest all
-    the previous ones); those attributes are ``None`` in the copy. The frozen backbone (the
-    parameters of a :class:`MultiModalEncoder` that do not train, and its buffers; see
-    :meth:`Method.frozen_state_names`) is shared by reference: it never changes during a run.
+    ``hooked_from``: tower -> the first block a hook of the method (prompt, prefix, adapter) acts at;
+    negative counts from the end, as a Python index (-2: the last two blocks).
+    ``trains_last``: tower -> how many of its last blocks' weights train: a number, or the name of
+    the hyper-parameter holding it (``"trainable_blocks"``).
+    A tower named in neither is left alone: all its blocks and weights are frozen.
     """
 
-    def __init__(self, module: nn.Module):
-        self.module = copy.deepcopy(module, _shared_and_dropped(module)).eval()
-        for parameter in self.module.parameters():
-            parameter.requires_grad_(False)
-
-    def __call__(self, *args, **kwargs):
-        with torch.no_grad():
-            return self.module(*args, **kwargs)
+    hooked_from: Mapping[str, int] = field(default_factory=dict)
+    trains_last: Mapping[str, int | str] = field(default_factory=dict)
 
 
-# Never part of a teacher's copy: run data, the run's context, and earlier teachers.
-_NOT_MODEL_STATE = (RunContext, Task, MultiModalDataset, Snapshot)
+class _CardField:
+    """A card field read as a class (or instance) attribute: ``Finetune.name`` is ``Finetune.card.name``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        card = (owner if owner is not None else type(obj)).card
+        if card is None:
+            raise AttributeError(f"{self.name}: the method has no card")
+        return getattr(card, self.name)
+
+    def __set__(self, obj, value):
+        raise AttributeError(f"{self.name} is the card's: declare card = Card({self.name}=...)")
 
 
-def _shared_and_dropped(module: nn.Module) -> dict[int, object]:
-    """A ``copy.deepcopy`` memo: frozen backbone tensors map to themselves, non-model state to None.
-
-    Looks at the attributes of every sub-module (one container level deep, so that a list of
-    tasks is dropped too); a memo entry makes ``deepcopy`` return the mapped object as is.
-    """
-    memo: dict[int, object] = {}
-    for sub in module.modules():
-        if isinstance(sub, MultiModalEncoder):
-            for parameter in sub.parameters():
-                if not parameter.requires_grad:
-                    memo[id(parameter)] = parameter
-            for buffer in sub.buffers():
-                memo[id(buffer)] = buffer
-            memo[id(sub.tokenizer)] = sub.tokenizer  # a large vocabulary, read only
-            if sub.prefix_cache is not None:  # the frozen prefix: the teacher's is the student's
-                memo[id(sub.prefix_cache)] = sub.prefix_cache
-        for value in vars(sub).values():
-            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-            for item in [value, *items]:
-                if isinstance(item, _NOT_MODEL_STATE):
-                    memo[id(item)] = None
-    return memo
+# What a method declared as class attributes before cards (and the frozen-prefix overrides): refused
+# in a subclass, with what replaces them.
+_REPLACED = {**{f.name: "a field of card = Card(...)" for f in fields(Card)},
+             "hooked_from": "frozen = Frozen(hooked_from=...)", "frozen_blocks": "frozen = Frozen(...)",
+             "frozen_weights": "frozen = Frozen(...)"}
 
 
 class Method(nn.Module):
-    name: ClassVar[str] = ""
-    compatible_scenarios: ClassVar[tuple[str, ...]] = SCENARIOS
+    """The contract (the module docstring lists it whole)."""
+
+    card: ClassVar[Card | None] = None
     Config: ClassVar[type] = MethodConfig
+    frozen: ClassVar[Frozen | None] = None
     trains: ClassVar[bool] = True
-    trains_on_all_seen_data: ClassVar[bool] = False  # joint training: the engine passes the union
-    uses_modality_id: ClassVar[bool] = False  # evaluated twice in modality-incremental streams
-    # Modalities every sample must carry, as groups of alternatives: ``(("audio",), ("video",
-    # "image"))`` reads "audio, and video or image". A benchmark without them is left out of the
-    # method's sweeps (:meth:`inapplicable`) and is a one-line error when asked for by name.
-    required_modalities: ClassVar[tuple[tuple[str, ...], ...]] = ()
-    description: ClassVar[str] = ""
-    # What kind of method it is, for tables and the claims' rivals: classic, rehearsal, prompt,
-    # fine-tuning (a pre-trained representation fine-tuned: SLCA), adapter, paper (a reproduced
-    # paper's method) or reference (a bound: zero-shot, joint).
-    family: ClassVar[str] = ""
-    # Named ablation variants: variant name -> hyper-parameter overrides (run with
-    # ``engine.run(..., variant=name, hparams=overrides)``; the ablations notebook runs them all).
-    ablations: ClassVar[dict[str, dict]] = {}
-    # Named fair-comparison variants (same form as ``ablations``): the main sweeps run them next to
-    # the defaults, in the scenarios ``comparison_scenarios``, and the main tables show them.
-    comparisons: ClassVar[dict[str, dict]] = {}
-    comparison_scenarios: ClassVar[tuple[str, ...]] = ("class_incremental",)
-    # The method's defaults for ``head.*`` keys (merged under the configured ``head`` mapping).
-    head_defaults: ClassVar[dict] = {}
-    # Hyper-parameter -> values searched by ``mmcl tune`` on validation data (at least the default
-    # budget of ``tuning.trials`` points; every method gets the same number of trials).
-    tuning_grid: ClassVar[dict[str, list]] = {}
-    # For a method that changes the backbone through hooks only (prompts, prefixes, adapters; no
-    # backbone weight trains): tower -> its first hooked block (a tower not named is left alone).
-    # The frozen prefix cache reads it through frozen_blocks / frozen_weights; None: not such a method.
-    hooked_from: ClassVar[dict[str, int] | None] = None
+    trains_on_all_seen_data: ClassVar[bool] = False
+    uses_modality_id: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        declared = [name for name in _REPLACED if name in cls.__dict__]
+        if declared:
+            raise TypeError(f"{cls.__name__} declares {declared}: " +
+                            "; ".join(f"{name} is now {_REPLACED[name]}" for name in declared))
 
     @classmethod
     def inapplicable(cls, modalities: list[str] | tuple[str, ...]) -> str | None:
-        """Why the method cannot run on samples of ``modalities`` (None: it can)."""
-        missing = [" or ".join(group) for group in cls.required_modalities if not set(group) & set(modalities)]
-        return f"{cls.name} needs {' and '.join(missing)} in every sample" if missing else None
+        """Why the method cannot run on samples of ``modalities`` (None: it can; the card's required modalities)."""
+        return cls.card.inapplicable(modalities)
 
     def __init__(self, encoder: MultiModalEncoder, context: RunContext, hparams):
         super().__init__()
@@ -251,8 +234,9 @@ class Method(nn.Module):
     def make_config(cls, values: dict | None) -> "MethodConfig":
         """Validate hyper-parameters (``config.methods[name]``) into the method's dataclass."""
         values = dict(values or {})
-        if cls.head_defaults and isinstance(values.get("head", {}), dict):
-            values["head"] = {**cls.head_defaults, **values.get("head", {})}
+        head_defaults = cls.card.head_defaults if cls.card is not None else {}
+        if head_defaults and isinstance(values.get("head", {}), dict):
+            values["head"] = {**head_defaults, **values.get("head", {})}
         try:
             return cls.Config(**values)
         except pydantic.ValidationError as error:
@@ -279,19 +263,15 @@ class Method(nn.Module):
         every task of a method that trains (APER adapts on the first task only)."""
         return self.trains
 
+    def optimizer_parameter_groups(self) -> list[dict]:
+        """Parameter groups for the engine's optimizer (default: every trainable parameter)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def training_loss(self, batch: Batch, task: Task) -> torch.Tensor | tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def after_optimizer_step(self, task: Task) -> None:
         """Called after every optimizer step (e.g. to re-apply gradient masks or momentum updates)."""
-
-    def class_heads(self) -> list["CosineClassifier"]:
-        """The cosine heads of the method; the engine enforces their frozen rows around every step."""
-        return [m for m in self.modules() if isinstance(m, CosineClassifier)]
-
-    def run_record(self) -> dict:
-        """Extra entries of the run's ``metrics.json`` (e.g. the replay buffer); none by default."""
-        return {}
 
     def end_task(self, task: Task) -> None:
         """Called after training task ``task``, before it is evaluated."""
@@ -308,27 +288,34 @@ class Method(nn.Module):
         a prediction of the method's. Default: None."""
         return None
 
-    def optimizer_parameter_groups(self) -> list[dict]:
-        """Parameter groups for the engine's optimizer (default: every trainable parameter)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+    def run_record(self) -> dict:
+        """Extra entries of the run's ``metrics.json`` (e.g. the replay buffer); none by default."""
+        return {}
 
-    # ------------------------------------------------------------- frozen prefix (the engine's cache)
+    # -------------------------------------------------------------------- read by the engine
+    def class_heads(self) -> list[CosineClassifier]:
+        """The cosine heads of the method; the engine enforces their frozen rows around every step."""
+        return [m for m in self.modules() if isinstance(m, CosineClassifier)]
+
     def frozen_blocks(self, tower: str) -> int:
         """How many leading blocks of ``tower`` ("vision" or "text") this method never changes: no
-        weight of theirs trains and no hook of the method acts before the state enters the next one.
-        The engine runs them once per benchmark (:mod:`mmcl.models.prefix_cache`). Prompts, prefixes
-        and adapters: their first hooked block; fine-tuning: the first trainable block; a tower the
-        method leaves alone: all its blocks. Default: from ``hooked_from``; without it 0, nothing is
-        cached (safe for any method)."""
-        if self.hooked_from is None:
+        weight of theirs trains and no hook of the method acts before the state enters the next one
+        (from :attr:`frozen`; 0 without it: nothing is cached)."""
+        if self.frozen is None:
             return 0
-        return self.hooked_from.get(tower, self.tower_depth(tower))
+        depth = self.tower_depth(tower)
+        hooked = self.frozen.hooked_from.get(tower, depth)
+        first_hooked = hooked if hooked >= 0 else depth + hooked
+        return max(0, min(depth - self._trained_blocks(tower), first_hooked))
 
     def frozen_weights(self, tower: str) -> bool:
-        """Whether no weight of ``tower`` ever changes in this method (it acts through hooks at most),
-        so that a hook-free pass is the frozen backbone's and its embeddings can be cached: the prompt
-        methods' queries, the prototype methods' features. Default: whether ``hooked_from`` is set."""
-        return self.hooked_from is not None
+        """Whether no weight of ``tower`` ever changes (the method acts through hooks at most), so that a
+        hook-free pass is the frozen backbone's and its embeddings can be cached (from :attr:`frozen`)."""
+        return self.frozen is not None and self._trained_blocks(tower) == 0
+
+    def _trained_blocks(self, tower: str) -> int:
+        count = self.frozen.trains_last.get(tower, 0)
+        return int(getattr(self.hparams, count) if isinstance(count, str) else count)
 
     def tower_depth(self, tower: str) -> int:
         return len(self.encoder.blocks(tower))
@@ -352,135 +339,5 @@ class Method(nn.Module):
                                f"unexpected {sorted(unexpected)[:5]}")
 
 
-class CosineClassifier(nn.Module):
-    """Cosine-similarity head over all run classes, initialised at their text embeddings.
-
-    ``weight`` is ``[C, D]``; logits are ``scale * cos(feature, weight[c])``. Classes are scored
-    only where asked (the label space), so "growing" the head is adding classes to the space.
-
-    Rows can be frozen (:meth:`freeze_rows`): the engine zeroes their gradient before every step
-    (so neither gradient clipping nor the optimizer's moments see them) and puts their values back
-    after it (so weight decay cannot move them either). The mask and the kept values are set at the
-    start of each task, so they are not part of the checkpoint.
-    """
-
-    def __init__(self, text_embeddings: torch.Tensor, scale: float, trainable: bool = True):
-        super().__init__()
-        self.weight = nn.Parameter(text_embeddings.clone().float(), requires_grad=trainable)
-        self.scale = scale
-        self.register_buffer("frozen", torch.zeros(len(text_embeddings), dtype=torch.bool), persistent=False)
-        self.register_buffer("frozen_values", torch.zeros_like(self.weight.detach()), persistent=False)
-
-    def forward(self, features: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
-        weight = F.normalize(self.weight[label_space], dim=-1)
-        return self.scale * F.normalize(features.float(), dim=-1) @ weight.T
-
-    @torch.no_grad()
-    def freeze_rows(self, rows: torch.Tensor) -> None:
-        """Freeze exactly the rows where the boolean mask ``rows [C]`` is true, at their current values."""
-        self.frozen.copy_(rows.to(self.frozen.device, torch.bool))
-        self.frozen_values.copy_(self.weight.detach())
-
-    @torch.no_grad()
-    def mask_gradient(self) -> None:
-        if self.weight.grad is not None and bool(self.frozen.any()):
-            self.weight.grad[self.frozen] = 0
-
-    @torch.no_grad()
-    def restore_frozen_rows(self) -> None:
-        if bool(self.frozen.any()):
-            self.weight[self.frozen] = self.frozen_values[self.frozen]
-
-
-def apply_head_rules(head: CosineClassifier, rules: HeadConfig, task: Task) -> None:
-    """The shared head rules at the start of ``task``: with ``freeze_old_rows`` only the rows of the
-    task's classes train (class-incremental: every old class is frozen; domain-incremental: none,
-    every class recurs); otherwise every row may train."""
-    frozen = torch.full((len(head.frozen),), rules.freeze_old_rows, dtype=torch.bool)
-    frozen[torch.tensor(task.classes, dtype=torch.long)] = False
-    head.freeze_rows(frozen)
-
-
-def fuse(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean of the L2-normalised modality embeddings ``[B, D]`` (the default fusion)."""
-    return torch.stack([F.normalize(e.float(), dim=-1) for e in embeddings.values()]).mean(dim=0)
-
-
-def unfreeze_last_blocks(encoder: MultiModalEncoder, count: int) -> list[nn.Parameter]:
-    """Make the last ``count`` vision blocks (and the final norm and projection) trainable."""
-    if count <= 0:
-        return []
-    visual = encoder.clip.visual
-    modules = list(visual.transformer.resblocks)[-count:] + [visual.ln_post]
-    parameters = [p for m in modules for p in m.parameters()] + ([visual.proj] if visual.proj is not None else [])
-    for parameter in parameters:
-        parameter.requires_grad_(True)
-    return parameters
-
-
-class TextAnchoredMethod(Method):
-    """Shared model of the baselines: backbone (last blocks optionally trainable), mean fusion of
-    modalities, cosine head initialised at the class text embeddings."""
-
-    def __init__(self, encoder: MultiModalEncoder, context: RunContext, hparams: MethodConfig):
-        super().__init__(encoder, context, hparams)
-        unfreeze_last_blocks(encoder, hparams.trainable_blocks)
-        text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
-        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.head.train)
-
-    def begin_task(self, task: Task) -> None:
-        """Applies the head rules; a subclass that overrides this calls ``super().begin_task(task)``."""
-        apply_head_rules(self.head, self.hparams.head, task)
-
-    def frozen_blocks(self, tower: str) -> int:
-        """The vision tower's last ``trainable_blocks`` train; the text tower never does (and hooks,
-        where a subclass declares ``hooked_from``)."""
-        depth = self.tower_depth(tower)
-        trainable = self.hparams.trainable_blocks if tower == "vision" else 0
-        hooked = (self.hooked_from or {}).get(tower, depth)
-        return min(depth - trainable, hooked)
-
-    def frozen_weights(self, tower: str) -> bool:
-        return tower == "text" or self.hparams.trainable_blocks == 0
-
-    def features(self, batch: Batch) -> torch.Tensor:
-        return fuse({m: self.encoder.encode(m, x) for m, x in batch.inputs.items()})
-
-    def logits(self, batch: Batch, label_space: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(batch), label_space)
-
-    def predict(self, batch: Batch, label_space: torch.Tensor, modality_known: bool = True) -> torch.Tensor:
-        return self.logits(batch, label_space)
-
-    def representation(self, batch: Batch, modality_known: bool = True) -> torch.Tensor | None:
-        """The fused features the cosine head reads (a subclass that predicts from other features overrides it)."""
-        return self.features(batch)
-
-    def classification_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Cross-entropy over the seen classes; returns (loss, logits, label space)."""
-        space = self.context.seen_label_space()
-        logits = self.logits(batch, space)
-        return F.cross_entropy(logits, targets_in(space, batch.labels)), logits, space
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logit distillation (LwF; the MoE adapters' L_kd): KL(teacher || student) on temperature-softened
-    logits, scaled by T^2 (Hinton et al.)."""
-    return F.kl_div(F.log_softmax(student / temperature, dim=-1), F.softmax(teacher / temperature, dim=-1),
-                    reduction="batchmean") * temperature**2
-
-
-def targets_in(label_space: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Positions of ``labels`` inside ``label_space`` (every label must be in the space)."""
-    lookup = torch.full((int(label_space.max()) + 1,), -1, dtype=torch.long, device=label_space.device)
-    lookup[label_space] = torch.arange(len(label_space), device=label_space.device)
-    positions = lookup[labels.clamp(max=len(lookup) - 1)]
-    if (positions < 0).any() or (labels >= len(lookup)).any():
-        raise ValueError("a label is outside the label space")
-    return positions
-
-
-def iterate_task_batches(dataset: MultiModalDataset, batch_size: int, device: torch.device) -> Iterator[Batch]:
-    """Unshuffled batches of ``dataset`` on ``device`` (for statistics at the end of a task)."""
-    for batch in dataset.batches(batch_size):
-        yield batch.to(device)
+for _field in fields(Card):
+    setattr(Method, _field.name, _CardField(_field.name))

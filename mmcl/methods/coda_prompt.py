@@ -20,8 +20,6 @@ the shared mean fusion combines them.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -29,7 +27,11 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from mmcl.config import ConfigError
-from mmcl.methods.base import CosineClassifier, HeadConfig, Method, apply_head_rules, fuse, register, targets_in
+from mmcl.methods.base import Frozen, Method, register
+from mmcl.methods.card import Card
+from mmcl.methods.heads import TextHead
+from mmcl.methods.prompting import PromptConfig
+from mmcl.methods.text_anchored import fuse
 from mmcl.models.prompts import check_prompt_depth, encode_each_modality, encode_prompted, prompt_parameter_groups
 
 
@@ -71,33 +73,26 @@ def orthogonality_penalty(matrix: torch.Tensor) -> torch.Tensor:
 
 @register
 class CODAPrompt(Method):
-    name = "coda-prompt"
-    hooked_from = {"vision": 0}  # prefixes from the first vision block (the frozen prefix cache)
-    family = "prompt"
-    description = "CODA-Prompt: attention-weighted prompt components, earlier tasks' components frozen, prefix-tuning"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "components_per_task": [2, 4]}
-    ablations = {"unmasked": {"ce_over": "seen"}, "ortho-loss": {"ortho_weight": 0.1}}
+    card = Card(
+        name="coda-prompt", family="prompt",
+        description="CODA-Prompt: attention-weighted prompt components, earlier tasks' components frozen, prefix-tuning",
+        tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "components_per_task": [2, 4]},
+        ablations={"unmasked": {"ce_over": "seen"}, "ortho-loss": {"ortho_weight": 0.1}})
+    frozen = Frozen(hooked_from={"vision": 0})  # prefixes from the first vision block; no backbone weight trains
 
     @dataclass(config={"extra": "forbid"})
-    class Config:
+    class Config(PromptConfig):
         components_per_task: int = Field(4, ge=1)  # paper: 100 components over 10 tasks
         prompt_length: int = Field(8, ge=2, multiple_of=2)  # prefix tokens per block: half keys, half values
         prompt_depth: int = Field(1, ge=1)  # prompted blocks, from the first (paper: 5 of ViT-B's 12)
         ortho_weight: float = Field(0.0, ge=0)  # orthogonality penalty (0: Gram-Schmidt initialisation only)
-        lr_scale: float = Field(1.0, gt=0)  # shared by every method: multiplies every learning rate below
-        prompt_lr_scale: float = Field(10.0, gt=0)  # components, keys, attention and head at this x train.lr
-        head: HeadConfig = Field(default_factory=HeadConfig)
-        # classes in the training cross-entropy. The papers mask other tasks' logits ("current"); on
-        # smoke that leaves the text-anchored head's old rows winning on new data (docs/methods/prompts.md)
-        ce_over: Literal["current", "seen"] = "current"  # the paper's train-time mask
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
         check_prompt_depth(self.name, hparams.prompt_depth, encoder)
         if not context.tasks:
             raise ConfigError(f"methods.{self.name}: the stream has no tasks (components are added per task)")
-        text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
-        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.head.train)
+        self.head = TextHead(encoder, context, hparams.head, hparams.ce_over)
         c, dim = hparams.components_per_task, encoder.embed_dim
         shape = (c, hparams.prompt_depth, hparams.prompt_length, encoder.vision_width)
         tasks = range(len(context.tasks))
@@ -110,7 +105,7 @@ class CODAPrompt(Method):
         self.register_buffer("tasks_started", torch.zeros((), dtype=torch.long))  # components in use: tasks < this
 
     def begin_task(self, task):
-        apply_head_rules(self.head, self.hparams.head, task)
+        self.head.begin_task(task)
         t = task.index
         if t >= int(self.tasks_started):  # a task's components are initialised once (not again on resume)
             with torch.no_grad():
@@ -142,9 +137,7 @@ class CODAPrompt(Method):
         return fuse(encode_each_modality(self.encoder, batch, prompted))
 
     def training_loss(self, batch, task):
-        classes = task.classes if self.hparams.ce_over == "current" else self.context.seen_classes
-        space = torch.tensor(sorted(classes), device=batch.labels.device)
-        ce = F.cross_entropy(self.head(self.embed(batch), space), targets_in(space, batch.labels))
+        ce = self.head.cross_entropy(self.embed(batch), batch.labels, task)
         if not self.hparams.ortho_weight:
             return ce
         ortho = sum(orthogonality_penalty(self.used(name)) for name in self.pool)

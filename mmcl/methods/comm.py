@@ -44,17 +44,13 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from mmcl.config import ConfigError
-from mmcl.methods.base import (
-    CosineClassifier,
-    HeadConfig,
-    Method,
-    Snapshot,
-    apply_head_rules,
-    at_most,
-    fuse,
-    register,
-    targets_in,
-)
+from mmcl.methods.base import Frozen, Method, register
+from mmcl.methods.card import Card
+from mmcl.methods.heads import TextHead
+from mmcl.methods.losses import targets_in
+from mmcl.methods.prompting import PromptPoolConfig
+from mmcl.methods.snapshot import Snapshot
+from mmcl.methods.text_anchored import fuse
 from mmcl.models.class_statistics import ClassStatistics
 from mmcl.models.prompts import (
     PromptPool,
@@ -63,7 +59,6 @@ from mmcl.models.prompts import (
     encode_prompted,
     frozen_query,
     key_query_matching_loss,
-    prefix_tokens_even,
     prompt_parameter_groups,
 )
 from mmcl.models.towers import frames_of, mean_over_frames
@@ -177,49 +172,38 @@ def mean_of(terms: list[torch.Tensor]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------- method
 @register
 class COMM(Method):
-    name = "comm"
-    hooked_from = {"vision": 0}  # prompts from the first vision block (the frozen prefix cache)
-    family = "paper"
-    # 6 points like every method's grid. self_reg is not in it: its default (teacher) is what the
-    # validation search of lr_scale x relevance_lr_scale x self_reg on tiny chose (docs/methods/comm.md).
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "relevance_lr_scale": [10.0, 100.0]}
-    # modality_incremental first: the ablation study runs on a method's first scenario. Class- and
-    # domain-incremental are our reading (docs/methods/comm.md, "COMM on the other scenarios").
-    compatible_scenarios = ("modality_incremental", "class_incremental", "domain_incremental")
+    card = Card(
+        name="comm", family="paper",
+        description="COMM (reconstructed): modality prompt pools, relevance blending, self-regularisation, re-alignment",
+        # modality_incremental first: the ablation study runs on a method's first scenario. Class- and
+        # domain-incremental are our reading (docs/methods/comm.md, "COMM on the other scenarios").
+        compatible_scenarios=("modality_incremental", "class_incremental", "domain_incremental"),
+        # 6 points like every method's grid. self_reg is not in it: its default (teacher) is what the
+        # validation search of lr_scale x relevance_lr_scale x self_reg on tiny chose (docs/methods/comm.md).
+        tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "relevance_lr_scale": [10.0, 100.0]},
+        ablations={
+            "no-self-regularisation": {"self_reg": "off", "prompt_momentum": 0.0},
+            "self-reg-promptsrc": {"self_reg": "promptsrc"},
+            "no-momentum-merge": {"prompt_momentum": 0.0},
+            "no-blending-current": {"blending": "current"},
+            "no-blending-uniform": {"blending": "uniform"},
+            "no-realignment": {"realign": False},
+            "shared-pool": {"shared_pool": True},
+            # The method's own classifier templates, naming the modality a class is taught in.
+            "modality-templates": {"templates": "modality"},
+        })
+    frozen = Frozen(hooked_from={"vision": 0})  # prompts from the first vision block; no backbone weight trains
     uses_modality_id = True
-    description = "COMM (reconstructed): modality prompt pools, relevance blending, self-regularisation, re-alignment"
-    ablations = {
-        "no-self-regularisation": {"self_reg": "off", "prompt_momentum": 0.0},
-        "self-reg-promptsrc": {"self_reg": "promptsrc"},
-        "no-momentum-merge": {"prompt_momentum": 0.0},
-        "no-blending-current": {"blending": "current"},
-        "no-blending-uniform": {"blending": "uniform"},
-        "no-realignment": {"realign": False},
-        "shared-pool": {"shared_pool": True},
-        # The method's own classifier templates, naming the modality a class is taught in.
-        "modality-templates": {"templates": "modality"},
-    }
 
     @dataclass(config={"extra": "forbid"})
-    class Config:
-        # prompt pools (L2P-style, one per modality)
-        pool_size: int = Field(10, ge=1)  # prompts per pool
-        prompt_length: int = Field(4, ge=1)  # tokens per prompt
-        top_k: int = Field(3, ge=1)  # prompts chosen per image and pool
-        prompt_depth: int = Field(1, ge=1)  # prompted blocks, from the first
-        prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
-        prompt_init_std: float = Field(0.02, ge=0)
-        matching_weight: float = Field(0.5, ge=0)  # key-query matching loss of the current pool
-        lr_scale: float = Field(1.0, gt=0)  # shared by every method: multiplies every learning rate below
-        prompt_lr_scale: float = Field(10.0, gt=0)  # learning rate of keys, prompts and head = this x train.lr
+    class Config(PromptPoolConfig):
+        # prompt pools: L2P's (PromptPoolConfig), one per modality; head, ce_over: PromptConfig's
         shared_pool: bool = False  # ablation: one pool for all modalities (L2P-like)
         # text-anchored classifier
         # shared: the profile's model.classifier_templates, as every method; modality: modality_templates
         templates: Literal["shared", "modality"] = "shared"
         modality_words: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODALITY_WORDS))
         modality_templates: list[str] = Field(default_factory=lambda: ["a {modality} of a {}."], min_length=1)
-        head: HeadConfig = Field(default_factory=HeadConfig)  # the shared head rules (head.train, ...)
-        ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
         # intra-modal self-regularisation: two documented forms (docs/methods/comm.md), or off
         self_reg: Literal["teacher", "promptsrc", "off"] = "teacher"
         # teacher form (design choice in its exact form)
@@ -251,9 +235,6 @@ class COMM(Method):
         realign_lr: float = Field(0.001, gt=0)
         realign_batch_size: int = Field(128, ge=1)
 
-        _top_k_fits = at_most("top_k", "pool_size")
-        _prefix_splits = prefix_tokens_even()
-
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
         h = hparams
@@ -269,7 +250,7 @@ class COMM(Method):
                                                      h.prompt_init_std) for name in pool_names})
         self.relevance = RelevanceFunction(encoder.embed_dim, len(self.modalities), h.relevance_hidden)
         text = self.class_text_embeddings()
-        self.head = CosineClassifier(text, encoder.logit_scale, trainable=h.head.train)
+        self.head = TextHead(encoder, context, h.head, h.ce_over, rows=text)
         # the frozen pre-trained model's classifier (PromptSRC's logit agreement); rebuilt, not checkpointed
         self.register_buffer("zero_shot_weight", F.normalize(text.float(), dim=-1), persistent=False)
         self.align = nn.Linear(encoder.embed_dim, encoder.embed_dim, bias=False)
@@ -299,7 +280,7 @@ class COMM(Method):
         word of the modality it is taught in (``templates: modality``)."""
         names = self.context.class_names
         if self.hparams.templates == "shared":
-            return self.encoder.class_text_embeddings(names, self.context.config.model.classifier_templates)
+            return TextHead.class_text(self.encoder, self.context)
         rows = torch.zeros(len(names), self.encoder.embed_dim, device=self.encoder.mean.device)
         for task in self.context.tasks:  # a multi-modal task: every modality's word (templates averaged)
             templates = [t.replace("{modality}", self.hparams.modality_words[m])
@@ -391,7 +372,7 @@ class COMM(Method):
         return list(dict.fromkeys(self.pool_name(m) for m in task.modalities))
 
     def begin_task(self, task):
-        apply_head_rules(self.head, self.hparams.head, task)
+        self.head.begin_task(task)
         self.generator.manual_seed(derived_seed(self.context.config.seed, "task", task.index))
         current = self.current_pools(task)
         seen_before = {self.pool_name(m) for m in task.modalities if bool(self.seen_mask[self.modalities.index(m)])}
@@ -459,8 +440,7 @@ class COMM(Method):
     def training_loss(self, batch, task):
         h = self.hparams
         embeddings, queries, similarities = self.embed_batch(batch)
-        classes = task.classes if h.ce_over == "current" else self.context.seen_classes
-        space = torch.tensor(sorted(classes), device=batch.labels.device)
+        space = self.head.label_space(task)
         logits = self.classify(self.combine(embeddings), space)
         ce = F.cross_entropy(logits, targets_in(space, batch.labels))
         loss, parts = ce, {"ce": ce.item()}

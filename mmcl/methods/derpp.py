@@ -16,7 +16,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.methods.base import MethodConfig, TextAnchoredMethod, register, targets_in
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.losses import targets_in
+from mmcl.methods.text_anchored import TextAnchoredMethod
 from mmcl.models.exemplars import ReservoirBuffer, buffer_record
 from mmcl.seeding import derived_seed
 
@@ -34,14 +37,12 @@ def derpp_loss(logits: torch.Tensor, targets: torch.Tensor, replay_logits: torch
 
 @register
 class DERpp(TextAnchoredMethod):
-    name = "derpp"
-    family = "rehearsal"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "alpha": [0.1, 0.5]}
-    description = "dark experience replay++: reservoir buffer with stored logits"
-    ablations = {"der": {"beta": 0.0}, "labels-only": {"alpha": 0.0}}
+    card = Card(name="derpp", family="rehearsal", description="dark experience replay++: reservoir buffer with stored logits",
+                tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "alpha": [0.1, 0.5]},
+                ablations={"der": {"beta": 0.0}, "labels-only": {"alpha": 0.0}})
 
     @dataclass(config={"extra": "forbid"})
-    class Config(MethodConfig):
+    class Config(TextAnchoredMethod.Config):
         per_class: int = Field(5, ge=0)  # buffer budget per run class (the total is per_class * classes)
         buffer_size: int | None = Field(None, ge=0)  # overrides the total
         replay_batch_size: int | None = Field(None, ge=1)  # default: the training batch size

@@ -19,8 +19,6 @@ embeddings are fused by the shared mean fusion.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -28,7 +26,11 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from mmcl.config import ConfigError
-from mmcl.methods.base import CosineClassifier, HeadConfig, Method, apply_head_rules, fuse, register, targets_in
+from mmcl.methods.base import Frozen, Method, register
+from mmcl.methods.card import Card
+from mmcl.methods.heads import TextHead
+from mmcl.methods.prompting import PromptConfig
+from mmcl.methods.text_anchored import fuse
 from mmcl.models.prompts import check_prompt_depth, encode_each_modality, encode_prompted, prompt_parameter_groups
 
 
@@ -41,35 +43,28 @@ def select_expert(query: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor
 
 @register
 class DualPrompt(Method):
-    name = "dualprompt"
-    hooked_from = {"vision": 0}  # G-/E-prefixes from the first vision block (the frozen prefix cache)
-    family = "prompt"
-    description = "DualPrompt: shared G-prompt in shallow blocks, task E-prompts chosen by key matching, prefix-tuning"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.5, 1.0]}
-    ablations = {"no-g-prompt": {"g_depth": 0}, "unmasked": {"ce_over": "seen"}}
+    card = Card(
+        name="dualprompt", family="prompt",
+        description="DualPrompt: shared G-prompt in shallow blocks, task E-prompts chosen by key matching, prefix-tuning",
+        tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.5, 1.0]},
+        ablations={"no-g-prompt": {"g_depth": 0}, "unmasked": {"ce_over": "seen"}})
+    frozen = Frozen(hooked_from={"vision": 0})  # G-/E-prefixes from the first vision block; no backbone weight trains
 
     @dataclass(config={"extra": "forbid"})
-    class Config:
+    class Config(PromptConfig):
         g_depth: int = Field(1, ge=0)  # G-prompted blocks, from the first (paper: 2 of ViT-B's 12)
         e_depth: int = Field(1, ge=1)  # E-prompted blocks right after them (paper: 3)
         g_length: int = Field(4, ge=2, multiple_of=2)  # G-prefix tokens: half keys, half values (paper: 5 per half)
         e_length: int = Field(8, ge=2, multiple_of=2)  # E-prefix tokens (paper: 20)
         prompt_init_std: float = Field(0.02, ge=0)
         matching_weight: float = Field(0.5, ge=0)  # weight of the key-query matching loss (paper: 1.0)
-        lr_scale: float = Field(1.0, gt=0)  # shared by every method: multiplies every learning rate below
-        prompt_lr_scale: float = Field(10.0, gt=0)  # keys, prompts and head train at this x train.lr (as L2P)
-        head: HeadConfig = Field(default_factory=HeadConfig)
-        # classes in the training cross-entropy. The papers mask other tasks' logits ("current"); on
-        # smoke that leaves the text-anchored head's old rows winning on new data (docs/methods/prompts.md)
-        ce_over: Literal["current", "seen"] = "current"  # the paper's train-time mask
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
         check_prompt_depth(self.name, hparams.g_depth + hparams.e_depth, encoder)
         if not context.tasks:
             raise ConfigError(f"methods.{self.name}: the stream has no tasks (one E-prompt per task)")
-        text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
-        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.head.train)
+        self.head = TextHead(encoder, context, hparams.head, hparams.ce_over)
         width, std, tasks = encoder.vision_width, hparams.prompt_init_std, len(context.tasks)
         self.pool = nn.ParameterDict({
             "g_prompt": nn.Parameter(torch.randn(hparams.g_depth, hparams.g_length, width) * std),
@@ -78,7 +73,7 @@ class DualPrompt(Method):
         })
 
     def begin_task(self, task):
-        apply_head_rules(self.head, self.hparams.head, task)
+        self.head.begin_task(task)
 
     def layer_prompts(self, experts: torch.Tensor) -> list[torch.Tensor]:
         """Per-block prefixes ``[N, tokens, width]`` for images whose E-prompts are ``experts [N]``."""
@@ -106,9 +101,7 @@ class DualPrompt(Method):
 
     def training_loss(self, batch, task):
         embeddings, matching = self.embed(batch, task.index)
-        classes = task.classes if self.hparams.ce_over == "current" else self.context.seen_classes
-        space = torch.tensor(sorted(classes), device=batch.labels.device)
-        ce = F.cross_entropy(self.head(embeddings, space), targets_in(space, batch.labels))
+        ce = self.head.cross_entropy(embeddings, batch.labels, task)
         return ce + self.hparams.matching_weight * matching, {"ce": ce.item(), "match": matching.item()}
 
     def predict(self, batch, label_space, modality_known=True):

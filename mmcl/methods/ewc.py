@@ -16,21 +16,22 @@ from pydantic.dataclasses import dataclass
 from torch.func import grad, vmap
 from torch.nn.utils.stateless import _reparametrize_module
 
-from mmcl.methods.base import MethodConfig, TextAnchoredMethod, fuse, iterate_task_batches, register, targets_in
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.losses import targets_in
+from mmcl.methods.text_anchored import TextAnchoredMethod, fuse, iterate_task_batches
 from mmcl.models.towers import tower_of
 
 
 @register
 class EWC(TextAnchoredMethod):
-    name = "ewc"
-    family = "classic"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "ewc_lambda": [100.0, 10000.0]}
-    description = "elastic weight consolidation (online)"
-    # The MoE adapters' head rule (rows of old classes frozen), for a fair class-incremental comparison.
-    comparisons = {"frozen-head": {"head": {"freeze_old_rows": True}}}
+    card = Card(name="ewc", family="classic", description="elastic weight consolidation (online)",
+                tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "ewc_lambda": [100.0, 10000.0]},
+                # The MoE adapters' head rule (rows of old classes frozen), for a fair class-incremental comparison.
+                comparisons={"frozen-head": {"head": {"freeze_old_rows": True}}})
 
     @dataclass(config={"extra": "forbid"})
-    class Config(MethodConfig):
+    class Config(TextAnchoredMethod.Config):
         ewc_lambda: float = Field(1000.0, ge=0)
         gamma: float = Field(1.0, ge=0, le=1)  # decay of earlier Fisher estimates (1: plain sum)
         fisher_samples: int = Field(256, ge=1)  # training samples used for the Fisher estimate (per task)
@@ -53,7 +54,7 @@ class EWC(TextAnchoredMethod):
         return 0.5 * self.hparams.ewc_lambda * total
 
     def training_loss(self, batch, task):
-        loss, _, _ = self.classification_loss(batch)
+        loss = self.classification_loss(batch, task)
         penalty = self.penalty()
         return loss + penalty, {"ce": loss.item(), "ewc": penalty.item()}
 

@@ -1,16 +1,15 @@
 """Sequential fine-tuning: cross-entropy on each task in turn, nothing against forgetting."""
 from __future__ import annotations
 
-from mmcl.methods.base import TextAnchoredMethod, register
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.text_anchored import TextAnchoredMethod
 
 
 @register
 class Finetune(TextAnchoredMethod):
-    name = "finetune"
-    family = "classic"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]}
-    description = "sequential fine-tuning (lower bound)"
+    card = Card(name="finetune", family="classic", description="sequential fine-tuning (lower bound)",
+                tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]})
 
     def training_loss(self, batch, task):
-        loss, _, _ = self.classification_loss(batch)
-        return loss
+        return self.classification_loss(batch, task)

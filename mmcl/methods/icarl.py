@@ -3,7 +3,7 @@ herding exemplars, distillation on old classes, nearest-mean-of-exemplars classi
 
 Training on a task: cross-entropy over the seen classes on the task's data and a replay batch of
 exemplars, plus the distillation of the previous model's old-class logits on both (the shared
-:func:`~mmcl.methods.base.distillation_loss`, KL on temperature-softened logits: ours, where the paper
+:func:`~mmcl.methods.losses.distillation_loss`, KL on temperature-softened logits: ours, where the paper
 uses sigmoid binary cross-entropy on its sigmoid outputs). After the task, each of its classes keeps
 ``per_class`` exemplars chosen by herding (:func:`herding_order` on the L2-normalised fused features
 of the current model), with replay's budget convention (``per_class``, optional total cap
@@ -19,7 +19,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.methods.base import MethodConfig, Snapshot, TextAnchoredMethod, distillation_loss, register
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.losses import distillation_loss
+from mmcl.methods.snapshot import Snapshot
+from mmcl.methods.text_anchored import TextAnchoredMethod
 from mmcl.models.exemplars import ExemplarBuffer, buffer_record, stack_items
 from mmcl.models.prototypes import PrototypeBank
 from mmcl.seeding import derived_seed, seeded_generator
@@ -45,14 +49,13 @@ def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
 
 @register
 class ICaRL(TextAnchoredMethod):
-    name = "icarl"
-    family = "rehearsal"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "distillation_weight": [0.5, 2.0]}
-    description = "herding exemplars (5 per class), distillation, nearest-mean-of-exemplars"
-    ablations = {"head-classifier": {"nme": False}, "no-distillation": {"distillation_weight": 0.0}}
+    card = Card(name="icarl", family="rehearsal",
+                description="herding exemplars (5 per class), distillation, nearest-mean-of-exemplars",
+                tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "distillation_weight": [0.5, 2.0]},
+                ablations={"head-classifier": {"nme": False}, "no-distillation": {"distillation_weight": 0.0}})
 
     @dataclass(config={"extra": "forbid"})
-    class Config(MethodConfig):
+    class Config(TextAnchoredMethod.Config):
         per_class: int = Field(5, ge=0)  # exemplars kept per class (per class and task where classes recur)
         buffer_size: int | None = Field(None, ge=0)  # optional cap on the total (None: per_class decides)
         replay_batch_size: int | None = Field(None, ge=1)  # default: the training batch size
@@ -76,8 +79,8 @@ class ICaRL(TextAnchoredMethod):
         self.teacher = Snapshot(self) if self.old_classes and self.hparams.distillation_weight > 0 else None
         self.buffer = buffer
 
-    def part_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        ce, _, _ = self.classification_loss(batch)
+    def part_loss(self, batch, task) -> tuple[torch.Tensor, torch.Tensor]:
+        ce = self.classification_loss(batch, task)
         if self.teacher is None:
             return ce, torch.zeros((), device=ce.device)
         old = torch.tensor(self.old_classes, device=batch.labels.device)
@@ -86,10 +89,10 @@ class ICaRL(TextAnchoredMethod):
 
     def training_loss(self, batch, task):
         size = self.hparams.replay_batch_size or self.context.config.train.batch_size
-        parts = [(batch, *self.part_loss(batch))]
+        parts = [(batch, *self.part_loss(batch, task))]
         for replayed in self.buffer.sample(size, self.generator):
             replayed = replayed.to(batch.labels.device)
-            parts.append((replayed, *self.part_loss(replayed)))
+            parts.append((replayed, *self.part_loss(replayed, task)))
         count = sum(len(b) for b, _, _ in parts)
         ce = sum(c * len(b) for b, c, _ in parts) / count
         kd = sum(k * len(b) for b, _, k in parts) / count

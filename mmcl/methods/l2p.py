@@ -12,16 +12,14 @@ It ignores the modality ID, which makes it the shared-pool contrast to COMM's mo
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-import torch.nn.functional as F
-from pydantic import Field
-from pydantic.dataclasses import dataclass
 
 from mmcl.config import ConfigError
 from mmcl.data.dataset import Batch
-from mmcl.methods.base import CosineClassifier, HeadConfig, Method, apply_head_rules, at_most, register, targets_in
+from mmcl.methods.base import Frozen, Method, register
+from mmcl.methods.card import Card
+from mmcl.methods.heads import TextHead
+from mmcl.methods.prompting import PromptPoolConfig
 from mmcl.models.prompts import (
     PromptPool,
     as_images,
@@ -29,7 +27,6 @@ from mmcl.models.prompts import (
     encode_prompted,
     frozen_query,
     key_query_matching_loss,
-    prefix_tokens_even,
     prompt_parameter_groups,
     single_modality,
 )
@@ -38,33 +35,16 @@ from mmcl.models.towers import frames_of, mean_over_frames
 
 @register
 class L2P(Method):
-    name = "l2p"
-    hooked_from = {"vision": 0}  # prompts from the first vision block (the frozen prefix cache)
-    family = "prompt"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.1, 0.5]}
-    compatible_scenarios = ("modality_incremental",)  # one modality per batch (see single_modality)
-    description = "learning to prompt: one shared prompt pool, top-k key-query selection"
-    # unmasked: cross-entropy over every seen class. Under L2P's mask the loss never sees the old
-    # classes' logits, so nothing moves a new modality's samples out of them (docs/methods/comm.md,
-    # "Does it learn what zero-shot cannot read?", measures where its predictions land).
-    ablations = {"no-matching-loss": {"matching_weight": 0.0}, "unmasked": {"ce_over": "seen"}}
-
-    @dataclass(config={"extra": "forbid"})
-    class Config:
-        pool_size: int = Field(10, ge=1)  # prompts in the pool
-        prompt_length: int = Field(4, ge=1)  # tokens per prompt
-        top_k: int = Field(3, ge=1)  # prompts chosen per image
-        prompt_depth: int = Field(1, ge=1)  # prompted blocks, from the first (L2P: the input only)
-        prompt_style: Literal["prompt", "prefix"] = "prompt"  # prompt-tuning or prefix-tuning
-        prompt_init_std: float = Field(0.02, ge=0)
-        matching_weight: float = Field(0.5, ge=0)  # weight of the key-query matching loss
-        lr_scale: float = Field(1.0, gt=0)  # shared by every method: multiplies every learning rate below
-        prompt_lr_scale: float = Field(10.0, gt=0)  # learning rate of keys, prompts and head = this x train.lr
-        head: HeadConfig = Field(default_factory=HeadConfig)  # the shared head rules (head.train, ...)
-        ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
-
-        _top_k_fits = at_most("top_k", "pool_size")
-        _prefix_splits = prefix_tokens_even()
+    card = Card(
+        name="l2p", family="prompt", description="learning to prompt: one shared prompt pool, top-k key-query selection",
+        compatible_scenarios=("modality_incremental",),  # one modality per batch (see single_modality)
+        tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "matching_weight": [0.1, 0.5]},
+        # unmasked: cross-entropy over every seen class. Under L2P's mask the loss never sees the old
+        # classes' logits, so nothing moves a new modality's samples out of them (docs/methods/comm.md,
+        # "Does it learn what zero-shot cannot read?", measures where its predictions land).
+        ablations={"no-matching-loss": {"matching_weight": 0.0}, "unmasked": {"ce_over": "seen"}})
+    Config = PromptPoolConfig
+    frozen = Frozen(hooked_from={"vision": 0})  # prompts from the first vision block; no backbone weight trains
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
@@ -72,13 +52,12 @@ class L2P(Method):
         if any("text" in t.modalities for t in context.tasks):
             raise ConfigError(f"methods.{self.name}: its prompt pool lives in the vision tower; the stream has a text task "
                               f"(run it on a stream without text)")
-        text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
-        self.head = CosineClassifier(text, encoder.logit_scale, trainable=hparams.head.train)
+        self.head = TextHead(encoder, context, hparams.head, hparams.ce_over)
         self.pool = PromptPool(hparams.pool_size, hparams.prompt_length, hparams.prompt_depth, encoder.vision_width,
                                encoder.embed_dim, hparams.top_k, hparams.prompt_init_std)
 
     def begin_task(self, task):
-        apply_head_rules(self.head, self.hparams.head, task)
+        self.head.begin_task(task)
 
     def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prompted embeddings [B, D], key similarities of the chosen prompts [N, k])``."""
@@ -90,9 +69,7 @@ class L2P(Method):
 
     def training_loss(self, batch, task):
         embeddings, similarity = self.embed(batch)
-        classes = task.classes if self.hparams.ce_over == "current" else self.context.seen_classes
-        space = torch.tensor(sorted(classes), device=batch.labels.device)
-        ce = F.cross_entropy(self.head(embeddings, space), targets_in(space, batch.labels))
+        ce = self.head.cross_entropy(embeddings, batch.labels, task)
         matching = key_query_matching_loss(similarity)
         return ce + self.hparams.matching_weight * matching, {"ce": ce.item(), "match": matching.item()}
 

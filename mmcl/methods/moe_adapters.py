@@ -17,29 +17,21 @@ class; domain-incremental: none, every class recurs). No sample of an old task i
 from __future__ import annotations
 
 import itertools
-from typing import ClassVar, Literal
+from typing import Literal
 
+import pydantic
 import torch
 import torch.nn.functional as F
-import pydantic
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from mmcl.data.dataset import Batch
-from mmcl.methods.base import (
-    CosineClassifier,
-    Method,
-    MethodConfig,
-    apply_head_rules,
-    Snapshot,
-    at_most,
-    distillation_loss,
-    fuse,
-    iterate_task_batches,
-    register,
-    targets_in,
-    unfreeze_last_blocks,
-)
+from mmcl.methods.base import Frozen, Method, MethodConfig, at_most, register
+from mmcl.methods.card import Card
+from mmcl.methods.heads import CeOver, TextHead
+from mmcl.methods.losses import distillation_loss
+from mmcl.methods.snapshot import Snapshot
+from mmcl.methods.text_anchored import fuse, iterate_task_batches, unfreeze_last_blocks
 from mmcl.models.moe_adapter import (
     AdapterOutput,
     AdapterSettings,
@@ -106,16 +98,40 @@ def head_rows(text_embeddings: torch.Tensor, tiles: int = 1) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ method
 @register
 class MoEAdapters(Method):
-    name = "moe-adapters"
-    family = "paper"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "kd_weight": [0.5, 1.0]}
-    # Modality-incremental is our reading (docs/methods/moe_adapters.md, "On the modality stream"):
-    # one modality per sample, its cross-attention reads the null slot only.
-    compatible_scenarios = ("class_incremental", "domain_incremental", "modality_incremental")
+    card = Card(
+        name="moe-adapters", family="paper",
+        description="cross-modality MoE adapters + alignment + relation preservation (Paper B, no buffer)",
+        # Modality-incremental is our reading (docs/methods/moe_adapters.md, "On the modality stream"):
+        # one modality per sample, its cross-attention reads the null slot only.
+        compatible_scenarios=("class_incremental", "domain_incremental", "modality_incremental"),
+        tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "kd_weight": [0.5, 1.0]},
+        # (design choice) rows of classes absent from a task do not train: the shared head rule, on by default.
+        head_defaults={"freeze_old_rows": True},
+        ablations={
+            "no-kd": {"kd_weight": 0.0},
+            "no-align": {"align_weight": 0.0},
+            "no-relation": {"relation_weight": 0.0},
+            "no-balance": {"balance_weight": 0.0},
+            "relaxed-align": {"alignment": "relaxed"},
+            "single-adapter": {"num_experts": 1, "top_k": 1, "expert_hidden": 64},  # same parameters as 4 x 16
+            "no-expert-freezing": {"experts_frozen_per_task": 0},
+            "no-cross-attention": {"cross_attention": False},
+        },
+        # Fair comparisons, run by the main class-incremental sweep: baselines on the same trainable
+        # parameters (one adapter of the experts' width, cross-attention kept, so no router and no expert
+        # to freeze) and the same head rule, without alignment and relation preservation.
+        comparisons={
+            # Sequential fine-tuning: cross-entropy only, no teacher.
+            "adapter-finetune": {"num_experts": 1, "top_k": 1, "expert_hidden": 64, "kd_weight": 0.0,
+                                 "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
+            # LwF: cross-entropy + the method's L_kd, which is LwF's loss (old-class logits of the
+            # previous model, temperature-softened KL), at the method's weight and temperature.
+            "adapter-lwf": {"num_experts": 1, "top_k": 1, "expert_hidden": 64,
+                            "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
+        })
     # Each modality has its own adapters: in a modality stream that is the modality ID, so the
     # modality-agnostic evaluation has to do without it (predict: the most confident adapter set).
     uses_modality_id = True
-    description = "cross-modality MoE adapters + alignment + relation preservation (Paper B, no buffer)"
 
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):
@@ -138,7 +154,7 @@ class MoEAdapters(Method):
         min_trainable_experts: int = Field(1, ge=0)  # (design choice) never freeze the last trainable experts
         # classifier
         fusion: Literal["mean", "concat"] = "mean"
-        ce_label_space: Literal["seen", "task"] = "seen"  # (design choice) classes scored by L_ce
+        ce_over: CeOver = "seen"  # (design choice) classes scored by L_ce: all seen, or the task's ("current")
         # losses
         kd_weight: float = Field(1.0, ge=0)  # λ_kd: logit distillation on old classes
         kd_temperature: float = Field(2.0, gt=0)
@@ -160,32 +176,6 @@ class MoEAdapters(Method):
                 raise ValueError(f"must divide attention_dim ({dim}), got {heads}")
             return heads
 
-    # (design choice) rows of classes absent from a task do not train: the shared head rule, on by default.
-    head_defaults: ClassVar[dict] = {"freeze_old_rows": True}
-
-    ablations: ClassVar[dict[str, dict]] = {
-        "no-kd": {"kd_weight": 0.0},
-        "no-align": {"align_weight": 0.0},
-        "no-relation": {"relation_weight": 0.0},
-        "no-balance": {"balance_weight": 0.0},
-        "relaxed-align": {"alignment": "relaxed"},
-        "single-adapter": {"num_experts": 1, "top_k": 1, "expert_hidden": 64},  # same parameters as 4 x 16
-        "no-expert-freezing": {"experts_frozen_per_task": 0},
-        "no-cross-attention": {"cross_attention": False},
-    }
-    # Fair comparisons, run by the main class-incremental sweep: baselines on the same trainable
-    # parameters (one adapter of the experts' width, cross-attention kept, so no router and no expert
-    # to freeze) and the same head rule, without alignment and relation preservation.
-    comparisons: ClassVar[dict[str, dict]] = {
-        # Sequential fine-tuning: cross-entropy only, no teacher.
-        "adapter-finetune": {"num_experts": 1, "top_k": 1, "expert_hidden": 64, "kd_weight": 0.0,
-                             "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
-        # LwF: cross-entropy + the method's L_kd, which is LwF's loss (old-class logits of the
-        # previous model, temperature-softened KL), at the method's weight and temperature.
-        "adapter-lwf": {"num_experts": 1, "top_k": 1, "expert_hidden": 64,
-                        "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
-    }
-
     def __init__(self, encoder, context, hparams: Config):
         super().__init__(encoder, context, hparams)
         unfreeze_last_blocks(encoder, hparams.trainable_blocks)
@@ -197,9 +187,12 @@ class MoEAdapters(Method):
             null_slot=hparams.attention_null_slot, context_pooling=hparams.context_pooling,
             scale_init=hparams.adapter_scale_init)
         self.adapters = CrossModalMoEAdapters(encoder, modalities, settings)
-        text = encoder.class_text_embeddings(context.class_names, context.config.model.classifier_templates)
+        # Adapters on the last ``steps`` blocks of every tower (and ``trainable_blocks`` vision blocks train).
+        steps = self.adapters.steps
+        self.frozen = Frozen(hooked_from={"vision": -steps, "text": -steps}, trains_last={"vision": "trainable_blocks"})
         tiles = len(modalities) if hparams.fusion == "concat" else 1
-        self.head = CosineClassifier(head_rows(text, tiles), encoder.logit_scale, trainable=hparams.head.train)
+        rows = head_rows(TextHead.class_text(encoder, context), tiles)
+        self.head = TextHead(encoder, context, hparams.head, hparams.ce_over, rows=rows)
         self.teacher_adapters = self.teacher_head = None
         self.old_classes: list[int] = []
         self.influence = {}
@@ -263,16 +256,14 @@ class MoEAdapters(Method):
         self.teacher_adapters = Snapshot(self.adapters) if needs_teacher else None
         self.teacher_head = Snapshot(self.head) if needs_teacher else None
         # Rows train while their classes have data (the shared head rule, head.freeze_old_rows).
-        apply_head_rules(self.head, h.head, task)
+        self.head.begin_task(task)
         self.influence = {name: torch.zeros(moe.num_experts, device=moe.frozen.device)
                           for name, moe in self.adapters.moe_layers().items()}
 
     def training_loss(self, batch, task):
         h = self.hparams
         output, fused, teacher = self.forward_features(batch)
-        space = self.context.seen_label_space() if h.ce_label_space == "seen" \
-            else torch.tensor(sorted(task.classes), device=batch.labels.device)
-        ce = F.cross_entropy(self.head(fused, space), targets_in(space, batch.labels))
+        ce = self.head.cross_entropy(fused, batch.labels, task)
         loss, parts = ce, {"ce": ce.item()}
         if teacher is not None:
             teacher_fused = fuse_embeddings(teacher.embeddings, h.fusion)
@@ -320,15 +311,6 @@ class MoEAdapters(Method):
                 moe.freeze(ranked[:count])
 
     # ------------------------------------------------------------------- optimizer, state
-    def frozen_blocks(self, tower: str) -> int:
-        """Adapters on the last ``steps`` blocks of every tower (and ``trainable_blocks`` vision blocks)."""
-        depth = self.tower_depth(tower)
-        trainable = self.hparams.trainable_blocks if tower == "vision" else 0
-        return max(0, min(depth - self.adapters.steps, depth - trainable))
-
-    def frozen_weights(self, tower: str) -> bool:
-        return tower == "text" or self.hparams.trainable_blocks == 0
-
     def optimizer_parameter_groups(self) -> list[dict]:
         adapter = [p for p in self.adapters.parameters() if p.requires_grad]
         rest = [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("adapters.")]

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_batches, register
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.text_anchored import TextAnchoredMethod, iterate_task_batches
 from mmcl.models.prototypes import choose_ridge, ridge_solution
 from mmcl.seeding import seeded_generator
 
@@ -31,15 +33,13 @@ RIDGE_CANDIDATES = [10.0**k for k in range(-8, 14)]
 
 @register
 class RanPAC(TextAnchoredMethod):
-    name = "ranpac"
-    family = "prototype"
+    card = Card(name="ranpac", family="prototype",
+                description="random projection + ReLU, ridge classifier from accumulated second-order statistics",
+                head_defaults={"train": False}, ablations={"no-projection": {"projection_dim": 0}})
     trains = False
-    description = "random projection + ReLU, ridge classifier from accumulated second-order statistics"
-    head_defaults = {"train": False}
-    ablations = {"no-projection": {"projection_dim": 0}}
 
     @dataclass(config={"extra": "forbid"})
-    class Config(MethodConfig):
+    class Config(TextAnchoredMethod.Config):
         trainable_blocks: int = Field(0, ge=0, le=0)  # the backbone stays frozen
         projection_dim: int = Field(2048, ge=0)  # M (the paper: 10000); 0: no projection (h = f)
         ridge: bool = True  # false: class text embeddings only (the zero-shot model)

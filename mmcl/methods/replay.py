@@ -15,21 +15,22 @@ import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.methods.base import MethodConfig, TextAnchoredMethod, register
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.text_anchored import TextAnchoredMethod
 from mmcl.models.exemplars import ExemplarBuffer, buffer_record
 from mmcl.seeding import derived_seed, seeded_generator
 
 
 @register
 class Replay(TextAnchoredMethod):
-    name = "replay"
-    family = "rehearsal"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]}
-    description = "experience replay, class-balanced exemplars (5 per class by default)"
-    ablations = {"one-per-class": {"per_class": 1}, "twenty-per-class": {"per_class": 20}}
+    card = Card(name="replay", family="rehearsal",
+                description="experience replay, class-balanced exemplars (5 per class by default)",
+                tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]},
+                ablations={"one-per-class": {"per_class": 1}, "twenty-per-class": {"per_class": 20}})
 
     @dataclass(config={"extra": "forbid"})
-    class Config(MethodConfig):
+    class Config(TextAnchoredMethod.Config):
         per_class: int = Field(5, ge=0)  # exemplars kept per class (per class and task where classes recur)
         buffer_size: int | None = Field(None, ge=0)  # optional cap on the total (None: per_class decides)
         replay_batch_size: int | None = Field(None, ge=1)  # default: the training batch size
@@ -45,11 +46,11 @@ class Replay(TextAnchoredMethod):
         self.generator.manual_seed(derived_seed(self.context.config.seed, "task", task.index))
 
     def training_loss(self, batch, task):
-        loss, _, _ = self.classification_loss(batch)
+        loss = self.classification_loss(batch, task)
         total, count = loss * len(batch), len(batch)
         size = self.hparams.replay_batch_size or self.context.config.train.batch_size
         for replayed in self.buffer.sample(size, self.generator):
-            replay_loss, _, _ = self.classification_loss(replayed.to(batch.labels.device))
+            replay_loss = self.classification_loss(replayed.to(batch.labels.device), task)
             total, count = total + replay_loss * len(replayed), count + len(replayed)
         return total / count, {"ce": loss.item()}
 

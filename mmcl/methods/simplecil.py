@@ -14,20 +14,21 @@ import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_batches, register
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.text_anchored import TextAnchoredMethod, iterate_task_batches
 from mmcl.models.prototypes import PrototypeBank
 
 
 @register
 class SimpleCIL(TextAnchoredMethod):
-    name = "simplecil"
-    family = "prototype"
+    card = Card(name="simplecil", family="prototype",
+                description="class-mean prototypes of frozen fused features, cosine classifier (no training)",
+                head_defaults={"train": False})
     trains = False
-    description = "class-mean prototypes of frozen fused features, cosine classifier (no training)"
-    head_defaults = {"train": False}
 
     @dataclass(config={"extra": "forbid"})
-    class Config(MethodConfig):
+    class Config(TextAnchoredMethod.Config):
         trainable_blocks: int = Field(0, ge=0, le=0)  # the backbone stays frozen
         prototypes: bool = True  # false: class text embeddings only (the zero-shot model)
 

@@ -16,31 +16,32 @@ Works on any modality set: features are the shared mean fusion of the per-modali
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from mmcl.methods.base import MethodConfig, TextAnchoredMethod, iterate_task_batches, register, targets_in
+from mmcl.methods.base import register
+from mmcl.methods.card import Card
+from mmcl.methods.heads import CeOver
+from mmcl.methods.losses import targets_in
+from mmcl.methods.text_anchored import TextAnchoredMethod, iterate_task_batches
 from mmcl.models.class_statistics import ClassStatistics
 from mmcl.seeding import derived_seed
 
 
 @register
 class SLCA(TextAnchoredMethod):
-    name = "slca"
-    family = "fine-tuning"
-    description = "SLCA: slow learner (backbone at 0.01x the head's rate) + classifier alignment on class Gaussians"
-    tuning_grid = {"lr_scale": [0.3, 1.0, 3.0], "slow_ratio": [0.01, 0.1]}
-    ablations = {"no-alignment": {"align": False}, "fast-learner": {"slow_ratio": 1.0}}
+    card = Card(name="slca", family="fine-tuning",
+                description="SLCA: slow learner (backbone at 0.01x the head's rate) + classifier alignment on class Gaussians",
+                tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "slow_ratio": [0.01, 0.1]},
+                ablations={"no-alignment": {"align": False}, "fast-learner": {"slow_ratio": 1.0}})
 
     @dataclass(config={"extra": "forbid"})
-    class Config(MethodConfig):
+    class Config(TextAnchoredMethod.Config):
         head_lr_scale: float = Field(10.0, gt=0)  # the head's rate = this x train.lr (as the prompt methods')
         slow_ratio: float = Field(0.01, gt=0)  # the trainable blocks' rate = this x the head's rate
-        ce_over: Literal["current", "seen"] = "current"  # classes in the training cross-entropy
+        ce_over: CeOver = "current"  # classes in the training cross-entropy (the head's label space)
         align: bool = True  # classifier alignment after each task
         align_epochs: int = Field(5, ge=1)  # paper: 5
         align_samples_per_class: int = Field(64, ge=1)  # drawn per class per epoch (paper: 256)
@@ -53,9 +54,7 @@ class SLCA(TextAnchoredMethod):
         self.generator = torch.Generator()
 
     def training_loss(self, batch, task):
-        classes = task.classes if self.hparams.ce_over == "current" else self.context.seen_classes
-        space = torch.tensor(sorted(classes), device=batch.labels.device)
-        return F.cross_entropy(self.logits(batch, space), targets_in(space, batch.labels))
+        return self.classification_loss(batch, task)
 
     def end_task(self, task):
         was_training = self.training

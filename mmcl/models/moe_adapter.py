@@ -217,7 +217,7 @@ class CrossModalMoEAdapters(nn.Module):
     """All adapters of a run: ``adapters[modality][step]``, steps over the last L blocks.
 
     The encoder is passed to every call instead of being a sub-module, so that a teacher copy of
-    the adapters (a :class:`~mmcl.methods.base.Snapshot`) holds the small adapters only and shares
+    the adapters (a :class:`~mmcl.methods.snapshot.Snapshot`) holds the small adapters only and shares
     the frozen towers, and the frozen prefix can be computed once for student and teacher.
     """
 

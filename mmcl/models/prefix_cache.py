@@ -1,6 +1,7 @@
 """The frozen prefix cache: what a run's frozen backbone computes, computed once.
 
-A method declares, per tower, how many leading blocks it never changes
+A method declares what of the backbone it never changes (``frozen``, a
+:class:`mmcl.methods.base.Frozen`); the cache reads, per tower, how many leading blocks that is
 (:meth:`mmcl.methods.base.Method.frozen_blocks`: neither a weight nor a hook) and whether it
 changes the tower's weights at all (:meth:`~mmcl.methods.base.Method.frozen_weights`: a method
 that acts through hooks only leaves a hook-free pass equal to the frozen backbone's). The engine
@@ -31,15 +32,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import torch
 
+from mmcl.models.backbone import MultiModalEncoder, TowerState
 from mmcl.models.towers import flatten_frames, frames_of, mean_over_frames, tower_of
 from mmcl.records import RefusedFile, atomic_torch_save, build_lock, load_tensors
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mmcl.models.backbone import MultiModalEncoder, TowerState
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -89,8 +88,6 @@ class PrefixCache:
     # ------------------------------------------------------------------ lookups (by the encoder)
     def start_state(self, encoder: "MultiModalEncoder", modality: str, x: torch.Tensor) -> "TowerState | None":
         """The state entering the tower's first changed block, or None (take the uncached path)."""
-        from mmcl.models.backbone import TowerState
-
         tower = tower_of(modality)
         depth = self.frozen_blocks.get(tower, 0)
         if self._building or depth < 0:

@@ -201,7 +201,7 @@ def single_modality(batch: Batch) -> tuple[str, torch.Tensor]:
 
 def encode_each_modality(encoder, batch: Batch, prompted) -> dict[str, torch.Tensor]:
     """Per-modality embeddings ``{modality: [B, D]}`` of a (possibly multi-modal) batch, for the
-    shared fusion (:func:`mmcl.methods.base.fuse`).
+    shared fusion (:func:`mmcl.methods.text_anchored.fuse`).
 
     Every visual modality's images (video: its frames) go through the prompted vision tower:
     ``prompted(modality, images, query)`` returns their embeddings ``[N, D]`` given the frozen
