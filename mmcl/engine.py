@@ -2,9 +2,8 @@
 
 For each task: :meth:`Method.begin_task`, epochs of :meth:`Method.training_loss` + optimizer
 steps, :meth:`Method.end_task`, then evaluation on *every* task of the stream (seen ones over
-the seen label space; unseen ones with their classes added, for forward transfer). Each finished
-task is checkpointed and appended to ``tasks.jsonl``; ``metrics.json`` is written last. Where a run
-lives, its records, checkpoints, resume and reuse: :mod:`mmcl.runs`.
+the seen label space; unseen ones with their classes added, for forward transfer). Each finished task
+is checkpointed and appended to ``tasks.jsonl``; ``metrics.json`` is written last (:mod:`mmcl.runs`).
 
 Determinism: the global RNGs are re-seeded from (run seed, task) at the start of every task and
 the data order from (run seed, task, epoch), so a run resumed after task k reproduces the
@@ -32,8 +31,8 @@ from mmcl.models import prefix_cache
 from mmcl.models.factory import build_encoder
 from mmcl.progress import bar as progress_bar, enabled as progress_enabled, sweep_active
 from mmcl.runs import RunLocation, RunResult
-from mmcl.runtime import (Untouched, autocast_for, compile_method, pins_memory, resolve_device, run_threads,
-                          seed_everything)
+from mmcl.runtime import (Untouched, autocast_for, compile_method, pins_memory, probes_forgetting, resolve_device,
+                          run_threads, seed_everything)
 from mmcl.scoring import evaluate_task, ncm_of_mode
 from mmcl.training import make_optimizer, train_step, training_data
 
@@ -76,10 +75,12 @@ def build_run(config: Config, scenario: str, method: str, seed: int, benchmark: 
 
 
 def evaluate_stream(method: Method, tasks: list[Task], after: int, modes: list[str], config: Config,
-                    device: torch.device) -> dict[str, dict[str, list]]:
+                    device: torch.device, kept: dict[str, list] | None = None) -> dict[str, dict[str, list]]:
     """Accuracy (percent), correct and counts on every task, after training task ``after``.
 
     ``after = -1`` evaluates before any training with the label space of tasks ``0..j`` for task j.
+    ``kept`` (a dict): ``kept[mode][j]`` receives the features seen task j's predictions were computed
+    from, for :func:`forgetting_decomposition` (:func:`~mmcl.scoring.evaluate_task`).
     """
     method.eval()
     seen = {c for task in tasks[: after + 1] for c in task.classes}
@@ -89,9 +90,13 @@ def evaluate_stream(method: Method, tasks: list[Task], after: int, modes: list[s
             results[mode] = results[modes[0]]  # the method ignores the modality ID: same numbers
             continue
         row = {"accuracy": [], "correct": [], "count": []}
+        if kept is not None:
+            kept[mode] = [[] for _ in tasks[: after + 1]]
         for j, task in enumerate(tasks):
             space = seen if j <= after else seen | {c for t in tasks[: j + 1] for c in t.classes}
-            correct, count = evaluate_task(method, task, sorted(space), mode != "modality_agnostic", config, device)
+            keep = kept[mode][j] if kept is not None and j <= after else None
+            correct, count = evaluate_task(method, task, sorted(space), mode != "modality_agnostic", config, device,
+                                           keep)
             row["accuracy"].append(100.0 * correct / count)
             row["correct"].append(correct)
             row["count"].append(count)
@@ -101,7 +106,7 @@ def evaluate_stream(method: Method, tasks: list[Task], after: int, modes: list[s
 
 def forgetting_decomposition(method: Method, tasks: list[Task], after: int, modes: list[str],
                              results: dict[str, dict[str, list]], config: Config,
-                             device: torch.device) -> dict[str, dict | None]:
+                             device: torch.device, kept: dict[str, list] | None = None) -> dict[str, dict | None]:
     """After training task ``after``: the nearest-class-mean probe (:mod:`mmcl.forgetting`) on the
     method's current representation, beside its own classifier, per evaluation mode.
 
@@ -109,7 +114,8 @@ def forgetting_decomposition(method: Method, tasks: list[Task], after: int, mode
     ``runtime.forgetting_decomposition_per_class`` samples of each class per task, the first ones); each
     seen task's evaluation data is scored over the seen classes, as :func:`evaluate_stream` scores
     it. The own classifier's numbers are ``results`` (the row :func:`evaluate_stream` just
-    computed), not computed again. Per mode: ``ncm_accuracy``, ``ncm_correct``, ``count`` (tasks
+    computed), not computed again, and so are the evaluation features where it kept them (``kept``, see
+    :func:`evaluate_stream`). Per mode: ``ncm_accuracy``, ``ncm_correct``, ``count`` (tasks
     ``0..after``), and ``own_old`` / ``ncm_old``, the sample-weighted accuracy on the tasks before
     ``after`` (None after the first task); None for a mode where the method has no representation
     (:meth:`~mmcl.methods.base.Method.representation`).
@@ -130,7 +136,8 @@ def forgetting_decomposition(method: Method, tasks: list[Task], after: int, mode
                 decomposition[mode] = decomposition[modes[0]]  # as evaluate_stream: the same numbers
                 continue
             known = mode != "modality_agnostic"
-            decomposition[mode] = ncm_of_mode(method, seen_tasks, classes, known, config, device)
+            decomposition[mode] = ncm_of_mode(method, seen_tasks, classes, known, config, device,
+                                              (kept or {}).get(mode))
             if decomposition[mode] is None:
                 continue
             own_correct, counts = results[mode]["correct"][:after], results[mode]["count"][:after]
@@ -172,15 +179,6 @@ def train_task(method: Method, task: Task, datasets: list[MultiModalDataset], co
     seconds = time.perf_counter() - started
     return {"steps": steps, "samples": samples, "mean_loss": loss_sum / max(steps, 1), "train_seconds": seconds,
             "samples_per_second": samples / seconds if seconds > 0 else None}
-
-
-def probes_forgetting(config: Config, role: str | None) -> bool:
-    """Whether a run of ``role`` (None: a method's defaults; "comparison"; "ablation") runs the
-    forgetting decomposition's probe: ``runtime.forgetting_decomposition`` true or false, or "auto":
-    every run but ablation variants, the runs the decomposition table reads
-    (:func:`mmcl.results.decomposition_runs`)."""
-    setting = config.runtime.forgetting_decomposition
-    return role != "ablation" if setting == "auto" else bool(setting)
 
 
 def run(config: Config, scenario: str, method: str, seed: int | None = None, benchmark: str | None = None,
@@ -281,7 +279,8 @@ def _run_task(method_obj: Method, tasks: list[Task], index: int, rows: list[dict
                            seed, device, progress, on_step=lambda loss: tracker.log_step(index, loss))
     method_obj.end_task(task)
     evaluated = time.perf_counter()
-    results = evaluate_stream(method_obj, tasks, index, modes, config, device)
+    kept: dict[str, list] | None = {} if probes else None  # evaluation features, for the probe
+    results = evaluate_stream(method_obj, tasks, index, modes, config, device, kept)
     row = {"task": index, "name": task.name, "classes": task.classes, "modalities": task.modalities,
            "domain": task.domain, **stats, "eval_seconds": time.perf_counter() - evaluated,
            "evaluation": results}
@@ -292,7 +291,7 @@ def _run_task(method_obj: Method, tasks: list[Task], index: int, rows: list[dict
     if probes:  # a diagnostic (after the memory record): changes no number
         probed = time.perf_counter()
         row["forgetting_decomposition"] = forgetting_decomposition(method_obj, tasks, index, modes, results,
-                                                                   config, device)
+                                                                   config, device, kept)
         row["forgetting_decomposition_seconds"] = time.perf_counter() - probed
     runs.save_checkpoint(location.run_dir, index, {"method_state": method_obj.checkpoint_state(), "rows": rows},
                          config.runtime.keep_checkpoints)

@@ -109,3 +109,12 @@ class Untouched:
             torch.cuda.set_rng_state_all(cuda_states)
         for module, training in self.modes:
             module.training = training
+
+
+def probes_forgetting(config: Config, role: str | None) -> bool:
+    """Whether a run of ``role`` (None: a method's defaults; "comparison"; "ablation") runs the
+    forgetting decomposition's probe: ``runtime.forgetting_decomposition`` true or false, or "auto":
+    every run but ablation variants, the runs the decomposition table reads
+    (:func:`mmcl.results.decomposition_runs`)."""
+    setting = config.runtime.forgetting_decomposition
+    return role != "ablation" if setting == "auto" else bool(setting)

@@ -18,7 +18,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from test_results import write_run  # noqa: E402
 
-from mmcl import engine, forgetting, plots, records, results, runs  # noqa: E402
+from mmcl import engine, forgetting, plots, records, results, runs, runtime  # noqa: E402
+from mmcl.methods.base import Method  # noqa: E402
 from mmcl.metrics import forgetting_decomposition_summary  # noqa: E402
 from mmcl.methods import REGISTRY  # noqa: E402
 from mmcl.methods import method_class  # noqa: E402
@@ -197,7 +198,13 @@ def test_random_features_make_the_probe_read_at_chance(smoke_config, tmp_path, m
     falls to chance (1 of 6 classes after the last task: 16.7 here); on the real one it reads the classes."""
     real = engine.run(smoke_config, "class_incremental", "simplecil", seed=0, output_dir=tmp_path / "real")
     generator = torch.Generator().manual_seed(0)
-    monkeypatch.setattr(method_class("simplecil"), "representation",
+    cls = method_class("simplecil")
+    represent, classify = cls.representation, cls.classify
+    # its predictions as before, no longer read from the representation, which becomes noise
+    monkeypatch.setattr(cls, "predict", lambda self, batch, space, modality_known=True:
+                        classify(self, represent(self, batch, modality_known), space))
+    monkeypatch.setattr(cls, "classify", Method.classify)
+    monkeypatch.setattr(cls, "representation",
                         lambda self, batch, modality_known=True: torch.randn(len(batch), 16, generator=generator))
     noise = engine.run(smoke_config, "class_incremental", "simplecil", seed=0, output_dir=tmp_path / "noise")
     assert noise.accuracy_matrix == real.accuracy_matrix  # the method itself is untouched
@@ -336,4 +343,40 @@ def test_auto_probes_the_runs_the_table_reads_and_not_ablation_variants(smoke_co
                                     ("auto", "comparison", True), ("auto", None, True), ("auto", "ablation", False)]:
         config = smoke_config.model_copy(update={"runtime": smoke_config.runtime.model_copy(
             update={"forgetting_decomposition": setting})})
-        assert engine.probes_forgetting(config, role) is expected, (setting, role)
+        assert runtime.probes_forgetting(config, role) is expected, (setting, role)
+
+
+@pytest.mark.parametrize("method, scenario", [("finetune", "class_incremental"), ("comm", "modality_incremental"),
+                                              ("moe-adapters", "modality_incremental"), ("ranpac", "class_incremental"),
+                                              ("icarl", "class_incremental")])
+def test_the_probe_reads_the_evaluation_features_it_would_compute(smoke_config, method, scenario, monkeypatch):
+    """The evaluation's forward pass hands the probe its features (Method.predict_with_features): the
+    probe then encodes only training data, and its numbers are the ones it computes on its own, in
+    both modes (the MoE adapters' modality-agnostic mode has no representation: computed, None)."""
+    config = smoke_config.model_copy(update={"train": smoke_config.train.model_copy(update={"epochs": 1})})
+    built, stream = engine.build_run(config, scenario, method, 0)
+    device, modes = torch.device("cpu"), engine.evaluation_modes(scenario)
+    for index, task in enumerate(stream.tasks[:2]):
+        built.context.seen_classes = sorted({c for t in stream.tasks[: index + 1] for c in t.classes})
+        built.begin_task(built.context.tasks[index])
+        if built.trains_on(task):
+            engine.train_task(built, built.context.tasks[index], [built.context.tasks[index].train], config, 0, device,
+                              False)
+        built.end_task(built.context.tasks[index])
+    kept: dict = {}
+    results_row = engine.evaluate_stream(built, stream.tasks, 1, modes, config, device, kept)
+    assert results_row == engine.evaluate_stream(built, stream.tasks, 1, modes, config, device)  # predictions alike
+    calls = []
+    real = type(built).representation
+    monkeypatch.setattr(type(built), "representation",
+                        lambda self, batch, modality_known=True: calls.append(len(batch)) or real(self, batch, modality_known))
+    reused = engine.forgetting_decomposition(built, stream.tasks, 1, modes, results_row, config, device, kept)
+    reused_calls, calls[:] = sum(calls), []
+    computed = engine.forgetting_decomposition(built, stream.tasks, 1, modes, results_row, config, device)
+    assert json.dumps(reused, sort_keys=True) == json.dumps(computed, sort_keys=True)
+    evaluation = sum(len(t.test) for t in stream.tasks[:2])
+    trained = sum(len(t.train) for t in stream.tasks[:2])
+    probed = [m for m in modes if (m == modes[0] or built.uses_modality_id) and reused[m] is not None]
+    if method != "moe-adapters":  # (its agnostic mode stops at the first training batch, both ways)
+        assert reused_calls == trained * len(probed)  # training data only
+    assert sum(calls) - reused_calls == evaluation * len(probed)  # on its own it encodes the evaluation data too

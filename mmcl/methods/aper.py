@@ -83,7 +83,7 @@ class APER(TextAnchoredMethod):
     def representation(self, batch, modality_known=True):
         return self.prototype_features(batch) if self.hparams.prototypes else self.features(batch)
 
-    def predict(self, batch, label_space, modality_known=True):
+    def classify(self, features, label_space):
         if not self.hparams.prototypes:
-            return self.logits(batch, label_space)
-        return self.bank.logits(self.prototype_features(batch), label_space, self.encoder.logit_scale)
+            return self.head(features, label_space)
+        return self.bank.logits(features, label_space, self.encoder.logit_scale)

@@ -26,8 +26,8 @@ The whole contract. Declarations (class attributes):
 - ``trains_on_all_seen_data``: True to train each task on the union of all data seen so far (joint).
 - ``uses_modality_id``: True to be evaluated with and without the modality ID (modality streams).
 
-Hooks (methods), in the order the engine calls them; only ``predict`` and, for a method that trains,
-``training_loss`` are required:
+Hooks (methods), in the order the engine calls them; only ``predict`` (or ``representation`` and
+``classify``) and, for a method that trains, ``training_loss`` are required:
 
 - ``__init__(encoder, context, hparams)``: build the model (the encoder arrives frozen), call ``super``.
 - ``begin_task(task)``: before ``task`` trains (``context.seen_classes`` has its classes); call ``super()``.
@@ -36,8 +36,9 @@ Hooks (methods), in the order the engine calls them; only ``predict`` and, for a
 - ``training_loss(batch, task)``: the loss of a batch, or (loss, {name: float}) to record its parts.
 - ``after_optimizer_step(task)``: after every optimizer step (gradient masks, momentum updates).
 - ``end_task(task)``: after ``task`` trained, before it is evaluated (exemplars, statistics, merges).
-- ``predict(batch, label_space, modality_known)``: logits ``[B, len(label_space)]``.
-- ``representation(batch, modality_known)``: the features the classifier reads (a diagnostic); default None.
+- ``predict(batch, label_space, modality_known)``: logits ``[B, len(label_space)]``; or, instead,
+- ``representation(batch, modality_known)``: the features the classifier reads (the forgetting probe
+  reads them too); default None; and ``classify(features, label_space)``: the logits from them.
 - ``run_record()``: extra entries of the run's ``metrics.json``; default none.
 - ``get_extra_state()`` / ``set_extra_state(state)``: state outside parameters and buffers (checkpoints).
 - ``load_checkpoint_state(state)``: load a checkpoint; override to re-derive what a state dict lacks.
@@ -45,7 +46,8 @@ Hooks (methods), in the order the engine calls them; only ``predict`` and, for a
 What the contract gives a method: ``self.encoder``, ``self.context`` (:class:`RunContext`: config,
 scenario, class names, device, tasks as training views, seen classes) and ``self.hparams`` (its
 ``Config``); the engine reads ``make_config``, ``hparams_dict``, ``inapplicable``, ``frozen_blocks``,
-``frozen_weights``, ``class_heads`` and ``checkpoint_state``, which a method does not override.
+``frozen_weights``, ``class_heads``, ``checkpoint_state`` and ``predict_with_features``, which a method
+does not override.
 
 Building blocks beside the contract: :class:`~mmcl.methods.text_anchored.TextAnchoredMethod` (the
 baselines' model: its ``Config`` adds ``trainable_blocks``; ``features(batch)``, the fused embeddings;
@@ -277,16 +279,34 @@ class Method(nn.Module):
         """Called after training task ``task``, before it is evaluated."""
 
     def predict(self, batch: Batch, label_space: torch.Tensor, modality_known: bool = True) -> torch.Tensor:
-        """Logits ``[B, len(label_space)]`` for the run labels in ``label_space``."""
-        raise NotImplementedError
+        """Logits ``[B, len(label_space)]`` for the run labels in ``label_space``. Default:
+        :meth:`classify` of :meth:`representation`, for a method that defines both."""
+        return self.classify(self.representation(batch, modality_known), label_space)
 
     def representation(self, batch: Batch, modality_known: bool = True) -> torch.Tensor | None:
         """The features ``[B, D]`` the method's classifier reads (its head, prototypes or readout),
         computed as :meth:`predict` computes them; None where the method has no single such feature
-        (the engine's forgetting decomposition then skips it). A diagnostic only: the engine fits a
-        nearest-class-mean classifier on it (:func:`mmcl.engine.forgetting_decomposition`), never
-        a prediction of the method's. Default: None."""
+        (the engine's forgetting decomposition then skips it). The engine fits a nearest-class-mean
+        classifier on it (:func:`mmcl.engine.forgetting_decomposition`), a diagnostic, never a
+        prediction of the method's. Default: None."""
         return None
+
+    def classify(self, features: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
+        """Logits over ``label_space`` from :meth:`representation`'s ``features``. A method that
+        defines it promises ``predict(batch) == classify(representation(batch))`` wherever the
+        representation is not None, so the engine reads predictions and the forgetting probe's
+        features from one forward pass (:meth:`predict_with_features`)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither predict nor classify")
+
+    def predict_with_features(self, batch: Batch, label_space: torch.Tensor,
+                              modality_known: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`predict`'s logits and the :meth:`representation` features they were computed from
+        (None where the method predicts otherwise: no :meth:`classify`, or no representation here)."""
+        if type(self).classify is not Method.classify:
+            features = self.representation(batch, modality_known)
+            if features is not None:
+                return self.classify(features, label_space), features
+        return self.predict(batch, label_space, modality_known), None
 
     def run_record(self) -> dict:
         """Extra entries of the run's ``metrics.json`` (e.g. the replay buffer); none by default."""

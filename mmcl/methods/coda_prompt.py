@@ -143,11 +143,11 @@ class CODAPrompt(Method):
         ortho = sum(orthogonality_penalty(self.used(name)) for name in self.pool)
         return ce + self.hparams.ortho_weight * ortho, {"ce": ce.item(), "ortho": ortho.item()}
 
-    def predict(self, batch, label_space, modality_known=True):
-        return self.head(self.embed(batch), label_space)
-
     def representation(self, batch, modality_known=True):
         return self.embed(batch)
+
+    def classify(self, features, label_space):
+        return self.head(features, label_space)
 
     def optimizer_parameter_groups(self):
         return prompt_parameter_groups(self, self.context.config.train.lr * self.hparams.prompt_lr_scale)

@@ -544,10 +544,6 @@ class COMM(Method):
         if h.realign_layer == "head":
             self.head.weight.requires_grad_(h.head.train)
 
-    def predict(self, batch, label_space, modality_known=True):
-        embeddings, _, _ = self.embed_batch(batch, known=modality_known)
-        return self.classify(self.combine(embeddings), label_space)
-
     def representation(self, batch, modality_known=True):
         """The prompted embeddings before the re-alignment layer (which, with the head, is the classifier)."""
         embeddings, _, _ = self.embed_batch(batch, known=modality_known)

@@ -117,10 +117,10 @@ class ICaRL(TextAnchoredMethod):
                 self.means.add(self.normalised_features(batch), batch.labels)
         self.train(was_training)
 
-    def predict(self, batch, label_space, modality_known=True):
+    def classify(self, features, label_space):
         if not self.hparams.nme:
-            return self.logits(batch, label_space)
-        return self.means.logits(self.features(batch), label_space, self.encoder.logit_scale)
+            return self.head(features, label_space)
+        return self.means.logits(features, label_space, self.encoder.logit_scale)
 
     def run_record(self) -> dict:
         return buffer_record(self.buffer, self.context.tasks, self.hparams.per_class, self.hparams.buffer_size,

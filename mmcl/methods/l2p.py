@@ -73,11 +73,11 @@ class L2P(Method):
         matching = key_query_matching_loss(similarity)
         return ce + self.hparams.matching_weight * matching, {"ce": ce.item(), "match": matching.item()}
 
-    def predict(self, batch, label_space, modality_known=True):
-        return self.head(self.embed(batch)[0], label_space)
-
     def representation(self, batch, modality_known=True):
         return self.embed(batch)[0]
+
+    def classify(self, features, label_space):
+        return self.head(features, label_space)
 
     def optimizer_parameter_groups(self):
         return prompt_parameter_groups(self, self.context.config.train.lr * self.hparams.prompt_lr_scale)

@@ -210,8 +210,7 @@ class MoEAdapters(Method):
     def predict(self, batch: Batch, label_space: torch.Tensor, modality_known: bool = True) -> torch.Tensor:
         candidates = [] if modality_known else self.agnostic_adapter_sets(batch)
         if not candidates:
-            output = self.adapters.encode(self.encoder, batch.inputs)
-            return self.head(fuse_embeddings(output.embeddings, self.hparams.fusion), label_space)
+            return self.classify(self.representation(batch, modality_known), label_space)
         # Modality-agnostic (design choice): every trained adapter set of the batch's tower scores each
         # sample; the set whose prediction is the most confident (largest softmax probability) wins.
         (modality,) = batch.inputs
@@ -234,6 +233,9 @@ class MoEAdapters(Method):
         if not modality_known and self.agnostic_adapter_sets(batch):
             return None
         return fuse_embeddings(self.adapters.encode(self.encoder, batch.inputs).embeddings, self.hparams.fusion)
+
+    def classify(self, features: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
+        return self.head(features, label_space)
 
     def agnostic_adapter_sets(self, batch: Batch) -> list[str]:
         """The adapter sets a single-modality batch may be read with when its modality is not known:

@@ -80,10 +80,10 @@ class RanPAC(TextAnchoredMethod):
     def representation(self, batch, modality_known=True):
         return self.projected(batch) if bool(self.fitted) else self.features(batch)
 
-    def predict(self, batch, label_space, modality_known=True):
+    def classify(self, features, label_space):
         if not bool(self.fitted):
-            return self.logits(batch, label_space)
-        return self.projected(batch) @ self.readout[:, label_space]
+            return self.head(features, label_space)
+        return features @ self.readout[:, label_space]
 
     def run_record(self) -> dict:
         return {"ranpac": {"projection_dim": self.hparams.projection_dim, "ridge_per_task": self.ridges}}

@@ -43,8 +43,8 @@ class SimpleCIL(TextAnchoredMethod):
         for batch in iterate_task_batches(task.train, self.context.config.train.eval_batch_size, self.context.device):
             self.bank.add(self.features(batch), batch.labels)
 
-    def predict(self, batch, label_space, modality_known=True):
-        return self.bank.logits(self.features(batch), label_space, self.encoder.logit_scale)
+    def classify(self, features, label_space):
+        return self.bank.logits(features, label_space, self.encoder.logit_scale)
 
     def run_record(self) -> dict:
         return {"prototypes": {"samples_per_class": {str(c): int(n) for c, n in enumerate(self.bank.counts.tolist())

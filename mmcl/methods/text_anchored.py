@@ -77,10 +77,11 @@ class TextAnchoredMethod(Method):
         space = self.head.label_space(task)
         return F.cross_entropy(self.logits(batch, space), targets_in(space, batch.labels))
 
-    def predict(self, batch: Batch, label_space: torch.Tensor, modality_known: bool = True) -> torch.Tensor:
-        return self.logits(batch, label_space)
-
     def representation(self, batch: Batch, modality_known: bool = True) -> torch.Tensor | None:
         """The fused features the cosine head reads (a subclass that predicts from other features overrides it)."""
         return self.features(batch)
+
+    def classify(self, features: torch.Tensor, label_space: torch.Tensor) -> torch.Tensor:
+        """The cosine head (a subclass with prototypes or a readout overrides it)."""
+        return self.head(features, label_space)
 
