@@ -27,12 +27,27 @@ from pathlib import Path
 import pandas as pd
 
 from mmcl import environment, records, results, tuned
-from mmcl.config import Config, ConfigError, list_parameter, load_config
+from mmcl.config import SCENARIOS, Config, ConfigError, list_parameter, load_config
 from mmcl.data.benchmarks import generate_cached, load_benchmark, synthetic_cache_path
 from mmcl.progress import enabled
 
 NOTEBOOKS = ("00_data_prep", "10_class_incremental", "11_domain_incremental", "12_modality_incremental",
              "20_ablations", "30_figures_and_tables")
+# The three scenario sweeps are one source notebook, executed once per scenario under the sequence's
+# names (``--only 10_class_incremental``, runs/<profile>/notebooks/10_class_incremental.ipynb) with
+# its ``scenario`` parameter injected: executed notebook -> (source notebook, injected parameters).
+# A notebook not listed is its own source, with nothing injected.
+SCENARIO_NOTEBOOK = "10_scenario"
+NOTEBOOK_SOURCES: dict[str, tuple[str, dict]] = {
+    "10_class_incremental": (SCENARIO_NOTEBOOK, {"scenario": "class_incremental"}),
+    "11_domain_incremental": (SCENARIO_NOTEBOOK, {"scenario": "domain_incremental"}),
+    "12_modality_incremental": (SCENARIO_NOTEBOOK, {"scenario": "modality_incremental"}),
+}
+SCENARIO_OF_NOTEBOOK = {name: injected["scenario"] for name, (_, injected) in NOTEBOOK_SOURCES.items()}
+# The benchmarks of a scenario notebook whose ``benchmarks`` parameter is None, where they are not
+# the profile's for the scenario (its benchmark, ``also_on`` and ``appendix``; :func:`sweep_jobs`):
+# class-incremental learning runs on both class-incremental benchmarks.
+SCENARIO_NOTEBOOK_BENCHMARKS = {"class_incremental": ["av-events", "ego-activities"]}
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # An installed wheel ships the notebooks inside the package (mmcl/notebooks, see pyproject.toml);
 # a source checkout (editable install, PYTHONPATH) has them in its top-level notebooks/ folder.
@@ -95,15 +110,10 @@ def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = No
     ``methods``, ``seeds`` and ``benchmarks`` may be strings that parse to lists (papermill's
     ``-p seeds "[0]"``, ``"0 1 2"``; :func:`mmcl.config.list_parameter`)."""
     # open_clip and the methods (seconds): `mmcl claims` imports this module for DOCS_DIR alone
-    from mmcl.hparams import scenario_benchmark
     from mmcl.methods import REGISTRY
 
     methods, seeds = list_parameter(methods, "methods"), list_parameter(seeds, "seeds", int)
-    benchmarks = list_parameter(benchmarks, "benchmarks")
-    if not benchmarks:
-        entry = config.scenarios.get(scenario)
-        more = [*entry.also_on, *entry.appendix] if entry else []
-        benchmarks = [scenario_benchmark(config, scenario, None), *more]
+    benchmarks = list_parameter(benchmarks, "benchmarks") or profile_benchmarks(config, scenario)
     jobs = []
     for benchmark in benchmarks:
         for method in compatible_methods(scenario, methods):
@@ -111,6 +121,26 @@ def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = No
             comparisons = cls.comparisons.items() if scenario in cls.comparison_scenarios else ()
             jobs += method_jobs(config, scenario, method, [benchmark], comparisons, seeds)
     return jobs
+
+
+def profile_benchmarks(config: Config, scenario: str) -> list[str]:
+    """The profile's benchmarks for ``scenario``: its benchmark, its ``also_on`` and its
+    ``appendix`` benchmarks (``scenarios.<name>`` of the profile)."""
+    from mmcl.hparams import scenario_benchmark
+
+    entry = config.scenarios.get(scenario)
+    return [scenario_benchmark(config, scenario, None), *([*entry.also_on, *entry.appendix] if entry else [])]
+
+
+def scenario_notebook_benchmarks(config: Config, scenario: str, benchmarks: Sequence[str] | str | None = None
+                                 ) -> list[str]:
+    """The benchmarks the scenario notebook sweeps for ``scenario``: ``benchmarks`` when given (a
+    list, or a string that parses to one), else :data:`SCENARIO_NOTEBOOK_BENCHMARKS` of the scenario,
+    else the profile's (:func:`profile_benchmarks`)."""
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"scenario {scenario!r}: unknown; known: {list(SCENARIOS)}")
+    chosen = list_parameter(benchmarks, "benchmarks") or SCENARIO_NOTEBOOK_BENCHMARKS.get(scenario)
+    return list(chosen) if chosen else profile_benchmarks(config, scenario)
 
 
 def run_sweep(config: Config, scenario: str, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
@@ -290,16 +320,26 @@ def _kernel_manager() -> tuple[type, dict]:
     return NotebookKernelManager, hooks
 
 
+def notebook_source(name: str, notebook_dir: Path = NOTEBOOK_DIR) -> tuple[Path, dict]:
+    """The source notebook that notebook ``name`` of the sequence is executed from, and the
+    parameters injected into it (:data:`NOTEBOOK_SOURCES`); any other name is its own source."""
+    source, injected = NOTEBOOK_SOURCES.get(name, (name, {}))
+    return notebook_dir / f"{source}.ipynb", dict(injected)
+
+
 def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR,
                      kernel: str = "python3", log_output: bool = True) -> float:
-    """Execute one notebook with papermill; return its seconds. Raises :class:`NotebookFailed`."""
+    """Execute notebook ``name`` of the sequence (from its source, :func:`notebook_source`, with
+    the source's injected parameters over ``parameters``) with papermill into ``output_path``;
+    return its seconds. Raises :class:`NotebookFailed`."""
     # papermill (and nbclient, jupyter): only when notebooks run
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    source = notebook_dir / f"{name}.ipynb"
+    source, injected = notebook_source(name, notebook_dir)
     if not source.is_file():
         raise NotebookFailed(f"notebook {source} not found")
+    parameters = parameters | injected  # the executed notebook's name fixes its scenario
     with records.writing(output_path):
         output_path.parent.mkdir(parents=True, exist_ok=True)
     manager, hooks = _kernel_manager()
@@ -311,14 +351,11 @@ def execute_notebook(name: str, output_path: Path, parameters: dict, notebook_di
     except PapermillExecutionError as error:
         first_line = next((line for line in error.source.splitlines() if line.strip()), "")
         raise NotebookFailed(
-            f"notebook {name}.ipynb failed in cell {error.cell_index} (execution count {error.exec_count}), "
+            f"notebook {name}.ipynb{'' if source.stem == name else f' (from {source.name})'} failed in cell "
+            f"{error.cell_index} (execution count {error.exec_count}), "
             f"which starts with: {first_line!r}\n  {error.ename}: {error.evalue}\n"
             f"  the executed notebook with the full traceback: {output_path}") from None
     return time.perf_counter() - started
-
-
-SCENARIO_OF_NOTEBOOK = {"10_class_incremental": "class_incremental", "11_domain_incremental": "domain_incremental",
-                        "12_modality_incremental": "modality_incremental"}
 
 
 def _effective_parameters(source: Path, parameters: dict) -> dict:
@@ -342,8 +379,9 @@ def _runs_complete(name: str, source: Path, parameters: dict) -> bool:
     values = _effective_parameters(source, parameters)
     config = load_config(values["profile"], values.get("overrides") or [])
     if name in SCENARIO_OF_NOTEBOOK:
-        jobs = sweep_jobs(config, SCENARIO_OF_NOTEBOOK[name], values.get("methods"), values["seeds"],
-                          values.get("benchmarks"))
+        scenario = values["scenario"]
+        jobs = sweep_jobs(config, scenario, values.get("methods"), values["seeds"],
+                          scenario_notebook_benchmarks(config, scenario, values.get("benchmarks")))
     elif name == "20_ablations":
         jobs = ablation_jobs(config, values.get("methods"), values["seeds"], values.get("scenarios"))
     else:
@@ -354,11 +392,13 @@ def _runs_complete(name: str, source: Path, parameters: dict) -> bool:
 
 def up_to_date(name: str, executed: Path, parameters: dict, notebook_dir: Path = NOTEBOOK_DIR) -> bool:
     """A notebook need not run again when its executed copy finished without error, with the same
-    parameters, after the last change of the notebook, and every run it makes is complete (the
-    figures notebook: newer than every run record)."""
+    parameters (those injected from :data:`NOTEBOOK_SOURCES` included), after the last change of its
+    source notebook, and every run it makes is complete (the figures notebook: newer than every run
+    record)."""
     import nbformat  # only when notebooks run
 
-    source = notebook_dir / f"{name}.ipynb"
+    source, injected = notebook_source(name, notebook_dir)
+    parameters = parameters | injected
     if not executed.is_file() or executed.stat().st_mtime < source.stat().st_mtime:
         return False
     try:
@@ -376,8 +416,9 @@ def up_to_date(name: str, executed: Path, parameters: dict, notebook_dir: Path =
 
 def notebook_parameters(name: str, profile: str, overrides: list[str], output_dir: Path, figures_dir: Path,
                         seeds: list[int] | None, update_docs: bool = False) -> dict:
-    """The papermill parameters of notebook ``name`` (only those its parameters cell declares).
-    ``update_docs``: the figures notebook also rewrites the claims blocks of docs/methods."""
+    """The papermill parameters of notebook ``name`` (only those its parameters cell declares), a
+    scenario notebook's ``scenario`` included (:data:`NOTEBOOK_SOURCES`). ``update_docs``: the
+    figures notebook also rewrites the claims blocks of docs/methods."""
     parameters: dict = {"profile": profile, "overrides": overrides, "output_dir": str(output_dir)}
     if seeds is not None and name != "30_figures_and_tables":  # data preparation: a backbone per seed
         parameters["seeds"] = list(seeds)
@@ -387,7 +428,7 @@ def notebook_parameters(name: str, profile: str, overrides: list[str], output_di
             parameters["docs_dir"] = str(DOCS_DIR)
     if name == "00_data_prep":
         parameters.pop("output_dir")
-    return parameters
+    return parameters | NOTEBOOK_SOURCES.get(name, (name, {}))[1]
 
 
 def stale_runs(root: str | Path, fingerprint: str | None = None) -> list[tuple[Path, str | None]]:
@@ -463,6 +504,10 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
     unknown = [n for n in notebooks if n not in NOTEBOOKS and not (notebook_dir / f"{n}.ipynb").is_file()]
     if unknown:
         raise ConfigError(f"unknown notebooks {unknown}; the sequence is {list(NOTEBOOKS)}")
+    for source in [n for n in notebooks if n not in NOTEBOOKS]:  # 10_scenario: as each of its scenarios' names
+        executed_as = [n for n, (s, _) in NOTEBOOK_SOURCES.items() if s == source]
+        if executed_as:
+            raise ConfigError(f"notebook {source} runs as {', '.join(executed_as)}, each with its scenario: name those")
     _papermill_logging()
     environment.warn_lock_differences()
     from mmcl.executors import make_executor  # the engine: open_clip and the methods (seconds)

@@ -17,7 +17,7 @@ def _git(checkout, *arguments):
 def checkout(tmp_path, monkeypatch):
     """A committed checkout of a package's layout, with records.PACKAGE_DIR pointing into it."""
     files = {"mmcl/__init__.py": "", "mmcl/engine.py": "STEPS = 1\n", "mmcl/profiles/tiny.yaml": "seed: 0\n",
-             "notebooks/10_class_incremental.ipynb": "{}\n", "pyproject.toml": "[project]\n",
+             "notebooks/10_scenario.ipynb": "{}\n", "pyproject.toml": "[project]\n",
              "docs/methods/comm.md": "<!-- claims -->\nold\n", "docs/benchmark.md": "calibration\n",
              "README.md": "readme\n", "figures/README.md": "figures\n", "tests/test_engine.py": "\n"}
     for name, text in files.items():
@@ -45,7 +45,7 @@ def test_pipeline_outputs_leave_the_code_clean_and_code_changes_make_it_dirty(ch
         (checkout / name).write_text((checkout / name).read_text() + "new\n")
     assert _dirty() is False
 
-    notebook = checkout / "notebooks" / "10_class_incremental.ipynb"
+    notebook = checkout / "notebooks" / "10_scenario.ipynb"
     notebook.write_text('{"cells": []}\n')
     assert _dirty() is True
     notebook.write_text("{}\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mmcl import reproduce
-from mmcl.config import ConfigError, load_config
+from mmcl import reproduce, results
+from mmcl.config import SCENARIOS, ConfigError, load_config
 
 SMOKE_PARAMETERS = {"10_class_incremental": {"benchmarks": ["av-events"]}, "20_ablations": {"methods": ["lwf"]}}
 
@@ -37,13 +38,30 @@ def reproduced(tmp_path_factory, mmcl_cache):
 
 
 def test_notebooks_have_one_parameters_cell_and_no_outputs():
-    for name in reproduce.NOTEBOOKS:
-        notebook = nbformat.read(reproduce.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    sources = {reproduce.notebook_source(name)[0] for name in reproduce.NOTEBOOKS}
+    assert sorted(p.name for p in sources) == sorted(p.name for p in reproduce.NOTEBOOK_DIR.glob("*.ipynb"))
+    for source in sources:
+        notebook = nbformat.read(source, as_version=4)
         tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1, name
+        assert len(tagged) == 1, source.name
         assert "profile" in tagged[0].source
         code = [c for c in notebook.cells if c.cell_type == "code"]
-        assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs"
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{source.name} has outputs"
+
+
+def test_the_scenario_notebooks_are_one_source_with_the_scenario_injected(tmp_path):
+    declared = {}
+    source = reproduce.NOTEBOOK_DIR / f"{reproduce.SCENARIO_NOTEBOOK}.ipynb"
+    cell = next(c for c in nbformat.read(source, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    exec(cell.source, {}, declared)
+    assert declared["scenario"] == "class_incremental"
+    for name, scenario in reproduce.SCENARIO_OF_NOTEBOOK.items():
+        assert reproduce.notebook_source(name) == (source, {"scenario": scenario})
+        parameters = reproduce.notebook_parameters(name, "smoke", [], tmp_path, tmp_path, [0])
+        assert parameters["scenario"] == scenario and set(parameters) <= set(declared)
+    assert set(reproduce.SCENARIO_OF_NOTEBOOK.values()) == set(SCENARIOS)
+    with pytest.raises(ConfigError, match="10_scenario runs as 10_class_incremental, 11_domain_incremental"):
+        reproduce.reproduce("smoke", output_dir=tmp_path, notebooks=["10_scenario"])
 
 
 def test_every_notebook_runs_on_smoke(reproduced):
@@ -54,6 +72,12 @@ def test_every_notebook_runs_on_smoke(reproduced):
         notebook = nbformat.read(executed / f"{name}.ipynb", as_version=4)
         assert notebook.metadata["papermill"]["exception"] in (None, False), name
         assert any(c.get("outputs") for c in notebook.cells if c.cell_type == "code"), name
+        scenario = reproduce.SCENARIO_OF_NOTEBOOK.get(name)
+        if scenario:  # the one scenario source, run with its scenario: its title, its table
+            assert notebook.metadata["papermill"]["parameters"]["scenario"] == scenario, name
+            shown = json.dumps([c.get("outputs", []) for c in notebook.cells])
+            assert f"{results.SCENARIO_TITLES[scenario]} learning" in shown, name
+            assert "text/html" in shown, f"{name} shows no table"
 
 
 def test_every_plot_cell_shows_its_figure(reproduced):
@@ -66,8 +90,12 @@ def test_every_plot_cell_shows_its_figure(reproduced):
     for name in reproduce.NOTEBOOKS:
         for index, cell in enumerate(nbformat.read(executed / f"{name}.ipynb", as_version=4).cells):
             if cell.cell_type == "code" and "plots.plot_" in cell.source:
-                plot_cells += 1
                 shown = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+                guard = re.match(r'if scenario == "(\w+)"', cell.source)  # a figure of one scenario alone
+                if guard and guard.group(1) != reproduce.SCENARIO_OF_NOTEBOOK.get(name):
+                    assert not shown, f"{name}.ipynb cell {index} is for {guard.group(1)} only"
+                    continue
+                plot_cells += 1
                 assert shown, f"{name}.ipynb cell {index} draws a figure but shows none: {cell.source[:80]!r}"
     assert plot_cells >= 12
 

@@ -30,7 +30,10 @@ def test_wheel_holds_modules_profiles_model_configs_and_notebooks(tmp_path):
     expected.add("mmcl/methods/index.json")  # the method index `mmcl list` reads (mmcl.method_index)
     expected |= {p.relative_to(ROOT).as_posix() for folder in ("mmcl", "data_prep")
                  for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
-    assert len([n for n in expected if n.startswith("mmcl/notebooks/")]) >= 6
+    from mmcl.reproduce import NOTEBOOKS, notebook_source  # the sequence's source notebooks (one per scenario sweep)
+
+    assert {f"mmcl/notebooks/{notebook_source(n)[0].name}" for n in NOTEBOOKS} == \
+        {n for n in expected if n.startswith("mmcl/notebooks/")}
     assert {"mmcl/profiles/smoke.yaml", "mmcl/models/configs/mmcl-micro.json"} <= expected
     assert sorted(expected - names) == []
 

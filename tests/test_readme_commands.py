@@ -77,17 +77,19 @@ def readme_blocks() -> list[tuple[str, list[Command]]]:
 
 def parameter_examples() -> list[Command]:
     """The papermill parameter examples (inline ``-p ...`` / ``-y ...``) of each notebook's first
-    markdown cell and of the README's prose (those apply to any scenario notebook: checked on
-    10_class_incremental), each made a whole papermill command."""
+    markdown cell and of the README's prose (those apply to the scenario notebook: checked on
+    10_scenario), each made a whole papermill command, and the whole ``papermill ...`` commands of
+    the notebooks' first markdown cells."""
     examples = []
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         intro = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
         for fragment in re.findall(r"`(-[py] [^`]+)`", intro.source):
             examples.append(Command(f"notebooks/{path.name}", f"papermill notebooks/{path.name} out.ipynb {fragment}"))
+        examples += [Command(f"notebooks/{path.name}", text) for text in re.findall(r"`(papermill [^`]+)`", intro.source)]
     for line_number, line in enumerate(README.read_text().splitlines(), 1):
         for fragment in re.findall(r"`(-[py] [^`]+)`", line):
             examples.append(Command(f"README.md:{line_number}",
-                                    f"papermill notebooks/10_class_incremental.ipynb out.ipynb {fragment}"))
+                                    f"papermill notebooks/10_scenario.ipynb out.ipynb {fragment}"))
     for example in examples:
         example.argv = _split(example.text)
     return examples
@@ -199,6 +201,7 @@ def check_papermill(command: Command, cwd: Path, monkeypatch) -> None:
     assert not set(names["methods"]) - set(index), f"{where}: no method {set(names['methods']) - set(index)}"
     assert not set(names["benchmarks"]) - set(config.benchmarks), f"{where}: no benchmark {names['benchmarks']}"
     assert not set(names["scenarios"]) - set(SCENARIOS), f"{where}: no scenario {names['scenarios']}"
+    assert values.get("scenario", SCENARIOS[0]) in SCENARIOS, f"{where}: no scenario {values['scenario']!r}"
 
 
 def check_data_prep(command: Command, full: dict[str, list[str]], monkeypatch) -> None:
@@ -319,7 +322,7 @@ def test_readme_block_runs_as_written(block, workdir, monkeypatch):
             check_mmcl_arguments(Command(command.source, said.group(1)), _split(said.group(1))[1:])
 
 
-@pytest.mark.parametrize("command", parameter_examples(), ids=lambda c: f"{c.source} {c.text.split('out.ipynb ')[1]}")
+@pytest.mark.parametrize("command", parameter_examples(), ids=lambda c: f"{c.source} {c.text.partition('out.ipynb ')[2] or c.text}")
 def test_papermill_parameter_examples_run_as_written(command, workdir, monkeypatch):
     check_papermill(command, workdir[0], monkeypatch)
 
