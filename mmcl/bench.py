@@ -25,6 +25,8 @@ import time
 import torch
 
 from mmcl.config import Config
+from mmcl.data.dataset import Batch, MultiModalDataset
+from mmcl.data.stream import Task
 from mmcl.engine import build_run
 from mmcl.hparams import variant_overrides, with_method_overrides
 from mmcl.runtime import autocast_for, pins_memory, resolve_device, run_threads
@@ -92,62 +94,22 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
     device = resolve_device(config.runtime.device)
     torch.set_num_threads(run_threads(config, device))
     method_obj, stream = build_run(config, scenario, method, seed, device=device)
-    tasks = method_obj.context.tasks  # training views, as the engine passes them
-    for task in tasks[: min(1, len(tasks) - 1) + 1]:  # begin the second task (or the only one)
-        method_obj.context.seen_classes = sorted({c for t in tasks[: task.index + 1] for c in t.classes})
-        method_obj.begin_task(task)
-        if task.index == 0 and len(tasks) > 1:
-            method_obj.end_task(task)
-    task = tasks[min(1, len(tasks) - 1)]
+    task = _enter_second_task(method_obj)
     size = config.train.batch_size
-    generator = torch.Generator().manual_seed(seed)
     pin = pins_memory(config, device)
-    started = time.perf_counter()
-    batches = [b.to(device, pin_memory=pin) for b in task.train.batches(size, shuffle=True, generator=generator,
-                                                                        drop_last=True)]
-    _sync(device)
-    data_seconds = (time.perf_counter() - started) / max(len(batches), 1)
-    if not batches:
-        raise ValueError(f"task {task.index} has {len(task.train)} samples, fewer than one batch of {size}")
+    batches, data_seconds = _device_batches(task, size, seed, device, pin)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def timed(step_fn) -> float:
-        for i in range(warmup):
-            step_fn(batches[i % len(batches)])
-        _sync(device)
-        started = time.perf_counter()
-        for i in range(steps):
-            step_fn(batches[i % len(batches)])
-        _sync(device)
-        return (time.perf_counter() - started) / steps
+        return _seconds_per_step(step_fn, batches, warmup, steps, device)
 
     result = {"method": method, "variant": variant, "profile": config.profile, "scenario": scenario,
               "device": str(device), "batch_size": size, "steps": steps, "modalities": list(task.modalities)}
     if method_obj.trains:
-        optimizer = make_optimizer(method_obj, config)
-        method_obj.train()
-        method_obj.encoder.eval()
-        phases: dict[str, float] = {}
-        seconds = timed(lambda b: train_step(method_obj, b, task, optimizer, config, device, phases))
-        result |= {"train_ms_per_step": 1000 * seconds, "train_samples_per_second": size / seconds}
-        # phases summed over warm-up and timed steps
-        result |= {f"step_{name}_ms": 1000 * phases[name] / (warmup + steps)
-                   for name in ("forward", "backward", "optimizer")}
-        flops = count_flops(lambda: train_step(method_obj, batches[0], task, optimizer, config, device, {}))
-        result |= {"train_gflop_per_step": flops / 1e9, "train_gflops": flops / 1e9 / seconds}
+        result |= _bench_training(method_obj, task, batches, config, device, timed, warmup + steps)
     method_obj.eval()
-
-    @torch.no_grad()
-    def frozen_forward(batch):
-        with autocast_for(config, device):
-            for modality, x in batch.inputs.items():
-                method_obj.encoder.encode(modality, x)
-
-    seconds = timed(frozen_forward)
-    result |= {"forward_ms_per_step": 1000 * seconds, "forward_samples_per_second": size / seconds}
-    flops = count_flops(lambda: frozen_forward(batches[0]))
-    result |= {"forward_gflop_per_step": flops / 1e9, "forward_gflops": flops / 1e9 / seconds}
+    result |= _bench_frozen_forward(method_obj, batches, config, device, timed)
     rate, matmul_size = matmul_rate(config, device)
     result |= {"matmul_gflops": rate / 1e9, "matmul_size": matmul_size}
     if peak_tflops:
@@ -157,18 +119,92 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
         result["train_over_forward"] = result["train_ms_per_step"] / result["forward_ms_per_step"]
         result["step_trainable_forward_ms"] = max(0.0, result["step_forward_ms"] - result["forward_ms_per_step"])
     evaluation = stream.tasks[task.index].test  # the training view holds no test data
+    result["eval_ms_per_sample"] = _eval_ms_per_sample(method_obj, evaluation, config, device, pin)
+    result["trainable_parameters"] = sum(p.numel() for p in method_obj.parameters() if p.requires_grad)
+    if device.type == "cuda":
+        result["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    result["peak_process_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _enter_second_task(method_obj) -> Task:
+    """Begin the stream's second task (or its only one), the first ended, as the engine would: the
+    task whose steps are timed (training view)."""
+    tasks = method_obj.context.tasks  # training views, as the engine passes them
+    for task in tasks[: min(1, len(tasks) - 1) + 1]:  # begin the second task (or the only one)
+        method_obj.context.seen_classes = sorted({c for t in tasks[: task.index + 1] for c in t.classes})
+        method_obj.begin_task(task)
+        if task.index == 0 and len(tasks) > 1:
+            method_obj.end_task(task)
+    return tasks[min(1, len(tasks) - 1)]
+
+
+def _device_batches(task: Task, size: int, seed: int, device: torch.device, pin: bool) -> tuple[list[Batch], float]:
+    """(the task's full training batches on ``device``, seconds per batch to make and move them)."""
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    batches = [b.to(device, pin_memory=pin) for b in task.train.batches(size, shuffle=True, generator=generator,
+                                                                        drop_last=True)]
+    _sync(device)
+    data_seconds = (time.perf_counter() - started) / max(len(batches), 1)
+    if not batches:
+        raise ValueError(f"task {task.index} has {len(task.train)} samples, fewer than one batch of {size}")
+    return batches, data_seconds
+
+
+def _seconds_per_step(step_fn, batches: list[Batch], warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per call of ``step_fn(batch)`` over ``steps`` calls, after ``warmup`` untimed ones."""
+    for i in range(warmup):
+        step_fn(batches[i % len(batches)])
+    _sync(device)
+    started = time.perf_counter()
+    for i in range(steps):
+        step_fn(batches[i % len(batches)])
+    _sync(device)
+    return (time.perf_counter() - started) / steps
+
+
+def _bench_training(method_obj, task: Task, batches: list[Batch], config: Config, device: torch.device,
+                    timed, calls: int) -> dict:
+    """The training step's time, its phases (summed over the ``calls`` warm-up and timed steps) and FLOPs."""
+    size = config.train.batch_size
+    optimizer = make_optimizer(method_obj, config)
+    method_obj.train()
+    method_obj.encoder.eval()
+    phases: dict[str, float] = {}
+    seconds = timed(lambda b: train_step(method_obj, b, task, optimizer, config, device, phases))
+    result = {"train_ms_per_step": 1000 * seconds, "train_samples_per_second": size / seconds}
+    result |= {f"step_{name}_ms": 1000 * phases[name] / calls for name in ("forward", "backward", "optimizer")}
+    flops = count_flops(lambda: train_step(method_obj, batches[0], task, optimizer, config, device, {}))
+    return result | {"train_gflop_per_step": flops / 1e9, "train_gflops": flops / 1e9 / seconds}
+
+
+def _bench_frozen_forward(method_obj, batches: list[Batch], config: Config, device: torch.device, timed) -> dict:
+    """The floor: time and FLOPs of the frozen backbone's forward pass alone on the same batches."""
+    size = config.train.batch_size
+
+    @torch.no_grad()
+    def frozen_forward(batch):
+        with autocast_for(config, device):
+            for modality, x in batch.inputs.items():
+                method_obj.encoder.encode(modality, x)
+
+    seconds = timed(frozen_forward)
+    result = {"forward_ms_per_step": 1000 * seconds, "forward_samples_per_second": size / seconds}
+    flops = count_flops(lambda: frozen_forward(batches[0]))
+    return result | {"forward_gflop_per_step": flops / 1e9, "forward_gflops": flops / 1e9 / seconds}
+
+
+def _eval_ms_per_sample(method_obj, evaluation: MultiModalDataset, config: Config, device: torch.device,
+                        pin: bool) -> float:
+    """Milliseconds per sample of predicting ``evaluation`` over the seen classes."""
     started = time.perf_counter()
     with torch.no_grad(), autocast_for(config, device):
         space = torch.tensor(method_obj.context.seen_classes, device=device)
         for batch in evaluation.batches(config.train.eval_batch_size):
             method_obj.predict(batch.to(device, pin_memory=pin), space)
     _sync(device)
-    result["eval_ms_per_sample"] = 1000 * (time.perf_counter() - started) / max(len(evaluation), 1)
-    result["trainable_parameters"] = sum(p.numel() for p in method_obj.parameters() if p.requires_grad)
-    if device.type == "cuda":
-        result["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    result["peak_process_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
+    return 1000 * (time.perf_counter() - started) / max(len(evaluation), 1)
 
 
 def format_bench(result: dict) -> str:

@@ -276,18 +276,13 @@ class Config(_Strict):
                     f"scenarios.{name}.benchmark: {scenario.benchmark!r} is not among "
                     f"benchmarks {sorted(self.benchmarks)}"
                 )
-            for position, name_ in enumerate(scenario.appendix):
-                if name_ not in self.benchmarks or name_ == scenario.benchmark:
-                    raise ValueError(
-                        f"scenarios.{name}.appendix.{position}: {name_!r} is "
-                        + ("the main benchmark" if name_ == scenario.benchmark
-                           else f"not among benchmarks {sorted(self.benchmarks)}"))
-            for position, name_ in enumerate(scenario.ablations_also_on):
-                if name_ not in self.benchmarks or name_ == scenario.benchmark:
-                    raise ValueError(
-                        f"scenarios.{name}.ablations_also_on.{position}: {name_!r} is "
-                        + ("the main benchmark" if name_ == scenario.benchmark
-                           else f"not among benchmarks {sorted(self.benchmarks)}"))
+            for field in ("appendix", "ablations_also_on"):  # other benchmarks of the profile
+                for position, name_ in enumerate(getattr(scenario, field)):
+                    if name_ not in self.benchmarks or name_ == scenario.benchmark:
+                        raise ValueError(
+                            f"scenarios.{name}.{field}.{position}: {name_!r} is "
+                            + ("the main benchmark" if name_ == scenario.benchmark
+                               else f"not among benchmarks {sorted(self.benchmarks)}"))
         return self
 
     def fingerprint(self, *sections: str) -> str:

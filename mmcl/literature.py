@@ -111,8 +111,34 @@ def load_literature(path: str | Path | None = None, methods: Iterable[str] | Non
     if methods is None:
         methods = method_index.methods()
     known = set(methods)
+    data = _read_yaml(path)
+    _check_top_level(path, data)
+    sources = {}
+    for key, fields in data["sources"].items():
+        sources[str(key)] = _source(f"{path}: sources.{key}", str(key), fields)
+    if not isinstance(data["entries"], list) or not data["entries"]:
+        raise LiteratureError(f"{path}: entries: expected a non-empty list of published numbers")
+    entries = []
+    in_check: dict[tuple, int] = {}
+    for index, fields in enumerate(data["entries"]):
+        where = f"{path}: entries[{index}]"
+        entry = _entry(where, fields, sources, known)
+        if entry.in_check:
+            key = (entry.group, entry.scenario, entry.method)
+            if key in in_check:
+                raise LiteratureError(
+                    f"{where}.in_check: {entry.method!r} already has an entry in the check in this group "
+                    f"(entries[{in_check[key]}], {entry.source} {entry.table}, {entry.dataset}, {entry.protocol}); "
+                    f"set in_check: false on all but one")
+            in_check[key] = index
+        entries.append(entry)
+    return Literature(path, sources, tuple(entries))
+
+
+def _read_yaml(path: Path):
+    """The file's YAML; LiteratureError (where it can tell: the line) when it cannot be read or parsed."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise LiteratureError(f"{path}: cannot be read ({error.strerror or error})") from None
     except yaml.YAMLError as error:
@@ -120,6 +146,10 @@ def load_literature(path: str | Path | None = None, methods: Iterable[str] | Non
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or "syntax error"
         raise LiteratureError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def _check_top_level(path: Path, data) -> None:
+    """A mapping of exactly ``sources`` (itself a mapping) and ``entries``."""
     if not isinstance(data, dict):
         raise LiteratureError(f"{path}: expected a mapping with 'sources' and 'entries' at the top")
     for key in data:
@@ -130,69 +160,60 @@ def load_literature(path: str | Path | None = None, methods: Iterable[str] | Non
             raise LiteratureError(f"{path}: missing top-level key '{key}'")
     if not isinstance(data["sources"], dict):
         raise LiteratureError(f"{path}: sources: expected a mapping of source key -> citation, url, read_from")
-    sources = {}
-    for key, fields in data["sources"].items():
-        where = f"{path}: sources.{key}"
-        if not isinstance(fields, dict):
-            raise LiteratureError(f"{where}: expected a mapping with {', '.join(SOURCE_FIELDS)}")
-        for name in fields:
-            if name not in SOURCE_FIELDS:
-                raise LiteratureError(f"{where}.{name}: unknown key (allowed: {', '.join(SOURCE_FIELDS)})")
-        for name in SOURCE_FIELDS:
-            if name not in fields:
-                raise LiteratureError(f"{where}: missing key '{name}'")
+
+
+def _check_mapping(where: str, fields, expected: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    """``fields`` is a mapping (of the ``expected`` keys) with no key outside ``allowed``."""
+    if not isinstance(fields, dict):
+        raise LiteratureError(f"{where}: expected a mapping with {', '.join(expected)}")
+    for name in fields:
+        if name not in allowed:
+            raise LiteratureError(f"{where}.{name}: unknown key (allowed: {', '.join(allowed)})")
+
+
+def _require(where: str, fields: dict, name: str) -> None:
+    if name not in fields:
+        raise LiteratureError(f"{where}: missing key '{name}'")
+
+
+def _source(where: str, key: str, fields) -> Source:
+    _check_mapping(where, fields, SOURCE_FIELDS, SOURCE_FIELDS)
+    for name in SOURCE_FIELDS:
+        _require(where, fields, name)
+        _text(f"{where}.{name}", fields[name])
+    return Source(key, fields["citation"], fields["url"], fields["read_from"])
+
+
+def _entry(where: str, fields, sources: dict[str, Source], known: set[str]) -> Entry:
+    """One published number, checked: its texts, a percent value, and names the file and the code know."""
+    _check_mapping(where, fields, ENTRY_FIELDS, ENTRY_FIELDS + OPTIONAL_FIELDS)
+    for name in ENTRY_FIELDS:
+        _require(where, fields, name)
+    for name in ENTRY_FIELDS:
+        if name != "value":
             _text(f"{where}.{name}", fields[name])
-        sources[str(key)] = Source(str(key), fields["citation"], fields["url"], fields["read_from"])
-    if not isinstance(data["entries"], list) or not data["entries"]:
-        raise LiteratureError(f"{path}: entries: expected a non-empty list of published numbers")
-    entries = []
-    in_check: dict[tuple, int] = {}
-    for index, fields in enumerate(data["entries"]):
-        where = f"{path}: entries[{index}]"
-        if not isinstance(fields, dict):
-            raise LiteratureError(f"{where}: expected a mapping with {', '.join(ENTRY_FIELDS)}")
-        for name in fields:
-            if name not in ENTRY_FIELDS + OPTIONAL_FIELDS:
-                allowed = ", ".join(ENTRY_FIELDS + OPTIONAL_FIELDS)
-                raise LiteratureError(f"{where}.{name}: unknown key (allowed: {allowed})")
-        for name in ENTRY_FIELDS:
-            if name not in fields:
-                raise LiteratureError(f"{where}: missing key '{name}'")
-        for name in ENTRY_FIELDS:
-            if name != "value":
-                _text(f"{where}.{name}", fields[name])
-        for name in ("name_in_source", "note"):
-            if fields.get(name) is not None:
-                _text(f"{where}.{name}", fields[name])
-        value = fields["value"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 0 <= value <= 100:
-            raise LiteratureError(f"{where}.value: expected a number of percent in [0, 100], got {value!r}")
-        if fields["source"] not in sources:
-            raise LiteratureError(f"{where}.source: {fields['source']!r} is not a key of sources "
-                                  f"({', '.join(sources) or 'none'})")
-        if fields["scenario"] not in SCENARIOS:
-            raise LiteratureError(f"{where}.scenario: {fields['scenario']!r} is not one of {', '.join(SCENARIOS)}")
-        if fields["metric"] not in METRICS:
-            raise LiteratureError(f"{where}.metric: {fields['metric']!r} is not one of {', '.join(METRICS)}")
-        if fields["method"] not in known:
-            raise LiteratureError(f"{where}.method: {fields['method']!r} is not a registered method "
-                                  f"(see `mmcl list methods`)")
-        checked = fields.get("in_check", True)
-        if not isinstance(checked, bool):
-            raise LiteratureError(f"{where}.in_check: expected true or false, got {checked!r}")
-        entry = Entry(**{name: fields[name] for name in ENTRY_FIELDS if name != "value"}, value=float(value),
-                      name_in_source=fields.get("name_in_source"), note=fields.get("note"), in_check=checked)
-        if checked:
-            key = (entry.group, entry.scenario, entry.method)
-            if key in in_check:
-                raise LiteratureError(
-                    f"{where}.in_check: {entry.method!r} already has an entry in the check in this group "
-                    f"(entries[{in_check[key]}], {entry.source} {entry.table}, {entry.dataset}, {entry.protocol}); "
-                    f"set in_check: false on all but one")
-            in_check[key] = index
-        entries.append(entry)
-    return Literature(path, sources, tuple(entries))
+    for name in ("name_in_source", "note"):
+        if fields.get(name) is not None:
+            _text(f"{where}.{name}", fields[name])
+    value = fields["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= 100:
+        raise LiteratureError(f"{where}.value: expected a number of percent in [0, 100], got {value!r}")
+    if fields["source"] not in sources:
+        raise LiteratureError(f"{where}.source: {fields['source']!r} is not a key of sources "
+                              f"({', '.join(sources) or 'none'})")
+    if fields["scenario"] not in SCENARIOS:
+        raise LiteratureError(f"{where}.scenario: {fields['scenario']!r} is not one of {', '.join(SCENARIOS)}")
+    if fields["metric"] not in METRICS:
+        raise LiteratureError(f"{where}.metric: {fields['metric']!r} is not one of {', '.join(METRICS)}")
+    if fields["method"] not in known:
+        raise LiteratureError(f"{where}.method: {fields['method']!r} is not a registered method "
+                              f"(see `mmcl list methods`)")
+    checked = fields.get("in_check", True)
+    if not isinstance(checked, bool):
+        raise LiteratureError(f"{where}.in_check: expected true or false, got {checked!r}")
+    return Entry(**{name: fields[name] for name in ENTRY_FIELDS if name != "value"}, value=float(value),
+                 name_in_source=fields.get("name_in_source"), note=fields.get("note"), in_check=checked)
 
 
 # ------------------------------------------------------------------------------------ the pair rule

@@ -479,17 +479,12 @@ def plot_forgetting_decomposition(runs: pd.DataFrame, scenario: str) -> plt.Figu
         raise ValueError(f"no run of scenario {scenario!r} holds the forgetting decomposition")
     panels = _panels(selected)
     styles = method_styles(selected, scenario)
-    own = selected.assign(_own=pd.to_numeric(selected["own_old_accuracy"], errors="coerce"))
-    ranking = own.groupby(["benchmark", "mode", "label"])["_own"].mean().groupby("label").mean().sort_values(
-        kind="stable")
-    bars = [label for label in ranking.index if styles[label].role != "reference"]
-    others = [label for label in bars if not results.is_paper_method(results.split_label(label)[0])]
-    papers = [label for label in bars if label not in others]
+    others, papers = _decomposition_order(selected, styles)
     bars = others + papers
+    band = len(others) + 0.6  # where the paper methods start: a gap before them
     positions = {label: float(k) for k, label in enumerate(others)}
-    positions |= {label: len(others) + 0.6 + k for k, label in enumerate(papers)}  # a gap before the papers
+    positions |= {label: band + k for k, label in enumerate(papers)}
     show_mode = selected["mode"].nunique() > 1
-    width = 0.38
     references = [label for label, style in styles.items() if style.role == "reference"]
     with paper_style():
         figure, axes = plt.subplots(len(panels), 1, figsize=(min(TEXT_WIDTH, max(COLUMN_WIDTH, 1.4 + 0.36 * len(bars))),
@@ -498,45 +493,66 @@ def plot_forgetting_decomposition(runs: pd.DataFrame, scenario: str) -> plt.Figu
         axes = list(axes[:, 0])
         for axis, (benchmark, mode) in zip(axes, panels):
             data = selected[(selected["benchmark"] == benchmark) & (selected["mode"] == mode)]
-            if papers:
-                axis.axvspan(len(others) + 0.6 - 0.5, len(others) + 0.6 + len(papers) - 0.5, color="#f2f2f2",
-                             zorder=0, linewidth=0)
-            for label in bars:
-                values = data[data["label"] == label]
-                if values.empty:  # not run here, or no representation in this mode (MoE adapters, agnostic)
-                    axis.text(positions[label], 2, "n/a", ha="center", va="bottom", fontsize=6, color="#777777")
-                    continue
-                color = styles[label].color
-                for offset, column, hatch, face in ((-width / 2, "own_old_accuracy", "", color),
-                                                    (width / 2, "ncm_old_accuracy", "////", "white")):
-                    numbers = values[column].astype(float)
-                    axis.bar(positions[label] + offset, numbers.mean(), width=width, color=face, edgecolor=color,
-                             linewidth=0.8, hatch=hatch, zorder=2)
-                    if len(numbers) > 1:
-                        axis.errorbar(positions[label] + offset, numbers.mean(), yerr=numbers.std(ddof=1),
-                                      **ERROR_BARS)
-            for label in references:
-                numbers = pd.to_numeric(data.loc[data["label"] == label, "own_old_accuracy"], errors="coerce")
-                if numbers.notna().any():
-                    axis.axhline(numbers.mean(), color=styles[label].color, linestyle=styles[label].linestyle,
-                                 linewidth=1.0, zorder=3, label=label)
-            axis.set_ylim(0, 105)
-            axis.set_ylabel("old-class acc. (%)")
+            _decomposition_panel(axis, data, styles, bars, positions, references, papers, band)
             axis.set_title(_panel_title(benchmark, mode, show_mode), loc="left")
             if papers:
-                axis.text(len(others) + 0.6 + (len(papers) - 1) / 2, 1.0, "paper methods", ha="center",
+                axis.text(band + (len(papers) - 1) / 2, 1.0, "paper methods", ha="center",
                           va="bottom", fontsize=6.5, color="#555555", transform=axis.get_xaxis_transform())
         axes[-1].set_xticks([positions[label] for label in bars], bars, rotation=45, ha="right")
         _emphasise_paper_ticks(axes[-1].get_xticklabels(), styles)
         axes[-1].set_xlim(-0.6, max(positions.values()) + 0.6)
-        handles = [plt.Rectangle((0, 0), 1, 1, facecolor="#444444", edgecolor="#444444", label="own classifier"),
-                   plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="#444444", hatch="////",
-                                 label="NCM probe on its representation")]
-        handles += [plt.Line2D([], [], color=styles[label].color, linestyle=styles[label].linestyle,
-                               label=f"{styles[label].legend}, own classifier") for label in references]
-        _figure_legend(figure, handles)
+        _figure_legend(figure, _decomposition_handles(styles, references))
         figure.suptitle(f"{results.SCENARIO_TITLES.get(scenario, scenario)}: old-class accuracy after the last task")
     return figure
+
+
+def _decomposition_order(selected: pd.DataFrame, styles: dict[str, MethodStyle]) -> tuple[list[str], list[str]]:
+    """(other methods, paper methods): the bars of the forgetting decomposition, each part sorted
+    by the own classifier's old-class accuracy (mean over panels), lowest first; no references."""
+    own = selected.assign(_own=pd.to_numeric(selected["own_old_accuracy"], errors="coerce"))
+    ranking = own.groupby(["benchmark", "mode", "label"])["_own"].mean().groupby("label").mean().sort_values(
+        kind="stable")
+    bars = [label for label in ranking.index if styles[label].role != "reference"]
+    others = [label for label in bars if not results.is_paper_method(results.split_label(label)[0])]
+    return others, [label for label in bars if label not in others]
+
+
+def _decomposition_panel(axis: plt.Axes, data: pd.DataFrame, styles: dict[str, MethodStyle], bars: list[str],
+                         positions: dict[str, float], references: list[str], papers: list[str], band: float) -> None:
+    """One panel of :func:`plot_forgetting_decomposition`: the paper methods' shaded band (from
+    ``band``), each method's own and probe bars (n/a where it has none), the reference lines."""
+    if papers:
+        axis.axvspan(band - 0.5, band + len(papers) - 0.5, color="#f2f2f2", zorder=0, linewidth=0)
+    width = 0.38
+    for label in bars:
+        values = data[data["label"] == label]
+        if values.empty:  # not run here, or no representation in this mode (MoE adapters, agnostic)
+            axis.text(positions[label], 2, "n/a", ha="center", va="bottom", fontsize=6, color="#777777")
+            continue
+        color = styles[label].color
+        for offset, column, hatch, face in ((-width / 2, "own_old_accuracy", "", color),
+                                            (width / 2, "ncm_old_accuracy", "////", "white")):
+            numbers = values[column].astype(float)
+            axis.bar(positions[label] + offset, numbers.mean(), width=width, color=face, edgecolor=color,
+                     linewidth=0.8, hatch=hatch, zorder=2)
+            if len(numbers) > 1:
+                axis.errorbar(positions[label] + offset, numbers.mean(), yerr=numbers.std(ddof=1), **ERROR_BARS)
+    for label in references:
+        numbers = pd.to_numeric(data.loc[data["label"] == label, "own_old_accuracy"], errors="coerce")
+        if numbers.notna().any():
+            axis.axhline(numbers.mean(), color=styles[label].color, linestyle=styles[label].linestyle,
+                         linewidth=1.0, zorder=3, label=label)
+    axis.set_ylim(0, 105)
+    axis.set_ylabel("old-class acc. (%)")
+
+
+def _decomposition_handles(styles: dict[str, MethodStyle], references: list[str]) -> list:
+    """The legend of :func:`plot_forgetting_decomposition`: the two bar kinds, then the references."""
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor="#444444", edgecolor="#444444", label="own classifier"),
+               plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="#444444", hatch="////",
+                             label="NCM probe on its representation")]
+    return handles + [plt.Line2D([], [], color=styles[label].color, linestyle=styles[label].linestyle,
+                                 label=f"{styles[label].legend}, own classifier") for label in references]
 
 
 def plot_modality_accuracy(runs: pd.DataFrame, scenario: str = "modality_incremental") -> plt.Figure:
@@ -612,10 +628,7 @@ def plot_modality_stream(runs: pd.DataFrame, benchmark: str, label: str = "comm"
     orders: dict[tuple[str, ...], list[int]] = {}
     for seed, order in zip(own["seed"], own["modality_order"]):
         orders.setdefault(tuple(order), []).append(int(seed))
-    present = {m for order in orders for m in order}
-    modalities = [m for m in MODALITY_ORDER if m in present] + sorted(present - set(MODALITY_ORDER))
-    streamed = [m for m in modalities if any(order.index(m) < len(order) - 1 for order in orders)]
-    modalities = streamed or modalities
+    modalities = _streamed_modalities(orders)
     legend_rows = -(-len(styles) // 3)
     with paper_style():
         # At least 5.4 in wide: the legend's three columns of "method (best family)".
@@ -625,36 +638,57 @@ def plot_modality_stream(runs: pd.DataFrame, benchmark: str, label: str = "comm"
                                              + 0.14 * legend_rows),
                                     squeeze=False, sharey=True, layout="constrained")
         for row, (order, seeds) in enumerate(orders.items()):
-            for name, style in styles.items():
-                matrices = selected.loc[(selected["label"] == name) & selected["seed"].isin(seeds), "accuracy_matrix"]
-                if matrices.empty:
-                    continue
-                accuracy = metrics.modality_accuracy_after_each_task(
-                    results.mean_accuracy_matrix(pd.DataFrame({"accuracy_matrix": list(matrices)}))[0], list(order))
-                for column, modality in enumerate(modalities):
-                    tasks = [i for i, values in enumerate(accuracy) if modality in values]
-                    axes[row, column].plot([t + 1 for t in tasks], [accuracy[t][modality] for t in tasks],
-                                           color=style.color, linestyle=style.linestyle, linewidth=style.linewidth,
-                                           zorder=style.zorder, marker="o" if style.role != "reference" else None,
-                                           label=name)
-            for column, modality in enumerate(modalities):
-                axis = axes[row, column]
-                axis.set_xticks(range(1, len(order) + 1), order)
-                for tick, task_modality in zip(axis.get_xticklabels(), order):
-                    tick.set_fontweight("bold" if task_modality == modality else "normal")
-                axis.set_xlim(0.8, len(order) + 0.2)
-                axis.set_ylim(0, 101)
-                if row == 0:
-                    axis.set_title(f"{modality} tasks")
-                if column == 0:
-                    seeds_text = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-                    axis.set_ylabel(f"{seeds_text}\naccuracy (%)" if len(orders) > 1 else "accuracy (%)")
-                if row == len(orders) - 1:
-                    axis.set_xlabel("after the task of")
+            _plot_stream_row(axes[row], selected[selected["seed"].isin(seeds)], styles, order, modalities)
+            _label_stream_row(axes[row], order, seeds, modalities, first=row == 0, last=row == len(orders) - 1,
+                              several=len(orders) > 1)
         over = "" if len(orders) > 1 else f" (mean of seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
         figure.suptitle(f"{benchmark} · {results.MODE_TITLES.get(mode, mode)}: accuracy per modality{over}")
         _legend_below(figure, styles)
     return figure
+
+
+def _streamed_modalities(orders: dict[tuple[str, ...], list[int]]) -> list[str]:
+    """The modalities of ``orders`` in the house order, without those met only in a last task (unless all are)."""
+    present = {m for order in orders for m in order}
+    modalities = [m for m in MODALITY_ORDER if m in present] + sorted(present - set(MODALITY_ORDER))
+    streamed = [m for m in modalities if any(order.index(m) < len(order) - 1 for order in orders)]
+    return streamed or modalities
+
+
+def _plot_stream_row(axes: Sequence[plt.Axes], rows: pd.DataFrame, styles: dict[str, MethodStyle],
+                     order: tuple[str, ...], modalities: list[str]) -> None:
+    """Each method's accuracy on each modality's seen tasks along ``order`` (mean over the seeds of ``rows``)."""
+    for name, style in styles.items():
+        matrices = rows.loc[rows["label"] == name, "accuracy_matrix"]
+        if matrices.empty:
+            continue
+        accuracy = metrics.modality_accuracy_after_each_task(
+            results.mean_accuracy_matrix(pd.DataFrame({"accuracy_matrix": list(matrices)}))[0], list(order))
+        for column, modality in enumerate(modalities):
+            tasks = [i for i, values in enumerate(accuracy) if modality in values]
+            axes[column].plot([t + 1 for t in tasks], [accuracy[t][modality] for t in tasks],
+                              color=style.color, linestyle=style.linestyle, linewidth=style.linewidth,
+                              zorder=style.zorder, marker="o" if style.role != "reference" else None, label=name)
+
+
+def _label_stream_row(axes: Sequence[plt.Axes], order: tuple[str, ...], seeds: list[int], modalities: list[str],
+                      first: bool, last: bool, several: bool) -> None:
+    """Ticks (the panel's own modality in bold), limits, titles (``first`` row), the y label (with
+    the row's seeds when there are ``several`` rows) and the x label (``last`` row)."""
+    for column, modality in enumerate(modalities):
+        axis = axes[column]
+        axis.set_xticks(range(1, len(order) + 1), order)
+        for tick, task_modality in zip(axis.get_xticklabels(), order):
+            tick.set_fontweight("bold" if task_modality == modality else "normal")
+        axis.set_xlim(0.8, len(order) + 0.2)
+        axis.set_ylim(0, 101)
+        if first:
+            axis.set_title(f"{modality} tasks")
+        if column == 0:
+            seeds_text = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+            axis.set_ylabel(f"{seeds_text}\naccuracy (%)" if several else "accuracy (%)")
+        if last:
+            axis.set_xlabel("after the task of")
 
 
 def _ablation_color(method: str) -> str:

@@ -126,6 +126,7 @@ def sweep_jobs(config: Config, scenario: str, methods: Sequence[str] | None = No
 def profile_benchmarks(config: Config, scenario: str) -> list[str]:
     """The profile's benchmarks for ``scenario``: its benchmark, its ``also_on`` and its
     ``appendix`` benchmarks (``scenarios.<name>`` of the profile)."""
+    # open_clip and the methods (seconds): `mmcl claims` imports this module for DOCS_DIR alone
     from mmcl.hparams import scenario_benchmark
 
     entry = config.scenarios.get(scenario)

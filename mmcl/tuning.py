@@ -272,34 +272,14 @@ def tune_many(config: Config, pairs: list[tuple[str, str]], seed: int | None = N
     active = list(range(len(searches)))
     number = 0
     while active:
-        requests, owners = [], []
-        for i in active:
-            search = searches[i]
-            p = search["plan"]
-            search["rounds"].append({"grid": p["grid"], "points": p["points"], "new_runs": 0})
-            for point, jobs in zip(p["points"], p["jobs"]):
-                for seed_value, job in zip(p["seeds"], jobs):
-                    key = (_point_key(point), seed_value)
-                    if key not in search["scores"]:
-                        requests.append({"job": job, "mode": p["mode"], "values": point, "seed": seed_value})
-                        owners.append((i, key))
-                        search["scores"][key] = None  # requested: a point twice in a round runs once
+        requests, owners = _round_requests(searches, active)
         if requests:
             if executor is None:
                 executor = make_executor(config)
             results = run_trials(config, requests, output_dir, executor, "tuning" if number == 0 else
                                  f"tuning (extension {number})")
-            for (i, key), request, result in zip(owners, requests, results):
-                searches[i]["scores"][key] = {**result, "seed": request["seed"]}
-                searches[i]["rounds"][-1]["new_runs"] += 1
-                searches[i]["runs"] += 1
-                if key[0] not in searches[i]["order"]:
-                    searches[i]["order"].append(key[0])
-        still = []
-        for i in active:
-            if _conclude_round(config, searches[i], number, max_extensions):
-                still.append(i)
-        active = still
+            _keep_results(searches, owners, requests, results)
+        active = [i for i in active if _conclude_round(config, searches[i], number, max_extensions)]
         number += 1
     tuned = []
     for search in searches:
@@ -307,6 +287,36 @@ def tune_many(config: Config, pairs: list[tuple[str, str]], seed: int | None = N
         records.atomic_write_json(Path(record["record"]), record)
         tuned.append(record)
     return tuned
+
+
+def _round_requests(searches: list[dict], active: list[int]) -> tuple[list[dict], list[tuple[int, tuple]]]:
+    """Open a round for each active search: (the runs it needs, {"job", "mode", "values", "seed"}
+    each, and their owners (search index, (point key, seed))); a (point, seed) run before is not asked again."""
+    requests, owners = [], []
+    for i in active:
+        search = searches[i]
+        p = search["plan"]
+        search["rounds"].append({"grid": p["grid"], "points": p["points"], "new_runs": 0})
+        for point, jobs in zip(p["points"], p["jobs"]):
+            for seed_value, job in zip(p["seeds"], jobs):
+                key = (_point_key(point), seed_value)
+                if key not in search["scores"]:
+                    requests.append({"job": job, "mode": p["mode"], "values": point, "seed": seed_value})
+                    owners.append((i, key))
+                    search["scores"][key] = None  # requested: a point twice in a round runs once
+    return requests, owners
+
+
+def _keep_results(searches: list[dict], owners: list[tuple[int, tuple]], requests: list[dict],
+                  results: list[dict]) -> None:
+    """Each run's result into its search: its score, the round's and the search's run counts, the
+    point in the order first run."""
+    for (i, key), request, result in zip(owners, requests, results):
+        searches[i]["scores"][key] = {**result, "seed": request["seed"]}
+        searches[i]["rounds"][-1]["new_runs"] += 1
+        searches[i]["runs"] += 1
+        if key[0] not in searches[i]["order"]:
+            searches[i]["order"].append(key[0])
 
 
 def _row(search: dict, point: dict) -> dict:

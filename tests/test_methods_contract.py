@@ -199,7 +199,7 @@ def test_the_base_module_holds_only_the_contract():
     assert isinstance(method_class("l2p").frozen, Frozen)
     documented = base.__doc__
     hooks = ["begin_task", "trains_on", "optimizer_parameter_groups", "training_loss", "after_optimizer_step",
-             "end_task", "predict", "representation", "run_record", "get_extra_state", "set_extra_state",
+             "end_task", "predict", "representation", "classify", "run_record", "get_extra_state", "set_extra_state",
              "load_checkpoint_state"]
     declarations = ["card", "Config", "frozen", "trains", "trains_on_all_seen_data", "uses_modality_id"]
     for name in hooks + declarations:

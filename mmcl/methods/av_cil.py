@@ -34,8 +34,8 @@ from mmcl.methods.base import register
 from mmcl.methods.card import Card
 from mmcl.methods.losses import targets_in
 from mmcl.methods.snapshot import Snapshot
-from mmcl.methods.text_anchored import TextAnchoredMethod, fuse
-from mmcl.models.exemplars import ExemplarBuffer, buffer_record
+from mmcl.methods.text_anchored import ExemplarConfig, TextAnchoredMethod, fuse
+from mmcl.models.exemplars import BufferHooks, ExemplarBuffer
 from mmcl.seeding import derived_seed, seeded_generator
 
 VISUAL_MODALITIES = ("video", "image")  # the visual modality of a sample, in this order of preference
@@ -109,7 +109,7 @@ class AudioGuidedVisualAttention(nn.Module):
 
 # ------------------------------------------------------------------------------------ method
 @register
-class AVCIL(TextAnchoredMethod):
+class AVCIL(BufferHooks, TextAnchoredMethod):
     card = Card(name="av-cil", family="rehearsal",
                 description="audio-visual CIL: audio-guided visual attention, D-AVSC, VAD, exemplars (5 per class)",
                 compatible_scenarios=("class_incremental", "domain_incremental"),
@@ -118,11 +118,10 @@ class AVCIL(TextAnchoredMethod):
                 ablations={"no-avsc": {"avsc_weight": 0.0}, "instance-only": {"class_weight": 0.0},
                            "no-vad": {"vad_weight": 0.0}})
 
+    buffer_selection = "random"  # in the run record
+
     @dataclass(config={"extra": "forbid"})
-    class Config(TextAnchoredMethod.Config):
-        per_class: int = Field(5, ge=0)  # exemplars kept per class (per class and task where classes recur)
-        buffer_size: int | None = Field(None, ge=0)  # optional cap on the total (None: per_class decides)
-        replay_batch_size: int | None = Field(None, ge=1)  # default: the training batch size
+    class Config(ExemplarConfig):
         avsc_weight: float = Field(1.0, ge=0)  # D-AVSC
         class_weight: float = Field(1.0, ge=0)  # class-aware term, relative to the instance-aware one
         vad_weight: float = Field(1.0, ge=0)  # visual attention distillation
@@ -197,14 +196,3 @@ class AVCIL(TextAnchoredMethod):
         # Its own generator, so that the exemplars depend on the seed and the task only (as replay).
         generator = seeded_generator(self.context.config.seed, "exemplars", task.index)
         self.buffer.add_task(task.train, task.index, generator)
-
-    def run_record(self) -> dict:
-        return buffer_record(self.buffer, self.context.tasks, self.hparams.per_class, self.hparams.buffer_size,
-                             "random")
-
-    def get_extra_state(self):
-        return {"buffer": self.buffer.state()}
-
-    def set_extra_state(self, state):
-        self.buffer.load(state["buffer"])
-

@@ -20,7 +20,7 @@ from mmcl.methods.base import register
 from mmcl.methods.card import Card
 from mmcl.methods.losses import targets_in
 from mmcl.methods.text_anchored import TextAnchoredMethod
-from mmcl.models.exemplars import ReservoirBuffer, buffer_record
+from mmcl.models.exemplars import BufferHooks, ReservoirBuffer
 from mmcl.seeding import derived_seed
 
 
@@ -36,10 +36,12 @@ def derpp_loss(logits: torch.Tensor, targets: torch.Tensor, replay_logits: torch
 
 
 @register
-class DERpp(TextAnchoredMethod):
+class DERpp(BufferHooks, TextAnchoredMethod):
     card = Card(name="derpp", family="rehearsal", description="dark experience replay++: reservoir buffer with stored logits",
                 tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "alpha": [0.1, 0.5]},
                 ablations={"der": {"beta": 0.0}, "labels-only": {"alpha": 0.0}})
+
+    buffer_selection = "reservoir"  # in the run record
 
     @dataclass(config={"extra": "forbid"})
     class Config(TextAnchoredMethod.Config):
@@ -83,13 +85,3 @@ class DERpp(TextAnchoredMethod):
             self.hparams.alpha, self.hparams.beta)
         self.buffer.add(batch, all_logits.detach(), self.generator)
         return loss, parts
-
-    def run_record(self) -> dict:
-        return buffer_record(self.buffer, self.context.tasks, self.hparams.per_class, self.buffer.capacity,
-                             "reservoir")
-
-    def get_extra_state(self):
-        return {"buffer": self.buffer.state()}
-
-    def set_extra_state(self, state):
-        self.buffer.load(state["buffer"])

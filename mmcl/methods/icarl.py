@@ -23,8 +23,8 @@ from mmcl.methods.base import register
 from mmcl.methods.card import Card
 from mmcl.methods.losses import distillation_loss
 from mmcl.methods.snapshot import Snapshot
-from mmcl.methods.text_anchored import TextAnchoredMethod
-from mmcl.models.exemplars import ExemplarBuffer, buffer_record, stack_items
+from mmcl.methods.text_anchored import ExemplarConfig, TextAnchoredMethod
+from mmcl.models.exemplars import BufferHooks, ExemplarBuffer, stack_items
 from mmcl.models.prototypes import PrototypeBank
 from mmcl.seeding import derived_seed, seeded_generator
 
@@ -48,17 +48,16 @@ def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @register
-class ICaRL(TextAnchoredMethod):
+class ICaRL(BufferHooks, TextAnchoredMethod):
     card = Card(name="icarl", family="rehearsal",
                 description="herding exemplars (5 per class), distillation, nearest-mean-of-exemplars",
                 tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "distillation_weight": [0.5, 2.0]},
                 ablations={"head-classifier": {"nme": False}, "no-distillation": {"distillation_weight": 0.0}})
 
+    buffer_selection = "herding"  # in the run record
+
     @dataclass(config={"extra": "forbid"})
-    class Config(TextAnchoredMethod.Config):
-        per_class: int = Field(5, ge=0)  # exemplars kept per class (per class and task where classes recur)
-        buffer_size: int | None = Field(None, ge=0)  # optional cap on the total (None: per_class decides)
-        replay_batch_size: int | None = Field(None, ge=1)  # default: the training batch size
+    class Config(ExemplarConfig):
         distillation_weight: float = Field(1.0, ge=0)
         temperature: float = Field(2.0, gt=0)
         nme: bool = True  # false: classify with the cosine head
@@ -121,13 +120,3 @@ class ICaRL(TextAnchoredMethod):
         if not self.hparams.nme:
             return self.head(features, label_space)
         return self.means.logits(features, label_space, self.encoder.logit_scale)
-
-    def run_record(self) -> dict:
-        return buffer_record(self.buffer, self.context.tasks, self.hparams.per_class, self.hparams.buffer_size,
-                             "herding")
-
-    def get_extra_state(self):
-        return {"buffer": self.buffer.state()}
-
-    def set_extra_state(self, state):
-        self.buffer.load(state["buffer"])

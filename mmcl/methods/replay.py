@@ -12,28 +12,22 @@ and replayed group by group.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
-from pydantic.dataclasses import dataclass
 
 from mmcl.methods.base import register
 from mmcl.methods.card import Card
-from mmcl.methods.text_anchored import TextAnchoredMethod
-from mmcl.models.exemplars import ExemplarBuffer, buffer_record
+from mmcl.methods.text_anchored import ExemplarConfig, TextAnchoredMethod
+from mmcl.models.exemplars import BufferHooks, ExemplarBuffer
 from mmcl.seeding import derived_seed, seeded_generator
 
 
 @register
-class Replay(TextAnchoredMethod):
+class Replay(BufferHooks, TextAnchoredMethod):
     card = Card(name="replay", family="rehearsal",
                 description="experience replay, class-balanced exemplars (5 per class by default)",
                 tuning_grid={"lr_scale": [0.3, 1.0, 3.0], "trainable_blocks": [0, 1]},
                 ablations={"one-per-class": {"per_class": 1}, "twenty-per-class": {"per_class": 20}})
 
-    @dataclass(config={"extra": "forbid"})
-    class Config(TextAnchoredMethod.Config):
-        per_class: int = Field(5, ge=0)  # exemplars kept per class (per class and task where classes recur)
-        buffer_size: int | None = Field(None, ge=0)  # optional cap on the total (None: per_class decides)
-        replay_batch_size: int | None = Field(None, ge=1)  # default: the training batch size
+    Config = ExemplarConfig
 
     def __init__(self, encoder, context, hparams):
         super().__init__(encoder, context, hparams)
@@ -58,13 +52,3 @@ class Replay(TextAnchoredMethod):
         # Its own generator, so that the exemplars depend on the seed and the task only.
         generator = seeded_generator(self.context.config.seed, "exemplars", task.index)
         self.buffer.add_task(task.train, task.index, generator)
-
-    def run_record(self) -> dict:
-        """The buffer after the last task: per class, in total, and as a share of the training data."""
-        return buffer_record(self.buffer, self.context.tasks, self.hparams.per_class, self.hparams.buffer_size)
-
-    def get_extra_state(self):
-        return {"buffer": self.buffer.state()}
-
-    def set_extra_state(self, state):
-        self.buffer.load(state["buffer"])

@@ -46,6 +46,16 @@ class TextAnchoredConfig(MethodConfig):
     trainable_blocks: int = pydantic.Field(1, ge=0)  # last vision-tower blocks unfrozen (0: head only)
 
 
+@pydantic.dataclasses.dataclass(config=pydantic.ConfigDict(extra="forbid"))
+class ExemplarConfig(TextAnchoredConfig):
+    """A text-anchored method with a class-balanced exemplar buffer
+    (:class:`~mmcl.models.exemplars.ExemplarBuffer`: replay, iCaRL, AV-CIL), replayed in batches."""
+
+    per_class: int = pydantic.Field(5, ge=0)  # exemplars kept per class (per class and task where classes recur)
+    buffer_size: int | None = pydantic.Field(None, ge=0)  # optional cap on the total (None: per_class decides)
+    replay_batch_size: int | None = pydantic.Field(None, ge=1)  # default: the training batch size
+
+
 class TextAnchoredMethod(Method):
     """The baselines' model: the last ``trainable_blocks`` vision blocks train, the modalities' embeddings
     are mean-fused (:meth:`features`), and ``self.head`` (a :class:`~mmcl.methods.heads.TextHead`)

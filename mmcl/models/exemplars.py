@@ -1,11 +1,12 @@
-"""Exemplar memories shared by the rehearsal methods (replay, iCaRL, DER++).
+"""Exemplar memories shared by the rehearsal methods (replay, iCaRL, DER++, AV-CIL).
 
 :class:`ExemplarBuffer` keeps a literature-sized number of samples per class (and per task where a
 class recurs); which samples a class keeps is the method's choice (``rank``: random for replay,
 herding for iCaRL). :class:`ReservoirBuffer` keeps a uniform sample of the stream (reservoir
 sampling, Vitter's algorithm R) with a payload per sample (DER++: the logits at storage time).
 Both hold samples on the CPU and hand them back as :class:`~mmcl.data.dataset.Batch` groups that
-share a modality set (modality-incremental streams mix modality sets).
+share a modality set (modality-incremental streams mix modality sets). :class:`BufferHooks` gives a
+method that holds one its checkpoint and run-record hooks.
 """
 from __future__ import annotations
 
@@ -106,6 +107,27 @@ def buffer_record(buffer, tasks, per_class: int, buffer_size: int | None, select
     if selection:
         record["selection"] = selection
     return {"buffer": record | {"training_samples": seen, "share_of_training_data": len(buffer) / max(seen, 1)}}
+
+
+class BufferHooks:
+    """The hooks of a rehearsal method (a :class:`~mmcl.methods.base.Method` mixin, listed before its
+    base) whose memory is ``self.buffer`` (an :class:`ExemplarBuffer` or a :class:`ReservoirBuffer`)
+    and whose hyper-parameters have ``per_class``: checkpoints keep the buffer under ``"buffer"``;
+    ``metrics.json`` reports it (:func:`buffer_record`, the budget being the buffer's capacity),
+    with ``buffer_selection``, how its samples are chosen, where that is set."""
+
+    buffer_selection: str | None = None
+
+    def run_record(self) -> dict:
+        """The buffer after the last task: per class, in total, and as a share of the training data."""
+        return buffer_record(self.buffer, self.context.tasks, self.hparams.per_class, self.buffer.capacity,
+                             self.buffer_selection)
+
+    def get_extra_state(self):
+        return {"buffer": self.buffer.state()}
+
+    def set_extra_state(self, state):
+        self.buffer.load(state["buffer"])
 
 
 def reservoir_slot(seen: int, capacity: int, generator: torch.Generator) -> int | None:
