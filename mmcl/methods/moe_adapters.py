@@ -19,14 +19,13 @@ from __future__ import annotations
 import itertools
 from typing import Literal
 
-import pydantic
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from mmcl.data.dataset import Batch
-from mmcl.methods.base import Frozen, Method, MethodConfig, at_most, register
+from mmcl.methods.base import Frozen, Method, MethodConfig, register
 from mmcl.methods.card import Card
 from mmcl.methods.heads import CeOver, TextHead
 from mmcl.methods.losses import distillation_loss
@@ -113,20 +112,20 @@ class MoEAdapters(Method):
             "no-relation": {"relation_weight": 0.0},
             "no-balance": {"balance_weight": 0.0},
             "relaxed-align": {"alignment": "relaxed"},
-            "single-adapter": {"num_experts": 1, "top_k": 1, "expert_hidden": 64},  # same parameters as 4 x 16
+            "single-adapter": {"adapter": {"num_experts": 1, "top_k": 1, "expert_hidden": 64}},  # = 4 x 16
             "no-expert-freezing": {"experts_frozen_per_task": 0},
-            "no-cross-attention": {"cross_attention": False},
+            "no-cross-attention": {"adapter": {"cross_attention": False}},
         },
         # Fair comparisons, run by the main class-incremental sweep: baselines on the same trainable
         # parameters (one adapter of the experts' width, cross-attention kept, so no router and no expert
         # to freeze) and the same head rule, without alignment and relation preservation.
         comparisons={
             # Sequential fine-tuning: cross-entropy only, no teacher.
-            "adapter-finetune": {"num_experts": 1, "top_k": 1, "expert_hidden": 64, "kd_weight": 0.0,
+            "adapter-finetune": {"adapter": {"num_experts": 1, "top_k": 1, "expert_hidden": 64}, "kd_weight": 0.0,
                                  "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
             # LwF: cross-entropy + the method's L_kd, which is LwF's loss (old-class logits of the
             # previous model, temperature-softened KL), at the method's weight and temperature.
-            "adapter-lwf": {"num_experts": 1, "top_k": 1, "expert_hidden": 64,
+            "adapter-lwf": {"adapter": {"num_experts": 1, "top_k": 1, "expert_hidden": 64},
                             "align_weight": 0.0, "relation_weight": 0.0, "balance_weight": 0.0},
         })
     # Each modality has its own adapters: in a modality stream that is the modality ID, so the
@@ -136,18 +135,7 @@ class MoEAdapters(Method):
     @dataclass(config={"extra": "forbid"})
     class Config(MethodConfig):
         trainable_blocks: int = Field(0, ge=0)  # the towers stay frozen (Paper B); >0 also unfreezes vision blocks
-        # adapters (mmcl.models.moe_adapter)
-        adapter_layers: int = Field(2, ge=1)  # L: last blocks of every tower that get an adapter
-        num_experts: int = Field(4, ge=1)  # E experts per adapter (1: a single bottleneck adapter, no router)
-        top_k: int = Field(2, ge=1)  # experts selected per token (or sample)
-        expert_hidden: int = Field(16, ge=1)  # bottleneck width of one expert
-        routing: Literal["token", "sample"] = "token"  # (design choice)
-        cross_attention: bool = True  # False: modality-specific adapters only
-        attention_dim: int = Field(32, ge=1)
-        attention_heads: int = Field(2, ge=1)
-        attention_null_slot: bool = True  # (design choice) tokens may attend to "no other modality"
-        context_pooling: Literal["summary", "mean"] = "summary"  # CLS / EOT token or token mean
-        adapter_scale_init: float = 1.0  # initial residual scale s_a (up-projections start at zero)
+        adapter: AdapterSettings = Field(default_factory=AdapterSettings)  # shape of the adapters (adapter.*)
         # expert freezing
         experts_frozen_per_task: int = Field(1, ge=0)  # q: most influential trainable experts frozen after a task
         influence: Literal["routing_mass", "gradient_norm"] = "routing_mass"
@@ -166,27 +154,11 @@ class MoEAdapters(Method):
         balance_weight: float = Field(0.01, ge=0)  # λ_bal: load-balancing term of the routers
         adapter_lr: float | None = Field(None, gt=0)  # None: train.lr (design choice: adapters may want their own)
 
-        _top_k_fits = at_most("top_k", "num_experts")
-
-        @pydantic.field_validator("attention_heads")
-        @classmethod
-        def _heads_divide_dim(cls, heads: int, info: pydantic.ValidationInfo) -> int:
-            dim = info.data.get("attention_dim")
-            if dim is not None and dim % heads:
-                raise ValueError(f"must divide attention_dim ({dim}), got {heads}")
-            return heads
-
     def __init__(self, encoder, context, hparams: Config):
         super().__init__(encoder, context, hparams)
         unfreeze_last_blocks(encoder, hparams.trainable_blocks)
         modalities = sorted({m for task in context.tasks for m in task.modalities})
-        settings = AdapterSettings(
-            layers=hparams.adapter_layers, num_experts=hparams.num_experts, top_k=hparams.top_k,
-            expert_hidden=hparams.expert_hidden, routing=hparams.routing, cross_attention=hparams.cross_attention,
-            attention_dim=hparams.attention_dim, attention_heads=hparams.attention_heads,
-            null_slot=hparams.attention_null_slot, context_pooling=hparams.context_pooling,
-            scale_init=hparams.adapter_scale_init)
-        self.adapters = CrossModalMoEAdapters(encoder, modalities, settings)
+        self.adapters = CrossModalMoEAdapters(encoder, modalities, hparams.adapter)
         # Adapters on the last ``steps`` blocks of every tower (and ``trainable_blocks`` vision blocks train).
         steps = self.adapters.steps
         self.frozen = Frozen(hooked_from={"vision": -steps, "text": -steps}, trains_last={"vision": "trainable_blocks"})
@@ -280,7 +252,7 @@ class MoEAdapters(Method):
             align = strict_alignment_loss(output.embeddings, h.align_temperature) if h.alignment == "strict" \
                 else relaxed_alignment_loss(output.embeddings, fuse_embeddings(output.embeddings, "mean"), h.align_margin)
             loss, parts["align"] = loss + h.align_weight * align, align.item()
-        if h.balance_weight > 0 and h.num_experts > 1:
+        if h.balance_weight > 0 and h.adapter.num_experts > 1:
             loss, parts["balance"] = loss + h.balance_weight * output.balance_loss, output.balance_loss.item()
         return loss, parts
 
@@ -293,7 +265,7 @@ class MoEAdapters(Method):
     @torch.no_grad()
     def end_task(self, task):
         h = self.hparams
-        if h.experts_frozen_per_task <= 0 or h.num_experts <= 1:
+        if h.experts_frozen_per_task <= 0 or h.adapter.num_experts <= 1:
             return
         if h.influence == "routing_mass":  # gate mass of every expert over the task's training data
             was_training = self.training

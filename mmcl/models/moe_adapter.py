@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import pydantic
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,21 +35,37 @@ import torch.nn.functional as F
 from mmcl.models.backbone import MultiModalEncoder, TowerState
 
 
-@dataclass
+@pydantic.dataclasses.dataclass(config=pydantic.ConfigDict(extra="forbid"))
 class AdapterSettings:
-    """Shape and behaviour of the adapters (the method's hyper-parameters, see ``moe_adapters.py``)."""
+    """Shape and behaviour of the adapters: the MoE adapters' ``methods.moe-adapters.adapter.*`` keys."""
 
-    layers: int = 2  # L: adapters after each of the last L blocks of every tower
-    num_experts: int = 4  # E
-    top_k: int = 2  # k experts per token (or sample)
-    expert_hidden: int = 16  # bottleneck width of one expert
-    routing: Literal["token", "sample"] = "token"  # route every token, or one decision per sample
+    layers: int = pydantic.Field(2, ge=1)  # L: adapters after each of the last L blocks of every tower
+    num_experts: int = pydantic.Field(4, ge=1)  # E (1: a single bottleneck adapter, no router)
+    top_k: int = pydantic.Field(2, ge=1)  # k experts per token (or sample)
+    expert_hidden: int = pydantic.Field(16, ge=1)  # bottleneck width of one expert
+    routing: Literal["token", "sample"] = "token"  # route every token, or one decision per sample (design choice)
     cross_attention: bool = True  # False: modality-specific adapters only (an ablation)
-    attention_dim: int = 32
-    attention_heads: int = 2
-    null_slot: bool = True  # a learned "attend to nothing" key/value beside the other modalities
+    attention_dim: int = pydantic.Field(32, ge=1)
+    attention_heads: int = pydantic.Field(2, ge=1)
+    null_slot: bool = True  # a learned "attend to nothing" key/value beside the other modalities (design choice)
     context_pooling: Literal["summary", "mean"] = "summary"  # CLS / EOT token, or mean of tokens
-    scale_init: float = 1.0  # initial value of the residual scale s_a
+    scale_init: float = 1.0  # initial value of the residual scale s_a (up-projections start at zero)
+
+    @pydantic.field_validator("top_k")
+    @classmethod
+    def _top_k_fits(cls, top_k: int, info: pydantic.ValidationInfo) -> int:
+        experts = info.data.get("num_experts")
+        if experts is not None and top_k > experts:
+            raise ValueError(f"must be at most num_experts ({experts}), got {top_k}")
+        return top_k
+
+    @pydantic.field_validator("attention_heads")
+    @classmethod
+    def _heads_divide_dim(cls, heads: int, info: pydantic.ValidationInfo) -> int:
+        dim = info.data.get("attention_dim")
+        if dim is not None and dim % heads:
+            raise ValueError(f"must divide attention_dim ({dim}), got {heads}")
+        return heads
 
 
 @dataclass
