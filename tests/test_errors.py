@@ -288,6 +288,8 @@ def test_every_papermill_command_in_the_notebooks_and_readme_gives_values_the_no
                 assert list_parameter(value, name), (source, value)
             elif name == "overrides":
                 load_config("smoke", value)
+            elif name == "scenario":  # the scenario notebook's first library call checks it
+                assert reproduce.scenario_notebook_benchmarks(load_config("smoke"), value), (source, value)
             else:
                 assert name in ("profile", "figures_dir") and isinstance(value, str), (source, name, value)
     assert checked >= 10
