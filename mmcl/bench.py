@@ -6,7 +6,7 @@ scenario's second task (so methods with teachers, buffers or penalties do their 
 times optimizer steps at the profile's batch size. The floor is the forward pass of the frozen
 backbone alone on the same batches: no method can step faster than that. The step is split into
 its forward pass (frozen backbone included; minus the floor: the trainable part's forward),
-backward pass and optimizer step (:func:`mmcl.training.train_step`'s ``phases``); beside it, data
+backward pass and optimizer step (the phases :func:`mmcl.training.train_step` is made of); beside it, data
 handling (batching and the copy to the device) and evaluation (prediction on the task's test
 data, per sample). Threads: as a run's (:func:`mmcl.runtime.run_threads`: one on CPU).
 
@@ -30,7 +30,7 @@ from mmcl.data.stream import Task
 from mmcl.engine import build_run
 from mmcl.hparams import variant_overrides, with_method_overrides
 from mmcl.runtime import autocast_for, pins_memory, resolve_device, run_threads
-from mmcl.training import make_optimizer, train_step
+from mmcl.training import STEP_PHASES, backward_phase, forward_phase, make_optimizer, optimizer_phase, train_step
 
 
 def _sync(device: torch.device) -> None:
@@ -107,7 +107,7 @@ def bench_method(config: Config, method: str, scenario: str = "class_incremental
     result = {"method": method, "variant": variant, "profile": config.profile, "scenario": scenario,
               "device": str(device), "batch_size": size, "steps": steps, "modalities": list(task.modalities)}
     if method_obj.trains:
-        result |= _bench_training(method_obj, task, batches, config, device, timed, warmup + steps)
+        result |= _bench_training(method_obj, task, batches, config, device, timed, steps)
     method_obj.eval()
     result |= _bench_frozen_forward(method_obj, batches, config, device, timed)
     rate, matmul_size = matmul_rate(config, device)
@@ -164,18 +164,42 @@ def _seconds_per_step(step_fn, batches: list[Batch], warmup: int, steps: int, de
     return (time.perf_counter() - started) / steps
 
 
+def _phased_step(method_obj, batch: Batch, task: Task, optimizer, config: Config, device: torch.device
+                 ) -> dict[str, float]:
+    """:func:`mmcl.training.train_step`, phase by phase; returns each phase's seconds (a GPU
+    synchronized between them)."""
+    phases: dict[str, float] = {}
+    last = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal last
+        _sync(device)
+        now = time.perf_counter()
+        phases[name] = now - last
+        last = now
+
+    loss, _ = forward_phase(method_obj, batch, task, config, device)
+    lap("forward")
+    backward_phase(loss, optimizer)
+    lap("backward")
+    optimizer_phase(method_obj, task, optimizer, config)
+    lap("optimizer")
+    return phases
+
+
 def _bench_training(method_obj, task: Task, batches: list[Batch], config: Config, device: torch.device,
-                    timed, calls: int) -> dict:
-    """The training step's time, its phases (summed over the ``calls`` warm-up and timed steps) and FLOPs."""
+                    timed, steps: int) -> dict:
+    """The training step's time, its phases (averaged over the last ``steps`` calls: the timed steps,
+    not the warm-up) and FLOPs."""
     size = config.train.batch_size
     optimizer = make_optimizer(method_obj, config)
     method_obj.train()
     method_obj.encoder.eval()
-    phases: dict[str, float] = {}
-    seconds = timed(lambda b: train_step(method_obj, b, task, optimizer, config, device, phases))
+    laps: list[dict[str, float]] = []
+    seconds = timed(lambda b: laps.append(_phased_step(method_obj, b, task, optimizer, config, device)))
     result = {"train_ms_per_step": 1000 * seconds, "train_samples_per_second": size / seconds}
-    result |= {f"step_{name}_ms": 1000 * phases[name] / calls for name in ("forward", "backward", "optimizer")}
-    flops = count_flops(lambda: train_step(method_obj, batches[0], task, optimizer, config, device, {}))
+    result |= {f"step_{name}_ms": 1000 * sum(lap[name] for lap in laps[-steps:]) / steps for name in STEP_PHASES}
+    flops = count_flops(lambda: train_step(method_obj, batches[0], task, optimizer, config, device))
     return result | {"train_gflop_per_step": flops / 1e9, "train_gflops": flops / 1e9 / seconds}
 
 

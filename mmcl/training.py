@@ -1,10 +1,8 @@
 """What :func:`mmcl.engine.train_task` trains a task with: its data (:func:`training_data`), the
-optimizer (:func:`make_optimizer`) and one optimizer step (:func:`train_step`), which ``mmcl bench``
-also times phase by phase.
+optimizer (:func:`make_optimizer`) and one optimizer step (:func:`train_step`): a forward, a
+backward and an optimizer phase, which ``mmcl bench`` also calls one by one to time them.
 """
 from __future__ import annotations
-
-import time
 
 import torch
 
@@ -41,20 +39,33 @@ def make_optimizer(method: Method, config: Config) -> torch.optim.Optimizer:
 
 
 def train_step(method: Method, batch, task: Task, optimizer: torch.optim.Optimizer, config: Config,
-               device: torch.device, phases: dict | None = None) -> tuple[torch.Tensor, dict]:
-    """One optimizer step; returns the (detached) loss and the method's loss parts. ``phases``
-    (``mmcl bench``): adds the seconds of the forward pass, the backward pass and the optimizer
-    step to its keys ``forward``, ``backward``, ``optimizer`` (synchronizing a GPU between them)."""
-    clock = _PhaseClock(phases, device)
+               device: torch.device) -> tuple[torch.Tensor, dict]:
+    """One optimizer step: :data:`STEP_PHASES` in order. Returns the (detached) loss and the
+    method's loss parts."""
+    loss, parts = forward_phase(method, batch, task, config, device)
+    backward_phase(loss, optimizer)
+    optimizer_phase(method, task, optimizer, config)
+    return loss.detach(), parts
+
+
+def forward_phase(method: Method, batch, task: Task, config: Config, device: torch.device
+                  ) -> tuple[torch.Tensor, dict]:
+    """The method's training loss on ``batch`` (frozen backbone included) and its parts."""
     with autocast_for(config, device):
         output = method.training_loss(batch, task)
     loss, parts = output if isinstance(output, tuple) else (output, {})
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{method.name}: non-finite loss at task {task.index} ({parts})")
-    clock.lap("forward")
+    return loss, parts
+
+
+def backward_phase(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    clock.lap("backward")
+
+
+def optimizer_phase(method: Method, task: Task, optimizer: torch.optim.Optimizer, config: Config) -> None:
+    """Clip, step, then the method's after-step hook; frozen head rows neither step nor decay."""
     heads = method.class_heads()
     for head in heads:  # frozen head rows: no gradient, so no clipping share and no optimizer moments
         head.mask_gradient()
@@ -64,22 +75,7 @@ def train_step(method: Method, batch, task: Task, optimizer: torch.optim.Optimiz
     for head in heads:  # ... and weight decay cannot move them either
         head.restore_frozen_rows()
     method.after_optimizer_step(task)
-    clock.lap("optimizer")
-    return loss.detach(), parts
 
 
-class _PhaseClock:
-    """Seconds between laps, added to ``phases[name]``; does nothing when ``phases`` is None."""
-
-    def __init__(self, phases: dict | None, device: torch.device):
-        self.phases, self.device = phases, device
-        self.last = time.perf_counter() if phases is not None else 0.0
-
-    def lap(self, name: str) -> None:
-        if self.phases is None:
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
-        self.last = now
+STEP_PHASES = ("forward", "backward", "optimizer")
+"""The phases of :func:`train_step`, in order, as ``mmcl bench`` times them."""

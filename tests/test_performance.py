@@ -83,8 +83,8 @@ def test_bench_splits_a_training_step_into_its_parts():
         torch.set_num_threads(threads)
     parts = [result[k] for k in ("step_forward_ms", "step_backward_ms", "step_optimizer_ms")]
     assert all(p > 0 for p in parts)
-    # The parts are of the same steps as the total (warm-up included there, so not exactly equal).
-    assert 0.3 * result["train_ms_per_step"] < sum(parts) < 3 * result["train_ms_per_step"]
+    # The parts are disjoint stretches of the timed steps: together at most the total, and nearly all of it.
+    assert 0.8 * result["train_ms_per_step"] < sum(parts) <= result["train_ms_per_step"]
     assert result["step_trainable_forward_ms"] == max(0.0, result["step_forward_ms"] - result["forward_ms_per_step"])
     assert result["eval_ms_per_sample"] > 0 and result["data_ms_per_step"] > 0
     text = format_bench(result)
