@@ -15,6 +15,7 @@ table says it, and a choice at the largest value tried means the grid must grow.
     python benchmarks/epoch_curves.py --profile tiny                     # 7 methods x 5 values x 3 scenarios
     python benchmarks/epoch_curves.py --profile tiny --epochs 2 3 5 8 12 --seeds 0 1
     python benchmarks/epoch_curves.py --profile smoke --methods finetune --epochs 1 2   # a quick try
+    python benchmarks/epoch_curves.py --profile tiny --update-docs docs/benchmark.md    # rewrite its table
 
 Runs go under ``--output-dir`` (default ``runs/epochs``) and are reused by a second call; the table
 is printed and written to ``<output-dir>/<profile>/epoch_curves.{csv,md}``.
@@ -46,7 +47,7 @@ def plateau(curve: dict[int, float], tolerance: float) -> int:
     return min(e for e, value in curve.items() if value >= best - tolerance)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
@@ -56,11 +57,23 @@ def main() -> None:
     parser.add_argument("--first-tasks", type=int, default=2)
     parser.add_argument("--tolerance", type=float, default=1.0)
     parser.add_argument("--output-dir", default="runs/epochs")
-    args = parser.parse_args()
+    parser.add_argument("--update-docs", metavar="MARKDOWN",
+                        help="also write the table between <!-- epochs:start --> and <!-- epochs:end --> of this file")
+    return parser.parse_args(argv)
 
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that makes these runs again (every option that decides them)."""
+    return (f"python benchmarks/epoch_curves.py --profile {args.profile} --scenarios {' '.join(args.scenarios)} "
+            f"--epochs {' '.join(map(str, sorted(set(args.epochs))))} --seeds {' '.join(map(str, args.seeds))} "
+            f"--methods {' '.join(args.methods)}")
+
+
+def run_curves(args: argparse.Namespace):
+    """One row per run: its scenario, method, seed, epochs, first-task and final validation accuracy."""
     import pandas as pd
 
-    from mmcl import reproduce, results
+    from mmcl import reproduce
     from mmcl.config import load_config
     from mmcl.executors import make_executor
     from mmcl.methods import method_class
@@ -81,7 +94,13 @@ def main() -> None:
                          "final": metrics["modes"][mode]["final_accuracy"],
                          "run_seconds": metrics.get("timing", {}).get("run_seconds_this_session"),
                          "source_fingerprint": metrics["run"].get("source_fingerprint")})
-    runs = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def report(runs, args: argparse.Namespace) -> tuple[str, object]:
+    """The markdown text (table, the plateau per scenario, run seconds) and the table itself."""
+    from mmcl import results
+
     curves = runs.groupby(["scenario", "method", "epochs"])[["first_tasks", "final"]].mean().reset_index()
     lines = []
     for scenario, part in curves.groupby("scenario", sort=False):
@@ -94,18 +113,37 @@ def main() -> None:
     table = curves.pivot_table(index=["scenario", "method"], columns="epochs", values=["first_tasks", "final"])
     table.columns = [f"{name} @{epochs}" for name, epochs in table.columns]
     table = table.round(1).reset_index()
+    code = ", ".join(sorted({str(f)[:12] for f in runs["source_fingerprint"]}))
+    seconds = runs.groupby("epochs")["run_seconds"].sum().round(0).to_dict()
+    text = (f"Validation accuracy against epochs, profile {args.profile}, seeds {args.seeds} "
+            f"(`{command_line(args)}`; runs of source {code}):\n\n"
+            + results.to_markdown(table) + "\n\n" + "\n".join(lines)
+            + "\n\nRun seconds of these runs per epochs value: "
+            + ", ".join(f"{e}: {s:g}" for e, s in seconds.items()) + "\n")
+    return text, table
+
+
+def update_docs(path: Path, text: str) -> None:
+    """Replace the block between the epochs markers of ``path`` with ``text``."""
+    start, end = "<!-- epochs:start -->", "<!-- epochs:end -->"
+    document = path.read_text()
+    if start not in document or end not in document:
+        raise SystemExit(f"{path}: no {start} ... {end} block to write the table into")
+    head, rest = document.split(start, 1)
+    path.write_text(f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    runs = run_curves(args)
+    text, table = report(runs, args)
     out = Path(args.output_dir) / args.profile
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "epoch_runs.csv", index=False)
     table.to_csv(out / "epoch_curves.csv", index=False)
-    code = ", ".join(sorted({str(f)[:12] for f in runs["source_fingerprint"]}))
-    seconds = runs.groupby("epochs")["run_seconds"].sum().round(0).to_dict()
-    text = (f"Validation accuracy against epochs, profile {args.profile}, seeds {args.seeds} "
-            f"(`python benchmarks/epoch_curves.py --profile {args.profile}`; runs of source {code}):\n\n"
-            + results.to_markdown(table) + "\n\n" + "\n".join(lines)
-            + "\n\nRun seconds of these runs per epochs value: "
-            + ", ".join(f"{e}: {s:g}" for e, s in seconds.items()) + "\n")
     (out / "epoch_curves.md").write_text(text)
+    if args.update_docs:
+        update_docs(Path(args.update_docs), text)
     print(text)
 
 
