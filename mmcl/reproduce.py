@@ -541,8 +541,8 @@ def reproduce(profile: str = "tiny", overrides: Sequence[str] = (), output_dir: 
 
 def slowest_runs(root: str | Path, count: int | None = 10) -> list[dict]:
     """The ``count`` runs under ``root`` (None: all) with the most seconds (their metrics.json
-    ``timing``: the session that finished them), slowest first: run folder, seconds, training and
-    evaluation seconds."""
+    ``timing``: the session that finished them), slowest first: run folder, seconds, training,
+    evaluation and forgetting-probe seconds."""
     rows = []
     for run_dir in results.find_run_dirs(root):
         try:
@@ -550,22 +550,25 @@ def slowest_runs(root: str | Path, count: int | None = 10) -> list[dict]:
         except (OSError, ValueError):
             continue
         rows.append({"run": str(Path(run_dir).relative_to(root)), "seconds": timing.get("run_seconds_this_session", 0.0),
-                     "train_seconds": timing.get("train_seconds", 0.0), "eval_seconds": timing.get("eval_seconds", 0.0)})
+                     "train_seconds": timing.get("train_seconds", 0.0), "eval_seconds": timing.get("eval_seconds", 0.0),
+                     "probe_seconds": timing.get("forgetting_decomposition_seconds", 0.0)})
     return sorted(rows, key=lambda r: -r["seconds"])[:count]
+
+
+_SECONDS = ("seconds", "train_seconds", "eval_seconds", "probe_seconds")
 
 
 def seconds_per_method(runs: list[dict]) -> list[dict]:
     """Run seconds summed per method (variants and hyper-parameter differences with their method)
-    over ``runs`` (rows of :func:`slowest_runs`), most first: method, runs, seconds, training and
-    evaluation seconds."""
+    over ``runs`` (rows of :func:`slowest_runs`), most first: method, runs, seconds, training,
+    evaluation and forgetting-probe seconds."""
     totals: dict[str, dict] = {}
     for row in runs:
         method = Path(row["run"]).parts[-2].split("@")[0].split("~")[0]
-        total = totals.setdefault(method, {"method": method, "runs": 0, "seconds": 0.0, "train_seconds": 0.0,
-                                           "eval_seconds": 0.0})
+        total = totals.setdefault(method, {"method": method, "runs": 0} | dict.fromkeys(_SECONDS, 0.0))
         total["runs"] += 1
-        for key in ("seconds", "train_seconds", "eval_seconds"):
-            total[key] += row[key]
+        for key in _SECONDS:
+            total[key] += row.get(key, 0.0)
     return sorted(totals.values(), key=lambda t: (-t["seconds"], t["method"]))
 
 
@@ -583,7 +586,10 @@ def time_report(timings: dict[str, float], root: str | Path, count: int = 10) ->
         lines.append(f"slowest runs (s; run, of it training and evaluation), of {len(results.find_run_dirs(root))} "
                      f"under {root}:")
         lines += [f"  {r['seconds']:7.1f} {r['train_seconds']:7.1f} {r['eval_seconds']:7.1f}  {r['run']}" for r in slowest]
-        lines.append("run seconds per method (runs; seconds, of it training and evaluation):")
+        lines.append("run seconds per method (runs; seconds, of it training, evaluation and the forgetting probe):")
+        per_method = seconds_per_method(runs)
+        total = {"method": "total", "runs": sum(t["runs"] for t in per_method)}
+        total |= {key: sum(t[key] for t in per_method) for key in _SECONDS}
         lines += [f"  {t['method']:<16}{t['runs']:5d} {t['seconds']:8.1f} {t['train_seconds']:8.1f} "
-                  f"{t['eval_seconds']:7.1f}" for t in seconds_per_method(runs)]
+                  f"{t['eval_seconds']:7.1f} {t['probe_seconds']:7.1f}" for t in per_method + [total]]
     return "\n".join(lines)

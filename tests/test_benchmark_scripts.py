@@ -1,5 +1,6 @@
-"""``benchmarks/epoch_curves.py``: the plateau rule, and a real (smoke) run of the script writing its
-table, the command that made it, and the docs block it is asked to rewrite."""
+"""The scripts in ``benchmarks/`` that docs cite as the command to re-measure: ``epoch_curves.py`` (the
+plateau rule; a real smoke run writing its table, the command that made it and the docs block it is
+asked to rewrite) and ``run_timing.py`` (a run's seconds split and its matrices' digest)."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,15 +8,24 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "epoch_curves.py"
+SCRIPTS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def epoch_curves():
-    spec = importlib.util.spec_from_file_location("epoch_curves", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("epoch_curves")
+
+
+@pytest.fixture(scope="module")
+def run_timing():
+    return _script("run_timing")
 
 
 def test_plateau_is_the_fewest_epochs_within_the_tolerance_of_the_best(epoch_curves):
@@ -49,3 +59,24 @@ def test_a_docs_file_without_the_block_is_refused_by_name(epoch_curves, tmp_path
     with pytest.raises(SystemExit, match="plain.md: no <!-- epochs:start -->"):
         epoch_curves.update_docs(doc, "table\n")
     assert doc.read_text() == "no block here\n"
+
+
+def test_run_timing_splits_a_runs_seconds_and_the_rest_is_other(run_timing):
+    timing = {"run_seconds_this_session": 10.0, "train_seconds": 6.0, "eval_seconds": 1.5,
+              "forgetting_decomposition_seconds": 0.5}
+    assert run_timing.split(timing) == {"run": 10.0, "train": 6.0, "eval": 1.5, "probe": 0.5, "other": 2.0}
+    assert run_timing.split({"run_seconds_this_session": 3.0}) == {"run": 3.0, "train": 0.0, "eval": 0.0,
+                                                                     "probe": 0.0, "other": 3.0}
+
+
+def test_run_timing_runs_each_pair_again_and_prints_the_matrices_digest(run_timing, tmp_path, capsys):
+    out = tmp_path / "runs"
+    run_timing.main(["--profile", "smoke", "--output-dir", str(out), "--methods", "simplecil", "l2p",
+                     "--pairs", "class_incremental:av-events"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "run", "train", "eval", "probe", "other", "matrices"]
+    assert len(lines) == 2, "l2p declares no class-incremental scenario: skipped"
+    assert lines[1].startswith("class_incremental av-events simplecil")
+    import json
+    metrics = json.loads(next(out.rglob("metrics.json")).read_text())
+    assert lines[1].split()[-1] == run_timing.matrix_digest(metrics)
