@@ -16,6 +16,7 @@ table says it, and a choice at the largest value tried means the grid must grow.
     python benchmarks/epoch_curves.py --profile tiny --epochs 2 3 5 8 12 --seeds 0 1
     python benchmarks/epoch_curves.py --profile smoke --methods finetune --epochs 1 2   # a quick try
     python benchmarks/epoch_curves.py --profile tiny --update-docs docs/benchmark.md    # rewrite its table
+    python benchmarks/epoch_curves.py --profile tiny --set data.video_frames=2 --output-dir runs/epochs-frames2
 
 Runs go under ``--output-dir`` (default ``runs/epochs``) and are reused by a second call; the table
 is printed and written to ``<output-dir>/<profile>/epoch_curves.{csv,md}``.
@@ -57,8 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--first-tasks", type=int, default=2)
     parser.add_argument("--tolerance", type=float, default=1.0)
     parser.add_argument("--output-dir", default="runs/epochs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one profile key for every run, e.g. --set data.video_frames=2 (repeatable): "
+                             "a budget to compare with the profile's")
     parser.add_argument("--update-docs", metavar="MARKDOWN",
-                        help="also write the table between <!-- epochs:start --> and <!-- epochs:end --> of this file")
+                        help="also write the table between <!-- BLOCK:start --> and <!-- BLOCK:end --> of this file")
+    parser.add_argument("--block", default="epochs",
+                        help="the name of that block (default: epochs), one per budget compared")
     return parser.parse_args(argv)
 
 
@@ -66,7 +72,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that makes these runs again (every option that decides them)."""
     return (f"python benchmarks/epoch_curves.py --profile {args.profile} --scenarios {' '.join(args.scenarios)} "
             f"--epochs {' '.join(map(str, sorted(set(args.epochs))))} --seeds {' '.join(map(str, args.seeds))} "
-            f"--methods {' '.join(args.methods)}")
+            f"--methods {' '.join(args.methods)}" + "".join(f" --set {o}" for o in args.overrides))
 
 
 def run_curves(args: argparse.Namespace):
@@ -80,7 +86,7 @@ def run_curves(args: argparse.Namespace):
 
     rows = []
     for epochs in sorted(set(args.epochs)):
-        config = load_config(args.profile, [f"train.epochs={epochs}", "train.eval_split=val"])
+        config = load_config(args.profile, [*args.overrides, f"train.epochs={epochs}", "train.eval_split=val"])
         jobs = [job for scenario in args.scenarios for job in reproduce.sweep_jobs(
                     config, scenario, [m for m in args.methods if scenario in method_class(m).compatible_scenarios],
                     args.seeds, [config.scenarios[scenario].benchmark]) if "variant" not in job]
@@ -123,9 +129,9 @@ def report(runs, args: argparse.Namespace) -> tuple[str, object]:
     return text, table
 
 
-def update_docs(path: Path, text: str) -> None:
+def update_docs(path: Path, text: str, block: str = "epochs") -> None:
     """Replace the block between the epochs markers of ``path`` with ``text``."""
-    start, end = "<!-- epochs:start -->", "<!-- epochs:end -->"
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     document = path.read_text()
     if start not in document or end not in document:
         raise SystemExit(f"{path}: no {start} ... {end} block to write the table into")
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     table.to_csv(out / "epoch_curves.csv", index=False)
     (out / "epoch_curves.md").write_text(text)
     if args.update_docs:
-        update_docs(Path(args.update_docs), text)
+        update_docs(Path(args.update_docs), text, args.block)
     print(text)
 
 

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import yaml
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -40,25 +41,35 @@ def test_the_script_runs_reports_and_rewrites_the_docs_block(epoch_curves, tmp_p
     doc.write_text("before\n<!-- epochs:start -->\nold table\n<!-- epochs:end -->\nafter\n")
     epoch_curves.main(["--profile", "smoke", "--methods", "finetune", "--epochs", "2", "1",
                        "--scenarios", "class_incremental", "--output-dir", str(tmp_path / "runs"),
-                       "--update-docs", str(doc)])
+                       "--set", "train.batch_size=8", "--update-docs", str(doc)])
     text = doc.read_text()
     assert text.startswith("before\n<!-- epochs:start -->\nValidation accuracy against epochs, profile smoke")
     assert text.endswith("<!-- epochs:end -->\nafter\n") and "old table" not in text
     command = ("python benchmarks/epoch_curves.py --profile smoke --scenarios class_incremental --epochs 1 2 "
-               "--seeds 0 --methods finetune")
+               "--seeds 0 --methods finetune --set train.batch_size=8")
     assert f"`{command}`" in text
+    configs = [yaml.safe_load(path.read_text()) for path in (tmp_path / "runs").rglob("config.yaml")]
+    assert sorted((c["train"]["epochs"], c["train"]["batch_size"], c["train"]["eval_split"]) for c in configs) == [
+        (1, 8, "val"), (2, 8, "val")]
     assert "| class_incremental | finetune |" in text and "final @1" in text and "first_tasks @2" in text
     assert "- class_incremental: the median method plateaus (within 1 point) at" in text
     written = (tmp_path / "runs" / "smoke" / "epoch_curves.md").read_text()
     assert written in text and written in capsys.readouterr().out
 
 
-def test_a_docs_file_without_the_block_is_refused_by_name(epoch_curves, tmp_path):
+def test_a_docs_file_without_the_block_is_refused_by_name_and_only_the_named_block_changes(epoch_curves, tmp_path):
     doc = tmp_path / "plain.md"
     doc.write_text("no block here\n")
     with pytest.raises(SystemExit, match="plain.md: no <!-- epochs:start -->"):
         epoch_curves.update_docs(doc, "table\n")
     assert doc.read_text() == "no block here\n"
+    doc.write_text("<!-- epochs:start -->\nA\n<!-- epochs:end -->\n<!-- batch8:start -->\nB\n<!-- batch8:end -->\n")
+    epoch_curves.update_docs(doc, "C\n", "batch8")
+    assert doc.read_text() == ("<!-- epochs:start -->\nA\n<!-- epochs:end -->\n"
+                               "<!-- batch8:start -->\nC\n<!-- batch8:end -->\n")
+    with pytest.raises(SystemExit, match="plain.md: no <!-- other:start -->"):
+        epoch_curves.update_docs(doc, "table\n", "other")
+    assert "table" not in doc.read_text()
 
 
 def test_run_timing_splits_a_runs_seconds_and_the_rest_is_other(run_timing):
