@@ -49,7 +49,12 @@ DOMAIN_GAP_MIN = 10.0
 MODALITY_JOINT_MIN = 50.0
 ZERO_SHOT_MAX = 80.0
 REPLAY_PER_CLASS = 5
-MARK_START, MARK_END = "<!-- calibration:start -->", "<!-- calibration:end -->"
+BLOCK = "calibration"  # the block of docs/benchmark.md the profile's own calibration is written into
+
+
+def markers(block: str = BLOCK) -> tuple[str, str]:
+    """The lines that open and close ``block`` in a Markdown document."""
+    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
 
 
 def main_pairs(config: Config) -> list[tuple[str, str]]:
@@ -203,20 +208,23 @@ def zero_shot_table(runs: pd.DataFrame) -> pd.DataFrame:
                           "chance": round(c, 1), "run_versions": _versions(d)} for s, b, m, v, c, d in rows])
 
 
-def paste_into(document: str | Path, markdown: str) -> None:
-    """Replace the text between the calibration markers of ``document`` by ``markdown``."""
+def paste_into(document: str | Path, markdown: str, block: str = BLOCK) -> None:
+    """Replace the text between the markers of ``block`` (:func:`markers`) in ``document`` by ``markdown``."""
     path = Path(document)
     text = path.read_text() if path.is_file() else ""
-    if MARK_START not in text or MARK_END not in text:
-        raise ConfigError(f"{path}: no {MARK_START} ... {MARK_END} block to write the calibration into")
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
-    records.atomic_write_text(path, f"{head}{MARK_START}\n{markdown.strip()}\n{MARK_END}{tail}")
+    start, end = markers(block)
+    if start not in text or end not in text:
+        raise ConfigError(f"{path}: no {start} ... {end} block to write the calibration into")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    records.atomic_write_text(path, f"{head}{start}\n{markdown.strip()}\n{end}{tail}")
 
 
 def calibrate(config: Config, seeds: Sequence[int], output_dir: str | Path, table_dir: str | Path,
-              document: str | Path | None = None, command: str = "", progress: bool = False) -> pd.DataFrame:
-    """Run the calibration, write its tables under ``table_dir`` (and into ``document``); returns the targets table."""
+              document: str | Path | None = None, command: str = "", progress: bool = False,
+              block: str = BLOCK) -> pd.DataFrame:
+    """Run the calibration, write its tables under ``table_dir`` (and into ``block`` of ``document``); returns
+    the targets table."""
     runs = calibration_runs(config, seeds, output_dir, progress=progress)
     targets, zero = calibration_table(runs), zero_shot_table(runs)
     seeds_text = ", ".join(str(s) for s in seeds)
@@ -226,7 +234,7 @@ def calibrate(config: Config, seeds: Sequence[int], output_dir: str | Path, tabl
                          title=f"Zero-shot final accuracy per modality, profile {config.profile}, seeds {seeds_text}")
     if document:
         header = f"Written by `{command}`.\n\n" if command else ""
-        paste_into(document, header + first["md"].read_text() + "\n" + second["md"].read_text())
+        paste_into(document, header + first["md"].read_text() + "\n" + second["md"].read_text(), block)
     return targets
 
 

@@ -157,6 +157,9 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument("--table-dir", default="figures", help="calibration tables (default: figures)")
     calibrate.add_argument("--document", help="a Markdown file whose calibration block gets the tables, "
                                               "e.g. docs/benchmark.md")
+    calibrate.add_argument("--block", default="calibration",
+                           help="with --document: the block between <!-- BLOCK:start --> and <!-- BLOCK:end --> "
+                                "(default: calibration; another name for a budget compared with --set)")
     _add_profile_arguments(calibrate)
     calibrate.set_defaults(func=_cmd_calibrate)
 
@@ -381,7 +384,7 @@ def _cmd_calibrate(args) -> int:
     command = " ".join(["mmcl calibrate", f"--profile {args.profile}", "--seeds", *map(str, args.seeds),
                         *[f"--set {o}" for o in args.overrides]])
     targets = calibrate(config, args.seeds, args.output_dir, args.table_dir, args.document, command,
-                        progress=enabled(config.runtime.progress))
+                        progress=enabled(config.runtime.progress), block=args.block)
     from mmcl.results import display_table, to_markdown  # pandas: kept off `mmcl list` (docstring)
 
     print(to_markdown(display_table(targets)))

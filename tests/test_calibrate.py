@@ -52,6 +52,13 @@ def test_paste_into_replaces_only_the_marked_block(tmp_path):
     (tmp_path / "plain.md").write_text("no block")
     with pytest.raises(ConfigError, match="plain.md"):
         paste_into(tmp_path / "plain.md", "x")
+    document.write_text("<!-- calibration:start -->\nA\n<!-- calibration:end -->\n<!-- compact:start -->\nB\n"
+                        "<!-- compact:end -->\n")
+    paste_into(document, "| C |", "compact")
+    assert document.read_text() == ("<!-- calibration:start -->\nA\n<!-- calibration:end -->\n"
+                                    "<!-- compact:start -->\n| C |\n<!-- compact:end -->\n")
+    with pytest.raises(ConfigError, match="benchmark.md: no <!-- other:start -->"):
+        paste_into(document, "x", "other")
 
 
 def test_zero_shot_of_a_modality_stream_follows_each_seed_s_modality_order():
