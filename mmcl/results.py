@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -714,11 +715,20 @@ def code_footnotes(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _seed_of(run_dir: str) -> int | None:
+    """The seed of a run folder (``.../seed<k>``, :func:`mmcl.records.run_dir`); None for another layout."""
+    found = re.fullmatch(r"seed(\d+)", Path(run_dir).name)
+    return int(found.group(1)) if found else None
+
+
 def input_footnotes(table: pd.DataFrame) -> list[str]:
-    """What a table's runs read (its ``run_inputs`` column), as footnote lines: ``["Inputs: backbone
-    1a2b3c4d5e6f, data 9f8e7d6c5b4a"]`` when every run of a benchmark read the same weights and
-    data, one line per benchmark when benchmarks differ; a line starting ``MIXED`` for a benchmark
-    whose runs read different weights or data (their numbers are not comparable: rebuild one cache)."""
+    """What a table's runs read (its ``run_inputs`` column), as footnote lines, one per benchmark
+    when benchmarks differ: ``"Inputs: backbone 1a2b3c4d5e6f, data 9f8e7d6c5b4a"`` when every run
+    read the same weights and data; ``"Inputs, one per seed: seed 0: backbone ..., data ...; seed
+    1: ..."`` when each seed's runs read the same ones (each seed its own backbone,
+    ``model.pretrain.per_run_seed``: the methods are compared within a seed); a line starting
+    ``MIXED`` when runs of one seed read different weights or data (their numbers are not
+    comparable: rebuild one cache)."""
     if "run_inputs" not in table:
         return []
     benchmarks = table["benchmark"] if "benchmark" in table else pd.Series([None] * len(table), index=table.index)
@@ -727,19 +737,30 @@ def input_footnotes(table: pd.DataFrame) -> list[str]:
         by_benchmark.setdefault(benchmark, {}).update(dict(pairs))
     lines = []
     for benchmark, inputs in by_benchmark.items():
-        counts: dict[str, int] = {}
-        for text in inputs.values():
-            counts[text] = counts.get(text, 0) + 1
         where = f" ({benchmark})" if benchmark is not None and len(by_benchmark) > 1 else ""
-        if len(counts) == 1:
-            lines.append(f"Inputs{where}: {next(iter(counts))}")
-        elif counts:
-            log.warning("table runs%s read different weights or data: %s", where, counts)
-            lines.append(f"MIXED inputs{where}: the {len(inputs)} runs read {len(counts)} different weights/data; "
-                         "their numbers are not comparable:")
-            lines += [f"{text}: {count} run{'s' if count != 1 else ''}"
-                      for text, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+        lines += _inputs_lines(inputs, where)
     return lines
+
+
+def _inputs_lines(inputs: dict[str, str], where: str) -> list[str]:
+    """The footnote lines of one benchmark's runs: {run folder: :func:`inputs_text`}."""
+    counts: dict[str, int] = {}
+    per_seed: dict[int | None, set[str]] = {}
+    for run_dir, text in inputs.items():
+        counts[text] = counts.get(text, 0) + 1
+        per_seed.setdefault(_seed_of(run_dir), set()).add(text)
+    if len(counts) == 1:
+        return [f"Inputs{where}: {next(iter(counts))}"]
+    if counts and None not in per_seed and all(len(texts) == 1 for texts in per_seed.values()):
+        return [f"Inputs{where}, one per seed: "
+                + "; ".join(f"seed {seed}: {next(iter(per_seed[seed]))}" for seed in sorted(per_seed))]
+    if not counts:
+        return []
+    log.warning("table runs%s read different weights or data: %s", where, counts)
+    return [f"MIXED inputs{where}: the {len(inputs)} runs read {len(counts)} different weights/data; "
+            "their numbers are not comparable:"] + [
+        f"{text}: {count} run{'s' if count != 1 else ''}"
+        for text, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
 
 
 def write_table(table: pd.DataFrame, directory: str | Path, name: str, title: str = "",

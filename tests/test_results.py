@@ -295,6 +295,24 @@ def test_tables_state_what_their_runs_read_and_flag_a_mix(runs_root, tmp_path):
     assert f"- backbone {'b' * 12}, data {'d' * 12}: 5 runs" in text and f"- backbone {'c' * 12}, data {'d' * 12}: 1 run\n" in text
 
 
+def test_each_seed_its_own_backbone_is_not_a_mix(runs_root, tmp_path, caplog):
+    runs = results.load_runs(runs_root)
+    for run_dir, seed in zip(runs["run_dir"], runs["seed"]):  # model.pretrain.per_run_seed: one backbone a seed
+        _read(Path(run_dir), str(seed) * 64, "d" * 64)
+    seeds = sorted(runs["seed"].unique())
+    assert len(seeds) > 1
+    text = results.write_tables(results.load_runs(runs_root), tmp_path / "one")["main_class_incremental"]["md"].read_text()
+    per_seed = "; ".join(f"seed {s}: backbone {str(s) * 12}, data {'d' * 12}" for s in seeds)
+    assert f"- Inputs, one per seed: {per_seed}\n" in text
+    assert "MIXED" not in text and "read different weights" not in caplog.text
+
+    # Within one seed, two methods on different weights: their paired comparison is broken.
+    other = Path(runs.loc[(runs["label"] == "finetune") & (runs["seed"] == seeds[0]), "run_dir"].item())
+    _read(other, "e" * 64, "d" * 64)
+    text = results.write_tables(results.load_runs(runs_root), tmp_path / "two")["main_class_incremental"]["md"].read_text()
+    assert "- MIXED inputs: the 6 runs read" in text and f"- backbone {'e' * 12}, data {'d' * 12}: 1 run\n" in text
+
+
 def test_runs_without_a_manifest_read_unrecorded_inputs(runs_root):
     table = results.main_table(results.load_runs(runs_root), "class_incremental")
     assert results.input_footnotes(table) == ["Inputs: backbone unrecorded, data unrecorded"]
