@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
 
 from mmcl import kernels
 from mmcl.errors import ConfigError, PreparedDataError  # noqa: F401  (their public name: mmcl.config.<Error>)
@@ -82,6 +82,16 @@ class GeneratorConfig(_Strict):
     nuisance: float = Field(0.0, ge=0)
     distractors: int = Field(0, ge=0)
     occlusion: float = Field(0.0, ge=0, le=1)
+    inertial_jitter: float = Field(0.0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_levers(self, handler):
+        # A lever added after generator version 5 is left out at 0, where the data are v5's bytes,
+        # so that the runs, caches and fingerprints of v5 keep their identities.
+        dumped = handler(self)
+        if self.inertial_jitter == 0:
+            dumped.pop("inertial_jitter", None)
+        return dumped
 
 
 class DataConfig(_Strict):

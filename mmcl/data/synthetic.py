@@ -85,6 +85,8 @@ SPEAKER_PATCH = np.array(
 SPEAKER_GAIN = (1.0, 0.85, 1.1, 0.75, 0.95)
 SPEAKER_FORMANT_HZ = (0.0, 700.0, 1100.0, 1600.0, 2300.0)
 SPEAKER_REVERB_S = (0.0, 0.04, 0.08, 0.02, 0.12)
+# Inertial motion frequency between neighbouring classes (Hz): by texture (acc), by colour (gyro).
+INERTIAL_STEP_HZ = {"acc": 3.0, "gyro": 2.4}
 # Depth maps (version 5): a back wall at this height fills the top rows, so that the per-map min-max
 # normalisation (mmcl.data.modalities.depth_to_tensor) keeps the object's plateau height (its colour cue).
 DEPTH_WALL_HEIGHT = 1.6
@@ -136,12 +138,17 @@ class Difficulty:
       audio, other motions added to its inertial signals (each of a random attribute).
     - ``occlusion``: probability that an occluder hides part of the object (images, video,
       depth) or a gap silences part of the signal (audio, inertial).
+    - ``inertial_jitter``: per-sample spread of the inertial motion frequencies, in the units of
+      ``cue_jitter``: a standard deviation of 0.45 times the distance between neighbouring classes'
+      frequencies per unit, as the hue's and the pitch's. ``cue_jitter``'s own reach there is a
+      factor exp(N(0, 0.1 * cue_jitter)) of the frequency, a few hundredths of that distance.
     """
 
     cue_jitter: float = 0.0
     nuisance: float = 0.0
     distractors: int = 0
     occlusion: float = 0.0
+    inertial_jitter: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -592,15 +599,20 @@ def synthesize_inertial(concept: Concept, n: int, sample_rate: int, duration: fl
     j, q = difficulty.cue_jitter, difficulty.nuisance
     t = np.arange(int(sample_rate * duration), dtype=np.float32) / sample_rate
     if sensor == "acc":
-        frequency, axes, amplitude = 2.0 + 3.0 * concept.texture, _axis_mix(concept.shape), 2.0
+        frequency, axes, amplitude = 2.0 + INERTIAL_STEP_HZ["acc"] * concept.texture, _axis_mix(concept.shape), 2.0
         offset = np.array([0.0, 0.0, 9.81], dtype=np.float32)
     elif sensor == "gyro":
-        frequency, axes, amplitude = 1.5 + 2.4 * concept.colour, _axis_mix(concept.colour + concept.shape), 1.2
+        frequency = 1.5 + INERTIAL_STEP_HZ["gyro"] * concept.colour
+        axes, amplitude = _axis_mix(concept.colour + concept.shape), 1.2
         offset = np.zeros(3, dtype=np.float32)
     else:
         raise ValueError(f"unknown inertial sensor {sensor!r}")
-    frequency = np.minimum(frequency * domain.speed * rng.uniform(0.97, 1.03, size=(n, 1, 1))
-                           * np.exp(rng.normal(0, 0.1 * j, size=(n, 1, 1))), sample_rate * 0.45)
+    frequency = frequency * domain.speed * rng.uniform(0.97, 1.03, size=(n, 1, 1)) \
+        * np.exp(rng.normal(0, 0.1 * j, size=(n, 1, 1)))
+    if difficulty.inertial_jitter > 0:  # drawn only when set: at 0 the generator's stream is v5's
+        spread = 0.45 * INERTIAL_STEP_HZ[sensor] * difficulty.inertial_jitter
+        frequency = np.abs(frequency + rng.normal(0, spread, size=(n, 1, 1)))
+    frequency = np.minimum(frequency, sample_rate * 0.45)
     axes = axes[None] + rng.normal(0, 0.25 * j, size=(n, 3))
     axes = (axes / np.linalg.norm(axes, axis=1, keepdims=True))[:, :, None]
     phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
