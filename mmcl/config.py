@@ -16,7 +16,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
@@ -76,21 +76,25 @@ class InertialConfig(_Strict):
 
 class GeneratorConfig(_Strict):
     """Calibration knobs of the embedded generator (see ``mmcl.data.synthetic.Difficulty`` and
-    docs/benchmark.md); all zero gives clean class cues."""
+    docs/benchmark.md); all zero (``domain_shift`` 1) gives clean class cues."""
+
+    _V5_VALUES: ClassVar[dict[str, float]] = {"inertial_jitter": 0.0, "domain_shift": 1.0}
 
     cue_jitter: float = Field(0.0, ge=0)
     nuisance: float = Field(0.0, ge=0)
     distractors: int = Field(0, ge=0)
     occlusion: float = Field(0.0, ge=0, le=1)
     inertial_jitter: float = Field(0.0, ge=0)
+    domain_shift: float = Field(1.0, ge=0)
 
     @model_serializer(mode="wrap")
     def _without_unset_levers(self, handler):
-        # A lever added after generator version 5 is left out at 0, where the data are v5's bytes,
-        # so that the runs, caches and fingerprints of v5 keep their identities.
+        # A lever added after generator version 5 is left out at its v5 value, where the data are
+        # v5's bytes, so that the runs, caches and fingerprints of v5 keep their identities.
         dumped = handler(self)
-        if self.inertial_jitter == 0:
-            dumped.pop("inertial_jitter", None)
+        for name, v5 in self._V5_VALUES.items():
+            if getattr(self, name) == v5:
+                dumped.pop(name, None)
         return dumped
 
 

@@ -468,3 +468,38 @@ def test_inertial_jitter_spreads_motion_frequencies_as_far_as_the_other_cues():
     assert 1.0 < peaks(striped, 1).std() < 1.7  # 1.35 Hz, read on a 0.5 Hz grid
     overlap = np.mean(peaks(plain, 1) > 3.5) + np.mean(peaks(striped, 1) < 3.5)
     assert 0.1 < overlap < 0.5  # each side about 13 % beyond the midpoint
+
+
+def test_domain_shift_scales_how_far_a_domain_records_from_domain_0():
+    base = load_config("smoke")
+    assert "domain_shift" not in base.model_dump(mode="json")["data"]["generator"]  # v5's value: v5's identities
+    assert load_config("smoke", ["data.generator.domain_shift=1"]).fingerprint("data") == base.fingerprint("data")
+    assert load_config("smoke", ["data.generator.domain_shift=2"]).fingerprint("data") != base.fingerprint("data")
+    with pytest.raises(ConfigError, match="data.generator.domain_shift"):
+        load_config("smoke", ["data.generator.domain_shift=-1"])
+
+    # The corner pixels are background: domain 3's (0.12, 0.28, 0.16) against domain 0's grey 0.5,
+    # moved a share `shift` of the way, under domain 3's lighting gain 0.75 ** shift (domain 0's is
+    # 1), plus zero-mean colour and sensor noise: at 0.5, 0.866 * (0.31, 0.39, 0.33) - 0.5.
+    concept = synthetic.continual_concepts()[0]
+    grey, far = synthetic.BACKGROUNDS[0], synthetic.BACKGROUNDS[3]
+
+    def corner_difference(shift):
+        difficulty = synthetic.Difficulty(domain_shift=shift)
+        corners = [synthetic.render_images(concept, 200, 32, synthetic.DomainStyle(d, "speaker"),
+                                           np.random.default_rng(d), difficulty)[:, :4, -4:].mean(axis=(0, 1, 2))
+                   for d in (0, 3)]
+        return corners[1] - corners[0]
+
+    for shift in (0.0, 0.5, 1.0):
+        expected = 0.75 ** shift * (grey + shift * (far - grey)) - grey
+        assert np.allclose(corner_difference(shift), expected, atol=0.02), shift
+    assert np.allclose(corner_difference(0.5), [-0.232, -0.162, -0.214], atol=0.02)
+    # The inertial sensors: the noise that grows with the domain (0.1 per domain at 1) and the gain.
+    still = synthetic.Concept(0, 0, 0)
+
+    def spread(shift):
+        signals = synthetic.synthesize_inertial(still, 200, 50, 2.0, "gyro", synthetic.DomainStyle(3),
+                                                np.random.default_rng(0), synthetic.Difficulty(domain_shift=shift))
+        return np.diff(signals, axis=2).std()  # sample-to-sample noise dominates the slow motion's steps
+    assert spread(0.0) < spread(1.0) < spread(2.0)

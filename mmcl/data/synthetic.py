@@ -142,6 +142,11 @@ class Difficulty:
       ``cue_jitter``: a standard deviation of 0.45 times the distance between neighbouring classes'
       frequencies per unit, as the hue's and the pitch's. ``cue_jitter``'s own reach there is a
       factor exp(N(0, 0.1 * cue_jitter)) of the frequency, a few hundredths of that distance.
+    - ``domain_shift``: how far a domain's recording conditions lie from domain 0's, as a multiple
+      of version 5's: the background's and the speaker's colours, the lighting and voice gain, the
+      voice formant's strength, the room's reverberation and the sensor noise that grows with the
+      domain. At 0 the domains differ in their language alone; the class cues never move
+      (a "conflicting" domain's hue, pitch and speed shifts are not scaled).
     """
 
     cue_jitter: float = 0.0
@@ -149,6 +154,7 @@ class Difficulty:
     distractors: int = 0
     occlusion: float = 0.0
     inertial_jitter: float = 0.0
+    domain_shift: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,11 @@ class DomainStyle:
 
 
 CLEAN = Difficulty()
+
+
+def _toward(start, end, shift: float):
+    """``end`` moved ``shift`` of the way from ``start``: ``end`` itself (its exact bytes) at 1."""
+    return end if shift == 1 else np.asarray(start) + shift * (np.asarray(end) - np.asarray(start))
 
 
 @dataclass(frozen=True)
@@ -410,8 +421,10 @@ def _scene(concept: Concept, n: int, size: int, difficulty: Difficulty, domain: 
         base = np.clip(mix @ BACKGROUNDS + rng.normal(0, 0.05, size=(n, 3)), 0, 1)
         noise = rng.uniform(0.02, 0.12, size=n)
     else:
-        base = np.clip(BACKGROUNDS[domain.slot][None] + rng.normal(0, 0.03, size=(n, 3)), 0, 1)
-        noise = np.full(n, 0.03 + 0.025 * domain.slot)
+        shift = difficulty.domain_shift
+        background = _toward(BACKGROUNDS[0], BACKGROUNDS[domain.slot], shift)
+        base = np.clip(background[None] + rng.normal(0, 0.03, size=(n, 3)), 0, 1)
+        noise = np.full(n, 0.03 + 0.025 * domain.slot * shift)
     background = np.broadcast_to(base[:, None, None, :], (n, size, size, 3)).copy()
     if q > 0:  # clutter: soft blobs of random colours
         for _ in range(3):
@@ -423,7 +436,8 @@ def _scene(concept: Concept, n: int, size: int, difficulty: Difficulty, domain: 
             background += blob[..., None] * tint[:, None, None, :]
     patch = None
     if domain is not None and domain.style == "speaker":
-        patch = np.clip(SPEAKER_PATCH[domain.slot][None] + rng.normal(0, 0.03, size=(n, 3)), 0, 1)
+        speaker = _toward(SPEAKER_PATCH[0], SPEAKER_PATCH[domain.slot], difficulty.domain_shift)
+        patch = np.clip(speaker[None] + rng.normal(0, 0.03, size=(n, 3)), 0, 1)
     distractors = []
     for _ in range(difficulty.distractors):
         distractors.append({
@@ -435,8 +449,8 @@ def _scene(concept: Concept, n: int, size: int, difficulty: Difficulty, domain: 
     occluder = {"on": rng.random(n) < difficulty.occlusion, "angle": rng.uniform(0, np.pi, size=n),
                 "offset": rng.uniform(-0.35, 0.35, size=n), "width": rng.uniform(0.15, 0.3, size=n),
                 "colour": rng.uniform(0.2, 0.8, size=(n, 1)) * np.ones((1, 3))}
-    gain = (SPEAKER_GAIN[domain.slot] if domain is not None and domain.style == "speaker" else 1.0) \
-        * np.exp(rng.normal(0, 0.1 * q, size=n))
+    gain = (SPEAKER_GAIN[domain.slot] ** difficulty.domain_shift if domain is not None and domain.style == "speaker"
+            else 1.0) * np.exp(rng.normal(0, 0.1 * q, size=n))
     noise = noise + 0.08 * q
     f32 = lambda a: None if a is None else np.asarray(a, dtype=np.float32)  # noqa: E731
     return _Scene(concept, f32(np.clip(colour, 0, 1)), f32(level), f32(aspect), f32(frequency), f32(contrast),
@@ -571,19 +585,21 @@ def synthesize_audio(concept: Concept, n: int, sample_rate: int, duration: float
     for _ in range(difficulty.distractors):  # another sound source: a tone of random pitch and timbre
         other = 170.0 * 2 ** rng.uniform(0, 2.1, size=(n, 1))
         wave = wave + _tone(other, rng.integers(0, 4, size=n), t, sample_rate, rng) * rng.uniform(0.1, 0.3, size=(n, 1))
-    if domain.style == "speaker" and domain.slot > 0:
+    shift = difficulty.domain_shift
+    if domain.style == "speaker" and domain.slot > 0 and shift > 0:
         spectrum = np.fft.rfft(wave, axis=1)
         frequencies = np.fft.rfftfreq(len(t), 1 / sample_rate)
-        formant = 1 + 1.0 * np.exp(-0.5 * ((frequencies - SPEAKER_FORMANT_HZ[domain.slot]) / 250.0) ** 2)
+        formant = 1 + shift * np.exp(-0.5 * ((frequencies - SPEAKER_FORMANT_HZ[domain.slot]) / 250.0) ** 2)
         wave = np.fft.irfft(spectrum * formant, n=len(t), axis=1)
-        decay = SPEAKER_REVERB_S[domain.slot]
+        decay = SPEAKER_REVERB_S[domain.slot] * shift
         response = np.exp(-t / decay) * rng.normal(0, 1, size=len(t)) * 0.3
         response[0] = 1.0
         wave = np.fft.irfft(np.fft.rfft(wave, axis=1) * np.fft.rfft(response), n=len(t), axis=1)
         wave = wave / np.abs(wave).max(axis=1, keepdims=True) * 0.45
-    gain = (SPEAKER_GAIN[domain.slot] if domain.style == "speaker" else 1.0) * np.exp(rng.normal(0, 0.2 * q, size=(n, 1)))
+    gain = (SPEAKER_GAIN[domain.slot] ** shift if domain.style == "speaker" else 1.0) \
+        * np.exp(rng.normal(0, 0.2 * q, size=(n, 1)))
     wave = _gaps(wave * gain, difficulty.occlusion, rng)
-    noise_level = 0.02 + 0.02 * domain.slot + 0.06 * q
+    noise_level = 0.02 + 0.02 * domain.slot * shift + 0.06 * q
     return (wave + rng.normal(0, noise_level, size=wave.shape)).astype(np.float32)
 
 
@@ -624,9 +640,10 @@ def synthesize_inertial(concept: Concept, n: int, sample_rate: int, duration: fl
         other_axes /= np.linalg.norm(other_axes, axis=1, keepdims=True)
         other = np.sin(2 * np.pi * rng.uniform(1.0, 12.0, size=(n, 1, 1)) * t[None, None] + rng.uniform(0, 6.3, size=(n, 1, 1)))
         signal = signal + amplitude * rng.uniform(0.2, 0.5, size=(n, 1, 1)) * other * other_axes
-    gain = (SPEAKER_GAIN[domain.slot] if domain.style == "speaker" else 1.0) * np.exp(rng.normal(0, 0.2 * q, size=(n, 1, 1)))
+    gain = (SPEAKER_GAIN[domain.slot] ** difficulty.domain_shift if domain.style == "speaker" else 1.0) \
+        * np.exp(rng.normal(0, 0.2 * q, size=(n, 1, 1)))
     signal = _gaps(signal * gain, difficulty.occlusion, rng) + offset[None, :, None]
-    noise_level = 0.15 + 0.1 * domain.slot + 0.35 * q
+    noise_level = 0.15 + 0.1 * domain.slot * difficulty.domain_shift + 0.35 * q
     return (signal + rng.normal(0, noise_level, size=signal.shape)).astype(np.float32)
 
 
