@@ -11,7 +11,10 @@ x86-64 machine of the last decade has (:data:`LEVEL`, AVX2), through the switche
 - oneDNN (convolutions, linear layers): ``ONEDNN_MAX_CPU_ISA``, read at its first primitive; and
   switched off on the CPU (below);
 - MKL (matrix products): ``MKL_CBWR`` in strict conditional-numerical-reproducibility mode, and
-  ``MKL_ENABLE_INSTRUCTIONS``, read at its first call;
+  ``MKL_ENABLE_INSTRUCTIONS``, read at its first call. MKL honours its AVX2 branch on Intel CPUs
+  only: on another vendor's it runs its own dispatch instead (Intel's oneMKL developer guide,
+  "Getting Started with Conditional Numerical Reproducibility"), so an AMD CPU computes other
+  products than an Intel one and pre-trains another backbone (:func:`mkl_branch_honoured`);
 - numpy's SIMD dispatch: ``NPY_DISABLE_CPU_FEATURES``, read when numpy is imported;
 - OpenBLAS (numpy's and scipy's): ``OPENBLAS_CORETYPE``, read when the library is loaded;
 - numba (librosa's): ``NUMBA_CPU_NAME``, read when it compiles.
@@ -88,6 +91,24 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; Linux ``/proc/cpuinfo``), else ``unknown``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def mkl_branch_honoured(vendor: str | None = None) -> bool:
+    """Whether MKL computes on the pinned AVX2 branch here: on Intel CPUs only. Elsewhere its products
+    are those of its own dispatch for this CPU, the same on one processor model and not Intel's."""
+    return (cpu_vendor() if vendor is None else vendor) == "GenuineIntel"
 
 
 def cpu_model() -> str:
@@ -205,9 +226,14 @@ def state() -> dict:
         reasons.append(f"OpenBLAS runs {', '.join(sorted(set(blas)))} kernels (loaded before mmcl)")
     if kernels["onednn"] != "off" or kernels["mkl"] != pinned_environment().get("MKL_CBWR"):
         reasons.append("oneDNN or MKL not pinned")
+    # Reported, not refused: every other library is pinned, and refusing would stop every run on the
+    # CPUs of another vendor; the manifest and `mmcl inputs` say that MKL's products are this CPU's.
+    kernels["mkl_branch"] = ("pinned" if mkl_branch_honoured() else
+                             f"its own dispatch ({cpu_vendor()}: MKL honours the pinned branch on Intel CPUs only)")
     return {"portable": requested() and not reasons, "requested": requested(), "level": LEVEL,
             "why_not": reasons if requested() else [f"{SWITCH}=0 (runtime.portable_kernels: false)"],
-            "cpu": {"model": cpu_model(), "native_level": native_level()}, "kernels": kernels}
+            "cpu": {"model": cpu_model(), "native_level": native_level(), "vendor": cpu_vendor()},
+            "kernels": kernels}
 
 
 def _openblas_cores() -> list[str]:

@@ -91,3 +91,21 @@ def test_run_timing_runs_each_pair_again_and_prints_the_matrices_digest(run_timi
     import json
     metrics = json.loads(next(out.rglob("metrics.json")).read_text())
     assert lines[1].split()[-1] == run_timing.matrix_digest(metrics)
+
+
+def test_mkl_branches_prints_one_row_per_branch_and_the_branch_is_read_per_process(capsys):
+    script = _script("mkl_branches")
+    from mmcl import kernels
+
+    script.main(["--branches", "AVX2,STRICT", "SSE4_2,STRICT", "COMPATIBLE,STRICT"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(kernels.cpu_model()) and kernels.cpu_vendor() in lines[0]
+    rows = [line.split("|")[1:-1] for line in lines[3:]]
+    assert [row[0].strip() for row in rows] == ["`AVX2,STRICT`", "`SSE4_2,STRICT`", "`COMPATIBLE,STRICT`"]
+    digests = [row[1].strip() for row in rows]
+    # The AVX2 and SSE4.2 branches differ where MKL honours them (Intel CPUs), and are one dispatch elsewhere.
+    assert (digests[0] != digests[1]) == kernels.mkl_branch_honoured()
+    assert all(float(row[2]) > 0 for row in rows)
+    with pytest.raises(SystemExit):  # MKL would take it silently, as AUTO
+        script.main(["--branches", "AVX3,STRICT"])
+    assert "'AVX3,STRICT' is not an MKL branch" in capsys.readouterr().err

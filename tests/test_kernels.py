@@ -131,3 +131,31 @@ def test_the_command_line_restarts_itself_with_the_kernels_asked(tmp_path):
     state = json.loads(manifests[0].read_text())["kernels"]
     assert not state["portable"] and not state["requested"]
     assert (tmp_path / "cache" / kernels.machine_tag() / "backbones").is_dir()
+
+
+PRODUCT = """
+import hashlib, sys
+import mmcl, torch
+torch.set_num_threads(1)
+generator = torch.Generator().manual_seed(0)
+left, right = torch.randn(256, 384, generator=generator), torch.randn(384, 200, generator=generator)
+print(hashlib.sha256((left @ right).numpy().tobytes()).hexdigest())
+"""
+
+
+def test_mkl_computes_on_the_pinned_branch_on_intel_cpus_only():
+    assert kernels.mkl_branch_honoured("GenuineIntel") and not kernels.mkl_branch_honoured("AuthenticAMD")
+    # Measured on this CPU: does the branch MKL_CBWR names change MKL's products? On an Intel CPU the
+    # AVX2 and SSE4.2 branches sum and round differently (fused multiply-adds); on another vendor's
+    # MKL runs its own dispatch whatever the variable says.
+    digests = []
+    for branch in ("AVX2,STRICT", "SSE4_2,STRICT"):
+        code = PRODUCT.replace("import mmcl, torch", f"import os; os.environ['MKL_CBWR'] = {branch!r}; import torch")
+        shown = _python(code, _native_environment())
+        assert shown.returncode == 0, shown.stderr
+        digests.append(shown.stdout.strip())
+    assert (digests[0] != digests[1]) == kernels.mkl_branch_honoured(), (kernels.cpu_vendor(), digests)
+    state = json.loads(_python("import mmcl, json; from mmcl import kernels; print(json.dumps(kernels.state()))",
+                               _native_environment()).stdout)
+    assert (state["kernels"]["mkl_branch"] == "pinned") == kernels.mkl_branch_honoured()
+    assert state["cpu"]["vendor"] == kernels.cpu_vendor() and state["portable"]

@@ -3,7 +3,7 @@ sequential fine-tuning forgets, joint training is the upper bound, and training 
 modalities the pre-trained backbone cannot read zero-shot."""
 import pytest
 
-from mmcl import engine
+from mmcl import engine, kernels
 from mmcl.config import load_config
 from mmcl.hparams import variant_overrides
 
@@ -89,20 +89,27 @@ def test_training_learns_what_zero_shot_cannot_read(tiny):
 # Published L2P masks the logits of other tasks' classes in training, so nothing in its loss moves a
 # new modality out of the old classes (v5: 0.159 of zero-shot's errors fixed); DualPrompt's and
 # CODA-Prompt's masks do the same (0.052 and 0.278).
+# These shares are of the reference products: MKL computes on its pinned branch on Intel CPUs only
+# (mmcl.kernels.mkl_branch_honoured); on another vendor's CPU the backbone is another one (docs/
+# benchmark.md, input digests) and a share near the bar can land on its other side (unmasked L2P
+# passes it on an AMD EPYC). So the expected failures are strict where the products are the reference's.
+REFERENCE_PRODUCTS = kernels.mkl_branch_honoured()
 PROMPT_LEARNING_CASES = [
     pytest.param("comm", None, True, id="comm-trained"),
     pytest.param("comm", None, False, id="comm-untrained"),
     pytest.param("l2p", None, True, id="l2p-trained", marks=pytest.mark.xfail(
-        strict=True, reason="L2P's train-time mask: 0.159 of zero-shot's errors fixed (seed 0, generator v5)")),
+        strict=REFERENCE_PRODUCTS, reason="L2P's train-time mask: 0.159 of zero-shot's errors fixed (seed 0, "
+                                          "generator v5)")),
     pytest.param("l2p", "unmasked", True, id="l2p~unmasked-trained", marks=pytest.mark.xfail(
-        strict=True, reason="unmasked L2P on the v5 stream: 0.296 of zero-shot's errors fixed (audio 45.3 % vs "
-                            "14.7 %, depth 28.0 % vs 5.3 %), seed 0, kernels pinned")),
+        strict=REFERENCE_PRODUCTS, reason="unmasked L2P on the v5 stream: 0.296 of zero-shot's errors fixed "
+                                          "(audio 45.3 % vs 14.7 %, depth 28.0 % vs 5.3 %), seed 0, kernels pinned")),
     pytest.param("l2p", None, False, id="l2p-untrained"),
     *(pytest.param(method, variant, True, id=f"{method}{'~' + variant if variant else ''}-trained")
       for method, variant in (("dualprompt", "unmasked"), ("coda-prompt", "unmasked"), ("slca", None))),
     *(pytest.param(method, None, False, id=f"{method}-untrained") for method in ("dualprompt", "coda-prompt", "slca")),
     *(pytest.param(method, None, True, id=f"{method}-trained", marks=pytest.mark.xfail(
-        strict=True, reason=f"{method}'s train-time mask: {fixed} of zero-shot's errors fixed (seed 0, kernels pinned)"))
+        strict=REFERENCE_PRODUCTS, reason=f"{method}'s train-time mask: {fixed} of zero-shot's errors fixed (seed 0, "
+                                          "kernels pinned)"))
       for method, fixed in (("dualprompt", "0.052"), ("coda-prompt", "0.278"))),
 ]
 
