@@ -147,9 +147,10 @@ def feeding_runs(runs: pd.DataFrame, entries: list[dict]) -> pd.DataFrame:
 def inputs_note(runs: pd.DataFrame, expected: dict) -> str | None:
     """A line naming the inputs (backbone weights, benchmark data) the runs read that the expected
     numbers were not produced from (``produced_by`` of the file), or None when they agree or the file
-    does not say. The tiny backbone and the benchmarks are generated on this machine: bitwise the
-    same on the same torch build and CPU instruction set, other bytes on another (last-bit rounding
-    that pre-training grows into other weights), and then numbers may leave their tolerance."""
+    does not say. The tiny backbone and the benchmarks are generated on this machine with the kernels
+    pinned (:mod:`mmcl.kernels`): the benchmarks are the same bytes on every x86-64 CPU, the backbones
+    on Intel CPUs only (MKL's pinned branch); on another vendor's CPU, or another torch build,
+    pre-training grows other last bits into other weights, and numbers may leave their tolerance."""
     produced = expected.get("produced_by") or {}
     runs = feeding_runs(runs, expected["results"])
     differ = []
@@ -162,8 +163,9 @@ def inputs_note(runs: pd.DataFrame, expected: dict) -> str | None:
     if not differ:
         return None
     return ("note: these runs read other inputs than the expected numbers came from: " + "; ".join(differ)
-            + ". Pre-training and benchmark generation are bitwise reproducible on the same torch build and "
-              "CPU instruction set only; on another, numbers can move beyond a seed-spread tolerance.")
+            + ". The benchmarks are the same bytes on every x86-64 CPU, the pre-trained backbones on Intel CPUs "
+              "only (MKL computes other products on another vendor's: README, 'Same bytes on every machine'); "
+              "on another vendor's CPU or torch build, numbers can move beyond a seed-spread tolerance.")
 
 
 def summary(table: pd.DataFrame) -> str:
