@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from mmcl import kernels
 from mmcl.errors import ConfigError, PreparedDataError  # noqa: F401  (their public name: mmcl.config.<Error>)
