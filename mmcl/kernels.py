@@ -81,28 +81,29 @@ def is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+def _first_processor() -> dict[str, str]:
+    """The fields of the first processor's block of Linux ``/proc/cpuinfo`` (empty elsewhere)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
             for line in stream:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
+                key, _, value = line.partition(":")
+                if not key.strip():
+                    break  # the first processor's block ends
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return set()
+    return fields
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    return set(_first_processor().get("flags", "").split())
 
 
 def cpu_vendor() -> str:
     """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; Linux ``/proc/cpuinfo``), else ``unknown``."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
-            for line in stream:
-                if line.startswith("vendor_id"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown"
+    return _first_processor().get("vendor_id") or "unknown"
 
 
 def mkl_branch_honoured(vendor: str | None = None) -> bool:
@@ -114,16 +115,7 @@ def mkl_branch_honoured(vendor: str | None = None) -> bool:
 def cpu_model() -> str:
     """The CPU's model name with its family, model and stepping numbers (a virtual machine's name
     alone can be generic), e.g. ``Intel(R) Xeon(R) Processor (family 6, model 207, stepping 2)``."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
-            for line in stream:
-                key, _, value = line.partition(":")
-                if not key.strip():
-                    break  # the first processor's block ends
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    fields = _first_processor()
     name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
     numbers = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
     return f"{name} ({', '.join(numbers).replace('cpu family', 'family')})" if numbers else name
@@ -228,11 +220,12 @@ def state() -> dict:
         reasons.append("oneDNN or MKL not pinned")
     # Reported, not refused: every other library is pinned, and refusing would stop every run on the
     # CPUs of another vendor; the manifest and `mmcl inputs` say that MKL's products are this CPU's.
-    kernels["mkl_branch"] = ("pinned" if mkl_branch_honoured() else
-                             f"its own dispatch ({cpu_vendor()}: MKL honours the pinned branch on Intel CPUs only)")
+    vendor = cpu_vendor()
+    kernels["mkl_branch"] = ("pinned" if mkl_branch_honoured(vendor) else
+                             f"its own dispatch ({vendor}: MKL honours the pinned branch on Intel CPUs only)")
     return {"portable": requested() and not reasons, "requested": requested(), "level": LEVEL,
             "why_not": reasons if requested() else [f"{SWITCH}=0 (runtime.portable_kernels: false)"],
-            "cpu": {"model": cpu_model(), "native_level": native_level(), "vendor": cpu_vendor()},
+            "cpu": {"model": cpu_model(), "native_level": native_level(), "vendor": vendor},
             "kernels": kernels}
 
 

@@ -749,13 +749,13 @@ def _inputs_lines(inputs: dict[str, str], where: str) -> list[str]:
     for run_dir, text in inputs.items():
         counts[text] = counts.get(text, 0) + 1
         per_seed.setdefault(_seed_of(run_dir), set()).add(text)
-    if len(counts) == 1:
-        return [f"Inputs{where}: {next(iter(counts))}"]
-    if counts and None not in per_seed and all(len(texts) == 1 for texts in per_seed.values()):
-        return [f"Inputs{where}, one per seed: "
-                + "; ".join(f"seed {seed}: {next(iter(per_seed[seed]))}" for seed in sorted(per_seed))]
     if not counts:
         return []
+    if len(counts) == 1:
+        return [f"Inputs{where}: {next(iter(counts))}"]
+    if None not in per_seed and all(len(texts) == 1 for texts in per_seed.values()):
+        return [f"Inputs{where}, one per seed: "
+                + "; ".join(f"seed {seed}: {next(iter(per_seed[seed]))}" for seed in sorted(per_seed))]
     log.warning("table runs%s read different weights or data: %s", where, counts)
     return [f"MIXED inputs{where}: the {len(inputs)} runs read {len(counts)} different weights/data; "
             "their numbers are not comparable:"] + [
