@@ -1,13 +1,12 @@
 """Which MKL branch gives the same matrix products on every vendor's CPU, and at what speed?
 
-MKL honours its instruction-set branches (``AVX2``, ``SSE4_2``) on Intel CPUs only; on another
-vendor's it runs its own dispatch, so an ``AVX2`` pin gave an AMD CPU other products and another
-pre-trained backbone. Its ``COMPATIBLE`` branch (SSE2 without the approximate reciprocal instructions)
-is the one meant to run the same code everywhere, and ``mmcl.kernels`` pins it. This prints, for each
+mmcl pins MKL to its AVX2 branch in strict reproducibility mode (``mmcl.kernels``). MKL honours that
+branch on Intel CPUs only; on another vendor's it runs its own dispatch, so an AMD CPU computes other
+products and pre-trains another backbone. Its ``COMPATIBLE`` branch (SSE2 without the approximate
+reciprocal instructions) is the one meant to run the same code everywhere. This prints, for each
 branch, a digest of a fixed chain of products at the tiny tower's shapes and the time of a 512^3
 product (one thread, the best of five): run it on two machines of different vendors and compare the
-digests. A branch whose digest is the same on both gives the same bytes on both; the pinned one's
-reference digest is in docs/performance.md ("Pinned kernels").
+digests. A branch whose digest is the same on both gives the same bytes on both.
 
     python benchmarks/mkl_branches.py
     python benchmarks/mkl_branches.py --branches COMPATIBLE,STRICT AVX2,STRICT

@@ -10,15 +10,11 @@ x86-64 machine of the last decade has (:data:`LEVEL`, AVX2), through the switche
 - torch's own kernels (ATen, SLEEF): ``ATEN_CPU_CAPABILITY``, read at the first dispatched operation;
 - oneDNN (convolutions, linear layers): ``ONEDNN_MAX_CPU_ISA``, read at its first primitive; and
   switched off on the CPU (below);
-- MKL (matrix products): ``MKL_CBWR`` in strict conditional-numerical-reproducibility mode on its
-  ``COMPATIBLE`` branch (:data:`MKL_BRANCH`: SSE2 without the approximate reciprocal instructions,
-  whose results differ between vendors), read at its first call. MKL honours its instruction-set
-  branches (``AVX2``, ``SSE4_2``) on Intel CPUs only and runs its own dispatch on another vendor's
-  (Intel's oneMKL developer guide, "Getting Started with Conditional Numerical Reproducibility";
-  :func:`mkl_branch_honoured`), so an ``AVX2`` pin gave an AMD CPU other products than an Intel one
-  and another pre-trained backbone; ``COMPATIBLE`` is the branch meant to run the same code on both.
-  Its products cost more (docs/performance.md, "Pinned kernels"). They were made the reference on an
-  AMD CPU; :data:`PRODUCTS_COMPARED` lists the vendors whose products were compared with them;
+- MKL (matrix products): ``MKL_CBWR`` in strict conditional-numerical-reproducibility mode, and
+  ``MKL_ENABLE_INSTRUCTIONS``, read at its first call. MKL honours its AVX2 branch on Intel CPUs
+  only: on another vendor's it runs its own dispatch instead (Intel's oneMKL developer guide,
+  "Getting Started with Conditional Numerical Reproducibility"), so an AMD CPU computes other
+  products than an Intel one and pre-trains another backbone (:func:`mkl_branch_honoured`);
 - numpy's SIMD dispatch: ``NPY_DISABLE_CPU_FEATURES``, read when numpy is imported;
 - OpenBLAS (numpy's and scipy's): ``OPENBLAS_CORETYPE``, read when the library is loaded;
 - numba (librosa's): ``NUMBA_CPU_NAME``, read when it compiles.
@@ -41,12 +37,12 @@ What else could move bytes, and why it does not:
   Pinned, oneDNN is switched off on the CPU (``torch.backends.mkldnn``): convolutions and linear
   layers go through ATen and MKL, whose conditional-numerical-reproducibility mode promises the
   same results on every processor of the pinned level.
-- **Memory alignment.** MKL's plain CNR mode (``MKL_CBWR=AVX2``) still summed a product in an order
+- **Memory alignment.** MKL's plain CNR mode (``MKL_CBWR=AVX2``) still sums a product in an order
   that depends on where its operands start in memory: a batch-first and a sequence-first layout of
   the same attention then differed in the last bits (``tests/test_tower_forward.py``), and a tensor
   that shares a numpy array's memory is only 16-byte aligned, at an address that can differ from run
-  to run. Its strict mode (``,STRICT``) makes the products independent of alignment and of MKL's
-  thread count.
+  to run. Its strict mode (``AVX2,STRICT``) makes the products independent of alignment and of
+  MKL's thread count.
 
 ``runtime.portable_kernels: false`` (a process started with ``MMCL_PORTABLE_KERNELS=0``) lets each
 library use the best kernels of this CPU: faster on AVX-512 machines (docs/performance.md), with
@@ -65,11 +61,6 @@ from mmcl.errors import ConfigError
 
 SWITCH = "MMCL_PORTABLE_KERNELS"  # "0": leave the kernels native (set by the runtime.portable_kernels plumbing)
 LEVEL = "AVX2"
-MKL_BRANCH = "COMPATIBLE,STRICT"  # the MKL_CBWR value: the branch every vendor's CPU runs (module docstring)
-# The CPU vendors on which MKL's products under MKL_BRANCH were compared with the reference products
-# (benchmarks/mkl_branches.py's digest; the expected results were made with them on an AMD EPYC) and
-# found equal. Another vendor's are pinned the same way but not yet compared: `mmcl inputs` says so.
-PRODUCTS_COMPARED = ("AuthenticAMD",)
 _OFF = ("0", "false", "no", "off")
 # numpy's dispatch targets above AVX2 (numpy >= 2.4), with the CPU flags (/proc/cpuinfo) each needs.
 # Only targets this CPU supports are disabled: numpy warns about any other name.
@@ -116,16 +107,9 @@ def cpu_vendor() -> str:
 
 
 def mkl_branch_honoured(vendor: str | None = None) -> bool:
-    """Whether MKL computes on the instruction-set branch ``MKL_CBWR`` names (``AVX2``, ``SSE4_2``):
-    on Intel CPUs only; elsewhere it runs its own dispatch for this CPU whatever the variable says.
-    (Its ``COMPATIBLE`` branch, which mmcl pins, runs on every vendor's.)"""
+    """Whether MKL computes on the pinned AVX2 branch here: on Intel CPUs only. Elsewhere its products
+    are those of its own dispatch for this CPU, the same on one processor model and not Intel's."""
     return (cpu_vendor() if vendor is None else vendor) == "GenuineIntel"
-
-
-def reference_products(vendor: str | None = None) -> bool:
-    """Whether MKL's pinned products on this vendor's CPU were compared with the reference products
-    and found equal (:data:`PRODUCTS_COMPARED`)."""
-    return (cpu_vendor() if vendor is None else vendor) in PRODUCTS_COMPARED
 
 
 def cpu_model() -> str:
@@ -160,7 +144,7 @@ def pinned_environment(flags: set[str] | None = None) -> dict[str, str]:
     return {
         "ATEN_CPU_CAPABILITY": "avx2",
         "ONEDNN_MAX_CPU_ISA": "AVX2",
-        "MKL_CBWR": MKL_BRANCH,
+        "MKL_CBWR": "AVX2,STRICT",
         "MKL_ENABLE_INSTRUCTIONS": "AVX2",
         "OPENBLAS_CORETYPE": "Haswell",
         "NPY_DISABLE_CPU_FEATURES": " ".join(numpy_off),
@@ -234,11 +218,11 @@ def state() -> dict:
         reasons.append(f"OpenBLAS runs {', '.join(sorted(set(blas)))} kernels (loaded before mmcl)")
     if kernels["onednn"] != "off" or kernels["mkl"] != pinned_environment().get("MKL_CBWR"):
         reasons.append("oneDNN or MKL not pinned")
-    # Reported, not refused: the branch is pinned on every vendor's CPU; the manifest and `mmcl inputs`
-    # say where its products were not yet compared with the reference's.
+    # Reported, not refused: every other library is pinned, and refusing would stop every run on the
+    # CPUs of another vendor; the manifest and `mmcl inputs` say that MKL's products are this CPU's.
     vendor = cpu_vendor()
-    kernels["mkl_branch"] = ("pinned" if reference_products(vendor) else
-                             f"pinned, not yet compared with the reference products on a {vendor} CPU")
+    kernels["mkl_branch"] = ("pinned" if mkl_branch_honoured(vendor) else
+                             f"its own dispatch ({vendor}: MKL honours the pinned branch on Intel CPUs only)")
     return {"portable": requested() and not reasons, "requested": requested(), "level": LEVEL,
             "why_not": reasons if requested() else [f"{SWITCH}=0 (runtime.portable_kernels: false)"],
             "cpu": {"model": cpu_model(), "native_level": native_level(), "vendor": vendor},

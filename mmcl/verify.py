@@ -148,10 +148,9 @@ def inputs_note(runs: pd.DataFrame, expected: dict) -> str | None:
     """A line naming the inputs (backbone weights, benchmark data) the runs read that the expected
     numbers were not produced from (``produced_by`` of the file), or None when they agree or the file
     does not say. The tiny backbone and the benchmarks are generated on this machine with the kernels
-    pinned (:mod:`mmcl.kernels`): the same bytes on every x86-64 CPU whose MKL products were compared
-    with the reference's (``kernels.PRODUCTS_COMPARED``); on another torch build, or a CPU whose
-    products differ, pre-training grows other last bits into other weights, and numbers may leave
-    their tolerance."""
+    pinned (:mod:`mmcl.kernels`): the benchmarks are the same bytes on every x86-64 CPU, the backbones
+    on Intel CPUs only (MKL's pinned branch); on another vendor's CPU, or another torch build,
+    pre-training grows other last bits into other weights, and numbers may leave their tolerance."""
     produced = expected.get("produced_by") or {}
     runs = feeding_runs(runs, expected["results"])
     differ = []
@@ -164,10 +163,9 @@ def inputs_note(runs: pd.DataFrame, expected: dict) -> str | None:
     if not differ:
         return None
     return ("note: these runs read other inputs than the expected numbers came from: " + "; ".join(differ)
-            + ". With the kernels pinned, backbones and benchmarks are the same bytes on every x86-64 CPU whose "
-              "MKL products match the reference's (`mmcl inputs` says whether this one's were compared: README, "
-              "'Same bytes on every machine'); on another torch build, or a CPU whose products differ, numbers can "
-              "move beyond a seed-spread tolerance.")
+            + ". The benchmarks are the same bytes on every x86-64 CPU, the pre-trained backbones on Intel CPUs "
+              "only (MKL computes other products on another vendor's: README, 'Same bytes on every machine'); "
+              "on another vendor's CPU or torch build, numbers can move beyond a seed-spread tolerance.")
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -248,7 +246,7 @@ def format_input_digests(found: dict) -> str:
     state = found["kernels"]
     kernels = f"pinned to {state['level']}" if state["portable"] else "native: " + "; ".join(state["why_not"])
     if state["portable"] and state["kernels"].get("mkl_branch", "pinned") != "pinned":
-        kernels += f"; MKL's matrix products: {state['kernels']['mkl_branch']}"
+        kernels += f", but MKL's matrix products are {state['kernels']['mkl_branch']}"
     lines = [f"profile {found['profile']} on {state['cpu']['model']} (native {state['cpu']['native_level']}), "
              f"kernels {kernels}"]
     lines += [f"  {f'backbone, seed {seed}':28s} {digest}" for seed, digest in found["backbones"].items()]

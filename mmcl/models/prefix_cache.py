@@ -41,8 +41,7 @@ from mmcl.models.towers import flatten_frames, frames_of, mean_over_frames, towe
 from mmcl.records import RefusedFile, atomic_torch_save, build_lock, load_tensors
 
 log = logging.getLogger(__name__)
-# 2: computed with MKL on its COMPATIBLE branch (mmcl.kernels); a table of version 1 holds other products.
-VERSION = 2
+VERSION = 1
 FLOAT16_ABOVE_BYTES = 2 << 30
 BUILD_BATCH = 512  # rows per no-grad batch while a table is computed
 

@@ -50,9 +50,8 @@ def tiny_cache_path(config: Config) -> Path:
         "benchmark_seed": pretraining_seed(config),
         "generator": synthetic.PRETRAINING_VERSION,  # what pre-training reads
         # 2: pre-trained on one thread, so the weights do not depend on runtime.num_threads;
-        # 3: with the CPU kernels pinned (mmcl.kernels), so they do not depend on the machine either;
-        # 4: MKL on its COMPATIBLE branch, so they do not depend on the CPU's vendor.
-        "recipe": 4,
+        # 3: with the CPU kernels pinned (mmcl.kernels), so they do not depend on the machine either.
+        "recipe": 3,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return config.cache_dir() / "backbones" / f"{config.model.name}-{digest}.pt"
