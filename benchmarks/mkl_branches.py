@@ -1,9 +1,11 @@
 """Which MKL branch gives the same matrix products on every vendor's CPU, and at what speed?
 
-mmcl pins MKL to its AVX2 branch in strict reproducibility mode (``mmcl.kernels``). MKL honours that
-branch on Intel CPUs only; on another vendor's it runs its own dispatch, so an AMD CPU computes other
-products and pre-trains another backbone. Its ``COMPATIBLE`` branch (SSE2 without the approximate
-reciprocal instructions) is the one meant to run the same code everywhere. This prints, for each
+mmcl pins MKL to its AVX2 branch in strict reproducibility mode (``mmcl.kernels``). Left to itself,
+MKL honours that branch on Intel CPUs only; on another vendor's it runs its own dispatch, so an AMD
+CPU computed other products and pre-trained another backbone until mmcl answered MKL's vendor
+question itself (``mmcl.kernels._answer_mkl_vendor``). This script measures MKL left to itself (mmcl
+is not imported): its ``COMPATIBLE`` branch (SSE2 without the approximate reciprocal instructions) is
+the one Intel means to run the same code everywhere. It prints, for each
 branch, a digest of a fixed chain of products at the tiny tower's shapes and the time of a 512^3
 product (one thread, the best of five): run it on two machines of different vendors and compare the
 digests. A branch whose digest is the same on both gives the same bytes on both.

@@ -13,8 +13,10 @@ x86-64 machine of the last decade has (:data:`LEVEL`, AVX2), through the switche
 - MKL (matrix products): ``MKL_CBWR`` in strict conditional-numerical-reproducibility mode, and
   ``MKL_ENABLE_INSTRUCTIONS``, read at its first call. MKL honours its AVX2 branch on Intel CPUs
   only: on another vendor's it runs its own dispatch instead (Intel's oneMKL developer guide,
-  "Getting Started with Conditional Numerical Reproducibility"), so an AMD CPU computes other
-  products than an Intel one and pre-trains another backbone (:func:`mkl_branch_honoured`);
+  "Getting Started with Conditional Numerical Reproducibility"), and an AMD CPU computed other
+  products than an Intel one and pre-trained another backbone. So on a CPU of another vendor with
+  AVX2, mmcl answers MKL's vendor question before MKL asks it (:func:`_answer_mkl_vendor`), and MKL
+  computes on the pinned branch there too; :func:`mkl_branch` reads the branch MKL computes on;
 - numpy's SIMD dispatch: ``NPY_DISABLE_CPU_FEATURES``, read when numpy is imported;
 - OpenBLAS (numpy's and scipy's): ``OPENBLAS_CORETYPE``, read when the library is loaded;
 - numba (librosa's): ``NUMBA_CPU_NAME``, read when it compiles.
@@ -107,9 +109,116 @@ def cpu_vendor() -> str:
 
 
 def mkl_branch_honoured(vendor: str | None = None) -> bool:
-    """Whether MKL computes on the pinned AVX2 branch here: on Intel CPUs only. Elsewhere its products
-    are those of its own dispatch for this CPU, the same on one processor model and not Intel's."""
+    """Whether MKL, left to itself, computes on the branch ``MKL_CBWR`` names: on Intel CPUs only.
+    Elsewhere it runs its own dispatch for this CPU, unless told the vendor (:func:`_answer_mkl_vendor`)."""
     return (cpu_vendor() if vendor is None else vendor) == "GenuineIntel"
+
+
+# MKL's reproducibility settings as mkl_cbwr_get(MKL_CBWR_ALL) returns them (oneMKL's mkl_cbwr.h):
+# a branch, plus MKL_CBWR_STRICT.
+_MKL_ALL, _MKL_STRICT = -1, 0x10000
+_MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX", 10: "AVX2",
+                 12: "AVX512", 14: "AVX512_E1"}
+# MKL asks whether the CPU is Intel's once, through this function, and keeps the answer in a static
+# int that starts at -1 (not asked). Its machine code in torch 2.14.1's libtorch_cpu.so, which links
+# MKL in, begins ``mov <memo>(%rip), %eax; test %eax, %eax; js <ask>; ret``: the memo's address is
+# the first instruction's end plus its 32-bit displacement.
+_MKL_VENDOR_PROBE = "mkl_serv_intel_cpu_true"
+_PROBE_HEAD, _PROBE_TAIL = b"\x8b\x05", b"\x85\xc0\x78\x01\xc3"
+_MKL_VENDOR: dict[str, str] = {}  # how the vendor question was answered: {"answer": ..., "why": ...}
+
+
+def _mkl_library():
+    """torch's library holding MKL, already loaded (``ctypes.CDLL``), or None off x86-64 Linux builds."""
+    import ctypes
+
+    import torch  # here, not above: mmcl imports this module before numpy and torch (pin)
+
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    if not os.path.exists(path):
+        return None
+    library = ctypes.CDLL(path)
+    return library if hasattr(library, "mkl_serv_cbwr_get") else None
+
+
+def _answer_mkl_vendor() -> None:
+    """On a CPU with AVX2 not made by Intel, set MKL's memoized answer to "is this an Intel CPU?" to
+    yes before MKL asks, so that it computes on the branch ``MKL_CBWR`` pins instead of its own
+    dispatch: the same products as on an Intel CPU (docs/performance.md, "Pinned kernels"). Called
+    once torch is loaded (:class:`_AfterTorch`). Recorded in :data:`_MKL_VENDOR`; never raises: where
+    the answer cannot be given, :func:`state` reports the branch MKL really uses."""
+    import ctypes
+
+    if _MKL_VENDOR or not requested() or not is_x86() or mkl_branch_honoured():
+        return
+    if native_level() not in ("AVX512", "AVX2"):
+        _MKL_VENDOR.update(answer="left to MKL", why=f"this CPU has no {LEVEL}")
+        return
+    library = _mkl_library()
+    probe = getattr(library, _MKL_VENDOR_PROBE, None) if library is not None else None
+    if probe is None:
+        _MKL_VENDOR.update(answer="left to MKL", why="this torch build has no MKL vendor probe")
+        return
+    start = ctypes.cast(probe, ctypes.c_void_p).value
+    code = ctypes.string_at(start, 11)
+    if code[:2] != _PROBE_HEAD or code[6:] != _PROBE_TAIL:
+        _MKL_VENDOR.update(answer="left to MKL", why="MKL's vendor probe is not the one of torch 2.14.1")
+        return
+    memo = ctypes.c_int.from_address(start + 6 + int.from_bytes(code[2:6], "little", signed=True))
+    if memo.value == -1:
+        memo.value = 1
+        _MKL_VENDOR.update(answer="Intel", why="told by mmcl before MKL's first call")
+    else:
+        _MKL_VENDOR.update(answer="left to MKL", why="MKL computed before mmcl was imported")
+
+
+def mkl_branch() -> str:
+    """The branch MKL computes its products on in this process, as MKL reports it (``AVX2,STRICT``
+    when pinned; ``AUTO`` is its own dispatch), or ``unknown`` where torch's MKL cannot be read.
+    Imports torch; fixes MKL's branch for the rest of the process (MKL decides at its first call)."""
+    import ctypes
+
+    library = _mkl_library()
+    if library is None:
+        return "unknown"
+    _answer_mkl_vendor()
+    get = library.mkl_serv_cbwr_get
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    settings = get(_MKL_ALL)
+    if settings < 0:
+        return "unknown"
+    branch = _MKL_BRANCHES.get(settings & ~_MKL_STRICT, f"branch {settings & ~_MKL_STRICT}")
+    return branch + (",STRICT" if settings & _MKL_STRICT else "")
+
+
+class _AfterTorch:
+    """An import hook (``sys.meta_path``) that calls :func:`_answer_mkl_vendor` as soon as torch has
+    been imported, before anything can call MKL, then removes itself."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is not None and hasattr(loader, "exec_module"):
+            execute = loader.exec_module
+
+            def exec_module(module):
+                try:
+                    execute(module)
+                finally:
+                    del loader.exec_module  # the loader's own method again
+                _answer_mkl_vendor()
+
+            loader.exec_module = exec_module
+        return spec
 
 
 def cpu_model() -> str:
@@ -165,6 +274,10 @@ def pin() -> None:
         os.environ.update(pinned)
     if "torch" in sys.modules:
         _switch_onednn()
+        _answer_mkl_vendor()
+    elif requested() and is_x86() and not mkl_branch_honoured() and not any(
+            isinstance(finder, _AfterTorch) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterTorch())
 
 
 def native_environment() -> dict[str, str]:
@@ -218,11 +331,15 @@ def state() -> dict:
         reasons.append(f"OpenBLAS runs {', '.join(sorted(set(blas)))} kernels (loaded before mmcl)")
     if kernels["onednn"] != "off" or kernels["mkl"] != pinned_environment().get("MKL_CBWR"):
         reasons.append("oneDNN or MKL not pinned")
-    # Reported, not refused: every other library is pinned, and refusing would stop every run on the
-    # CPUs of another vendor; the manifest and `mmcl inputs` say that MKL's products are this CPU's.
+    # The branch MKL really computes on, read from MKL: the variable alone does not say it (MKL read it
+    # at its first call, and honours it on Intel CPUs unless told the vendor: _answer_mkl_vendor).
     vendor = cpu_vendor()
-    kernels["mkl_branch"] = ("pinned" if mkl_branch_honoured(vendor) else
-                             f"its own dispatch ({vendor}: MKL honours the pinned branch on Intel CPUs only)")
+    kernels["mkl_branch"] = mkl_branch()
+    kernels["mkl_vendor"] = ("Intel (this CPU)" if mkl_branch_honoured(vendor) else
+                             f"{_MKL_VENDOR.get('answer', 'left to MKL')} ({_MKL_VENDOR.get('why', 'not asked')})")
+    if kernels["mkl_branch"] not in ("unknown", pinned_environment().get("MKL_CBWR")):
+        reasons.append(f"MKL computes on its {kernels['mkl_branch']} branch ({vendor}; MKL's vendor answer "
+                       f"{kernels['mkl_vendor']})")
     return {"portable": requested() and not reasons, "requested": requested(), "level": LEVEL,
             "why_not": reasons if requested() else [f"{SWITCH}=0 (runtime.portable_kernels: false)"],
             "cpu": {"model": cpu_model(), "native_level": native_level(), "vendor": vendor},

@@ -245,8 +245,8 @@ def format_input_digests(found: dict) -> str:
     """The lines ``mmcl inputs`` prints: the machine and its kernels, then one digest per input."""
     state = found["kernels"]
     kernels = f"pinned to {state['level']}" if state["portable"] else "native: " + "; ".join(state["why_not"])
-    if state["portable"] and state["kernels"].get("mkl_branch", "pinned") != "pinned":
-        kernels += f", but MKL's matrix products are {state['kernels']['mkl_branch']}"
+    if state["portable"] and not state["kernels"].get("mkl_vendor", "").startswith("Intel (this CPU)"):
+        kernels += f" (MKL's vendor answer: {state['kernels'].get('mkl_vendor', 'unknown')})"
     lines = [f"profile {found['profile']} on {state['cpu']['model']} (native {state['cpu']['native_level']}), "
              f"kernels {kernels}"]
     lines += [f"  {f'backbone, seed {seed}':28s} {digest}" for seed, digest in found["backbones"].items()]

@@ -143,19 +143,44 @@ print(hashlib.sha256((left @ right).numpy().tobytes()).hexdigest())
 """
 
 
-def test_mkl_computes_on_the_pinned_branch_on_intel_cpus_only():
+def test_mkl_computes_on_the_pinned_branch_on_every_vendors_cpu():
     assert kernels.mkl_branch_honoured("GenuineIntel") and not kernels.mkl_branch_honoured("AuthenticAMD")
-    # Measured on this CPU: does the branch MKL_CBWR names change MKL's products? On an Intel CPU the
-    # AVX2 and SSE4.2 branches sum and round differently (fused multiply-adds); on another vendor's
-    # MKL runs its own dispatch whatever the variable says.
-    digests = []
+    # Measured on this CPU: does the branch MKL_CBWR names change MKL's products? The AVX2 and SSE4.2
+    # branches sum and round differently (fused multiply-adds). Left to itself (no mmcl: the negative
+    # control), MKL honours them on Intel CPUs only and runs its own dispatch elsewhere; with mmcl
+    # imported first it honours them on every CPU (mmcl answers MKL's vendor question).
+    alone, with_mmcl = [], []
     for branch in ("AVX2,STRICT", "SSE4_2,STRICT"):
         code = PRODUCT.replace("import mmcl, torch", f"import os; os.environ['MKL_CBWR'] = {branch!r}; import torch")
         shown = _python(code, _native_environment())
         assert shown.returncode == 0, shown.stderr
-        digests.append(shown.stdout.strip())
-    assert (digests[0] != digests[1]) == kernels.mkl_branch_honoured(), (kernels.cpu_vendor(), digests)
+        alone.append(shown.stdout.strip())
+        # pin() sets MKL_CBWR when mmcl is imported; MKL reads it at its first product, after this.
+        code = PRODUCT.replace("import mmcl, torch", f"import mmcl, os; os.environ['MKL_CBWR'] = {branch!r}; import torch")
+        shown = _python(code, _native_environment())
+        assert shown.returncode == 0, shown.stderr
+        with_mmcl.append(shown.stdout.strip())
+    assert (alone[0] != alone[1]) == kernels.mkl_branch_honoured(), (kernels.cpu_vendor(), alone)
+    assert with_mmcl[0] != with_mmcl[1], (kernels.cpu_vendor(), with_mmcl)
+    assert with_mmcl[0] == alone[0] or not kernels.mkl_branch_honoured()  # on Intel: MKL's own AVX2 branch
     state = json.loads(_python("import mmcl, json; from mmcl import kernels; print(json.dumps(kernels.state()))",
                                _native_environment()).stdout)
-    assert (state["kernels"]["mkl_branch"] == "pinned") == kernels.mkl_branch_honoured()
-    assert state["cpu"]["vendor"] == kernels.cpu_vendor() and state["portable"]
+    assert state["kernels"]["mkl_branch"] == "AVX2,STRICT" and state["portable"], state
+    assert state["cpu"]["vendor"] == kernels.cpu_vendor()
+    assert state["kernels"]["mkl_vendor"].startswith("Intel"), state["kernels"]
+
+
+def test_a_process_whose_mkl_computed_before_mmcl_was_imported_is_refused():
+    # MKL fixes its branch at its first product: here before mmcl set MKL_CBWR (and, on another vendor's
+    # CPU, before it answered MKL's vendor question), so the products are this machine's own.
+    code = ("import json, torch; torch.ones(4, 4) @ torch.ones(4, 4)\n"
+            "import mmcl; from mmcl import kernels\n"
+            "try:\n    kernels.require(True)\n    refused = ''\nexcept mmcl.errors.ConfigError as error:\n"
+            "    refused = str(error)\n"
+            "print(json.dumps([kernels.state(), refused]))")
+    shown = _python(code, _native_environment())
+    assert shown.returncode == 0, shown.stderr
+    state, refused = json.loads(shown.stdout)
+    assert not state["portable"] and state["kernels"]["mkl_branch"] != "AVX2,STRICT", state
+    assert any(reason.startswith("MKL computes on its") for reason in state["why_not"]), state["why_not"]
+    assert "MKL computes on its" in refused and "import mmcl before numpy and torch" in refused, refused

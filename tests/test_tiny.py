@@ -89,11 +89,12 @@ def test_training_learns_what_zero_shot_cannot_read(tiny):
 # Published L2P masks the logits of other tasks' classes in training, so nothing in its loss moves a
 # new modality out of the old classes (v5: 0.159 of zero-shot's errors fixed); DualPrompt's and
 # CODA-Prompt's masks do the same (0.052 and 0.278).
-# These shares are of the reference products: MKL computes on its pinned branch on Intel CPUs only
-# (mmcl.kernels.mkl_branch_honoured); on another vendor's CPU the backbone is another one (docs/
-# benchmark.md, input digests) and a share near the bar can land on its other side (unmasked L2P
-# passes it on an AMD EPYC). So the expected failures are strict where the products are the reference's.
-REFERENCE_PRODUCTS = kernels.mkl_branch_honoured()
+# These shares are of the reference products: MKL on its pinned branch (mmcl.kernels.mkl_branch), which
+# it computes on on every vendor's CPU with AVX2 once mmcl answers its vendor question. Where it does
+# not, the backbone is another one and a share near the bar can land on its other side (unmasked L2P
+# passed it on an AMD EPYC left to MKL's own dispatch). So the expected failures are strict where the
+# products are the reference's.
+REFERENCE_PRODUCTS = kernels.mkl_branch() == kernels.pinned_environment().get("MKL_CBWR")
 PROMPT_LEARNING_CASES = [
     pytest.param("comm", None, True, id="comm-trained"),
     pytest.param("comm", None, False, id="comm-untrained"),

@@ -50,8 +50,11 @@ def tiny_cache_path(config: Config) -> Path:
         "benchmark_seed": pretraining_seed(config),
         "generator": synthetic.PRETRAINING_VERSION,  # what pre-training reads
         # 2: pre-trained on one thread, so the weights do not depend on runtime.num_threads;
-        # 3: with the CPU kernels pinned (mmcl.kernels), so they do not depend on the machine either.
-        "recipe": 3,
+        # 3: with the CPU kernels pinned (mmcl.kernels), so they do not depend on the machine either;
+        # 4: MKL on the pinned branch on every vendor's CPU too (mmcl.kernels answers MKL's vendor
+        # question): Intel CPUs make recipe 3's weights again, and another vendor's cache of recipe 3
+        # held weights of MKL's own dispatch for that CPU.
+        "recipe": 4,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return config.cache_dir() / "backbones" / f"{config.model.name}-{digest}.pt"
