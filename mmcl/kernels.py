@@ -165,7 +165,7 @@ def _answer_mkl_vendor() -> None:
         _MKL_VENDOR.update(answer="left to MKL", why="MKL's vendor probe is not the one of torch 2.14.1")
         return
     memo = ctypes.c_int.from_address(start + 6 + int.from_bytes(code[2:6], "little", signed=True))
-    if memo.value == -1:
+    if memo.value != 0:  # -1: MKL has not asked yet (1: answered so already)
         memo.value = 1
         _MKL_VENDOR.update(answer="Intel", why="told by mmcl before MKL's first call")
     else:
