@@ -148,9 +148,10 @@ def inputs_note(runs: pd.DataFrame, expected: dict) -> str | None:
     """A line naming the inputs (backbone weights, benchmark data) the runs read that the expected
     numbers were not produced from (``produced_by`` of the file), or None when they agree or the file
     does not say. The tiny backbone and the benchmarks are generated on this machine with the kernels
-    pinned (:mod:`mmcl.kernels`): the benchmarks are the same bytes on every x86-64 CPU, the backbones
-    on Intel CPUs only (MKL's pinned branch); on another vendor's CPU, or another torch build,
-    pre-training grows other last bits into other weights, and numbers may leave their tolerance."""
+    pinned (:mod:`mmcl.kernels`): the same bytes on every x86-64 CPU with AVX2 whose MKL computes on
+    the pinned branch (``kernels.mkl_branch`` in the manifest); on another torch build, or where MKL
+    could not be pinned, pre-training grows other last bits into other weights, and numbers may leave
+    their tolerance."""
     produced = expected.get("produced_by") or {}
     runs = feeding_runs(runs, expected["results"])
     differ = []
@@ -163,9 +164,9 @@ def inputs_note(runs: pd.DataFrame, expected: dict) -> str | None:
     if not differ:
         return None
     return ("note: these runs read other inputs than the expected numbers came from: " + "; ".join(differ)
-            + ". The benchmarks are the same bytes on every x86-64 CPU, the pre-trained backbones on Intel CPUs "
-              "only (MKL computes other products on another vendor's: README, 'Same bytes on every machine'); "
-              "on another vendor's CPU or torch build, numbers can move beyond a seed-spread tolerance.")
+            + ". With the kernels pinned, backbones and benchmarks are the same bytes on every x86-64 CPU with AVX2 "
+              "whose MKL computes on the pinned branch (`mmcl inputs` says which branch: README, 'Same bytes on "
+              "every machine'); on another torch build, numbers can move beyond a seed-spread tolerance.")
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -244,11 +245,11 @@ def input_digests(config, benchmarks: list[str] | None = None, progress: bool = 
 def format_input_digests(found: dict) -> str:
     """The lines ``mmcl inputs`` prints: the machine and its kernels, then one digest per input."""
     state = found["kernels"]
-    kernels = f"pinned to {state['level']}" if state["portable"] else "native: " + "; ".join(state["why_not"])
-    if state["portable"] and not state["kernels"].get("mkl_vendor", "").startswith("Intel (this CPU)"):
-        kernels += f" (MKL's vendor answer: {state['kernels'].get('mkl_vendor', 'unknown')})"
+    described = f"pinned to {state['level']}" if state["portable"] else "native: " + "; ".join(state["why_not"])
+    if state["portable"] and not kernels.mkl_branch_honoured(state["cpu"]["vendor"]):
+        described += f" (MKL's vendor answer: {state['kernels'].get('mkl_vendor', 'unknown')})"
     lines = [f"profile {found['profile']} on {state['cpu']['model']} (native {state['cpu']['native_level']}), "
-             f"kernels {kernels}"]
+             f"kernels {described}"]
     lines += [f"  {f'backbone, seed {seed}':28s} {digest}" for seed, digest in found["backbones"].items()]
     lines += [f"  {name:28s} {digest}" for name, digest in found["benchmarks"].items()]
     return "\n".join(lines)
