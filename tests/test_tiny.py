@@ -61,9 +61,10 @@ def test_rehearsal_and_lwf_forget_less_than_finetuning(class_incremental):
 
 # Zero-shot is near chance (2.5 %) on both modalities; joint training must lift each clearly above it.
 # Seed 0, kernels pinned (mmcl.kernels, the same on every x86-64 machine), generator v5, the two-seed
-# tuned defaults: audio +44.0 points, depth +15.3. Under generator v4 other draws of the last bits gave depth +12.7 to +20.7
-# (benchmarks/learning_margins.py): depth is the benchmark's weak spot at 3 epochs (docs/benchmark.md,
-# benchmarks/epoch_curves.py); its bar, 10 points, lies below every draw measured.
+# tuned defaults: audio +44.0 points, depth +15.3. Under generator v4 other draws of the last bits
+# gave depth +12.7 to +20.7 (benchmarks/learning_margins.py): depth is the benchmark's weak spot at
+# 3 epochs (docs/benchmark.md, benchmarks/epoch_curves.py); its bar, 10 points, lies below every draw
+# measured.
 GAIN_OVER_ZERO_SHOT = {"audio": 15.0, "depth": 10.0}
 
 
